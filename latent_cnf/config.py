@@ -1,0 +1,203 @@
+"""Model and training configuration as data: dataclasses with a JSON round trip, and the presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SolverMethod = Literal["dopri5", "rk4", "midpoint", "euler"]
+FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How an ODE is integrated: adaptive dopri5 with tolerances, or a fixed-step method with a step count."""
+
+    method: SolverMethod = "dopri5"
+    steps: int = 16
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    max_nfe: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.method not in ("dopri5", *FIXED_STEP_METHODS):
+            raise ValueError(f"unknown solver method {self.method!r}")
+        if self.steps < 1 or self.max_nfe < 1 or self.rtol <= 0 or self.atol <= 0:
+            raise ValueError(f"solver settings out of range: {self}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the shapes and behaviour of a LatentCNF; stored in every checkpoint."""
+
+    image_size: int = 28
+    latent_dim: int = 8
+    encoder_hidden: tuple[int, ...] = (32, 32)
+    decoder_hidden: tuple[int, ...] = (32, 32)
+    activation: Literal["relu", "tanh"] = "tanh"
+    variational: bool = True
+    dropout: float = 0.1
+    encoder_conditional: bool = False
+    encoder_label_dim: int = 4
+    num_classes: int = 10
+    log_std_min: float = -7.0
+    log_std_max: float = 2.0
+    ae_proposal_std: float = 0.05
+    prior: Literal["cnf", "gaussian"] = "cnf"
+    cnf_width: int = 32
+    cnf_hidden: int = 32
+    cnf_conditional: bool = False
+    cnf_label_dim: int = 8
+    base_variance: float = 0.1
+    t0: float = 0.0
+    t1: float = 10.0
+    sample_solver: SolverConfig = field(default_factory=SolverConfig)
+
+    @property
+    def data_dim(self) -> int:
+        return self.image_size * self.image_size
+
+    @property
+    def conditional(self) -> bool:
+        """True when scoring an unlabelled image has to marginalise over labels."""
+        return self.encoder_conditional or self.cnf_conditional
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("encoder_hidden", "decoder_hidden"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "sample_solver" in values and isinstance(values["sample_solver"], dict):
+            values["sample_solver"] = SolverConfig(**values["sample_solver"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def hash(self) -> str:
+        """Short stable digest, used to name evaluations and detect config drift."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The objective and optimisation of one training run (see train/objectives.py for the losses)."""
+
+    objective: Literal["ae_cnf", "vae_cnf", "vae_cnf_prior"] = "vae_cnf_prior"
+    recon_weight: float = 3.0
+    kl_weight: float = 0.1
+    cnf_weight: float = 0.0
+    kl_warmup_steps: int = 0
+    kinetic_weight: float = 0.0
+    adversarial: bool = False
+    adv_weight: float = 1.0
+    feature_match_weight: float = 1.0
+    disc_weight: float = 2.0
+    disc_channels: int = 32
+    disc_leaky: bool = False
+    binarize: bool = False
+    batch_size: int = 512
+    epochs: int = 17
+    lr: float = 2e-3
+    disc_lr: float = 4e-3
+    grad_clip: float | None = None
+    seed: int = 1234
+    train_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="rk4", steps=8))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        if isinstance(values.get("train_solver"), dict):
+            values["train_solver"] = SolverConfig(**values["train_solver"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+
+
+_STAGE1_MODEL = ModelConfig(latent_dim=2, activation="relu", variational=False, cnf_width=64)
+_STAGE3_MODEL = ModelConfig(latent_dim=2, activation="tanh", cnf_width=32)
+_FINAL_MODEL = ModelConfig(latent_dim=8, activation="tanh", encoder_conditional=True)
+_FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial=True, batch_size=256, epochs=50)
+_LARGE_MODEL = ModelConfig(
+    latent_dim=32,
+    encoder_hidden=(512, 512),
+    decoder_hidden=(512, 512),
+    activation="tanh",
+    dropout=0.0,
+    cnf_width=128,
+    cnf_hidden=64,
+)
+_LARGE_TRAIN = TrainConfig(
+    objective="vae_cnf_prior",
+    recon_weight=1.0,
+    kl_weight=1.0,
+    kl_warmup_steps=10_000,
+    kinetic_weight=0.01,
+    binarize=True,
+    batch_size=128,
+    epochs=200,
+    lr=1e-3,
+    grad_clip=10.0,
+)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "ae-cnf",
+            "stage 1: deterministic ReLU autoencoder, latent 2, CNF fitted to its latents",
+            _STAGE1_MODEL,
+            TrainConfig(objective="ae_cnf", kl_weight=0.0, cnf_weight=0.1, batch_size=512, epochs=17),
+        ),
+        Preset(
+            "vae-cnf",
+            "stage 2: Gaussian encoder with KL to N(0, I), CNF fitted to the sampled latents",
+            dataclasses.replace(_STAGE1_MODEL, variational=True),
+            TrainConfig(objective="vae_cnf", kl_weight=1.0, cnf_weight=0.1, batch_size=512, epochs=17),
+        ),
+        Preset(
+            "vae-cnf-prior",
+            "stage 3: the CNF is the VAE prior (KL to the CNF density), tanh encoder",
+            _STAGE3_MODEL,
+            TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, batch_size=512, epochs=35),
+        ),
+        Preset(
+            "final",
+            "stage 4: stage 3 + patch discriminator + latent 8 + label-gated encoder",
+            _FINAL_MODEL,
+            _FINAL_TRAIN,
+        ),
+        Preset(
+            "final-cond",
+            "stage 4 with a label-conditioned CNF prior: sample(n, label=y) draws digit y",
+            dataclasses.replace(_FINAL_MODEL, cnf_conditional=True),
+            _FINAL_TRAIN,
+        ),
+        Preset(
+            "large",
+            "quality-focused: latent 32, 512-wide MLPs, proper ELBO with KL warm-up, binarized data",
+            _LARGE_MODEL,
+            _LARGE_TRAIN,
+        ),
+    )
+}

@@ -1,0 +1,207 @@
+"""LatentCNF: the one model API used by training, evaluation and the service."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cnf import FlowResult
+from .config import ModelConfig, SolverConfig
+from .likelihood import bernoulli_log_likelihood, gaussian_log_density, iwae_bound
+from .networks import Decoder, Encoder
+from .priors import build_prior
+
+LabelArg = int | torch.Tensor | None
+
+
+@dataclass
+class Samples:
+    latents: torch.Tensor  # (n, d)
+    images: torch.Tensor  # (n, 1, H, W) Bernoulli means in [0, 1]
+    labels: torch.Tensor | None  # labels the prior was conditioned on
+    nfe: int
+
+
+@dataclass
+class Trajectory:
+    times: torch.Tensor  # (steps,)
+    latents: torch.Tensor  # (steps, n, d)
+    images: torch.Tensor  # (steps, n, 1, H, W)
+    labels: torch.Tensor | None
+    nfe: int
+
+
+@dataclass
+class Score:
+    """Per-image log-likelihood bound in nats, and its parts (all shaped (n,))."""
+
+    log_likelihood: torch.Tensor  # IWAE bound on log p(x)
+    elbo: torch.Tensor
+    reconstruction: torch.Tensor  # E_q log p(x|z)
+    kl: torch.Tensor  # E_q [log q(z|x) - log p(z)]
+    latent_log_density: torch.Tensor  # log p(encoder mean) under the prior
+    label_log_likelihood: torch.Tensor | None  # (n, classes): IWAE bound on log p(x | y), conditional priors
+    predicted_label: torch.Tensor | None
+    importance_samples: int
+    nfe: int
+
+
+class LatentCNF(nn.Module):
+    """A VAE (or autoencoder) whose latent prior is a continuous normalizing flow."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.prior = build_prior(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.base_std.device
+
+    def _labels(
+        self, label: LabelArg, n: int, needed: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """A label tensor for `n` samples; unconditional requests to a conditional prior draw from the uniform class prior."""
+        if not needed:
+            if label is not None:
+                raise ValueError("this model is not label-conditioned: omit the label")
+            return None
+        if label is None:
+            labels = torch.randint(self.config.num_classes, (n,), generator=generator)
+        else:
+            labels = torch.as_tensor(label).expand(n).clone()
+        if labels.min() < 0 or labels.max() >= self.config.num_classes:
+            raise ValueError(f"label must be in 0..{self.config.num_classes - 1}")
+        return labels.to(self.device)
+
+    def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of q(z | x[, y])."""
+        return self.encoder(images.reshape(len(images), -1), labels)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits per pixel, shape (n, H*W)."""
+        return self.decoder(z)
+
+    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        return torch.sigmoid(self.decode(z)).reshape(len(z), 1, size, size)
+
+    def log_prob(
+        self, z: torch.Tensor, label: LabelArg = None, solver: SolverConfig | None = None, kinetic: bool = False
+    ) -> FlowResult:
+        """Exact prior log-density of latents; for a conditional prior without labels, the label marginal."""
+        if not self.prior.conditional or label is not None:
+            labels = self._labels(label, len(z), self.prior.conditional)
+            return self.prior.log_prob(z, labels, solver, kinetic)
+        k = self.config.num_classes
+        labels = torch.arange(k, device=z.device).repeat_interleave(len(z))
+        result = self.prior.log_prob(z.repeat(k, 1), labels, solver, kinetic)
+        result.log_prob = torch.logsumexp(result.log_prob.reshape(k, len(z)), 0) - math.log(k)
+        result.z = result.z.reshape(k, len(z), -1)
+        return result
+
+    def draw_base(
+        self, n: int, label: LabelArg = None, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The random inputs of a sample: base noise and labels, from a per-call seed (drawn on the CPU)."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        labels = self._labels(label, n, self.prior.conditional, generator)
+        return self.prior.base_sample(n, generator), labels
+
+    def generate(
+        self, z0: torch.Tensor, labels: torch.Tensor | None, solver: SolverConfig | None = None, steps: int = 2
+    ) -> Trajectory:
+        """Run base noise through the flow and decode it at `steps` evenly spaced times."""
+        solver = solver or self.config.sample_solver
+        result = self.prior.transform(z0, labels, solver, steps)
+        latents = result.z
+        images = self.decode_images(latents.reshape(-1, latents.shape[-1]))
+        times = torch.linspace(self.config.t0, self.config.t1, steps)
+        return Trajectory(times, latents, images.reshape(steps, len(z0), *images.shape[1:]), labels, result.nfe)
+
+    def sample(
+        self, n: int, label: LabelArg = None, seed: int | None = None, solver: SolverConfig | None = None
+    ) -> Samples:
+        path = self.generate(*self.draw_base(n, label, seed), solver=solver)
+        return Samples(path.latents[-1], path.images[-1], path.labels, path.nfe)
+
+    def trajectory(
+        self,
+        n: int,
+        steps: int = 11,
+        label: LabelArg = None,
+        seed: int | None = None,
+        solver: SolverConfig | None = None,
+    ) -> Trajectory:
+        if steps < 2:
+            raise ValueError("a trajectory needs at least 2 steps")
+        return self.generate(*self.draw_base(n, label, seed), solver=solver, steps=steps)
+
+    def score(
+        self,
+        images: torch.Tensor,
+        k: int = 64,
+        solver: SolverConfig | None = None,
+        seed: int = 0,
+        max_rows: int = 65_536,
+    ) -> Score:
+        """IWAE bound on log p(x) with K importance samples per image (per label for conditional models).
+
+        Conditional models marginalise the label: proposals are stratified over the uniform class prior, so
+        the bound is on log p(x) = log 1/C sum_y p(x | y), and the per-label bounds give `predicted_label`.
+        `max_rows` caps how many latent rows go through the flow at once (memory, not maths).
+        """
+        if k < 1:
+            raise ValueError("importance_samples must be >= 1")
+        x = images.reshape(len(images), -1).to(self.device, torch.float32)
+        classes = self.config.num_classes if self.config.conditional else 1
+        chunk = max(1, max_rows // (classes * k))
+        generator = torch.Generator().manual_seed(seed)
+        parts = [self._score_chunk(x[i : i + chunk], k, classes, solver, generator) for i in range(0, len(x), chunk)]
+        merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "nfe"}
+        per_label = merged["per_label"] if self.prior.conditional else None
+        return Score(
+            log_likelihood=merged["iwae"],
+            elbo=merged["elbo"],
+            reconstruction=merged["reconstruction"],
+            kl=merged["kl"],
+            latent_log_density=merged["latent"],
+            label_log_likelihood=per_label,
+            predicted_label=per_label.argmax(1) if per_label is not None else None,
+            importance_samples=k,
+            nfe=sum(p["nfe"] for p in parts),
+        )
+
+    def _score_chunk(
+        self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig | None, generator: torch.Generator
+    ) -> dict:
+        n, d = len(x), self.config.latent_dim
+        labels = torch.arange(classes, device=x.device).repeat(n) if classes > 1 else None
+        x_rows = x.repeat_interleave(classes, 0)
+        mean, log_std = self.encoder(x_rows, labels if self.config.encoder_conditional else None)
+        eps = torch.randn(n * classes, k, d, generator=generator).to(x.device)
+        z = (mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * eps).reshape(-1, d)
+        log_q = gaussian_log_density(z, mean.repeat_interleave(k, 0), log_std.repeat_interleave(k, 0))
+        prior_labels = labels.repeat_interleave(k) if self.prior.conditional else None
+        prior = self.prior.log_prob(z, prior_labels, solver)
+        log_px = bernoulli_log_likelihood(self.decode(z), x_rows.repeat_interleave(k, 0))
+        log_w = (log_px + prior.log_prob - log_q).reshape(n, classes, k)
+        per_label = iwae_bound(log_w, dim=2)
+        best = per_label.argmax(1)
+        mean_best = mean.reshape(n, classes, d)[torch.arange(n), best]
+        label_best = best if self.prior.conditional else None
+        latent = self.prior.log_prob(mean_best, label_best, solver)
+        return {
+            "iwae": iwae_bound(per_label, dim=1),
+            "per_label": per_label,
+            "elbo": log_w.mean((1, 2)),
+            "reconstruction": log_px.reshape(n, -1).mean(1),
+            "kl": (log_q - prior.log_prob).reshape(n, -1).mean(1),
+            "latent": latent.log_prob,
+            "nfe": prior.nfe + latent.nfe,
+        }

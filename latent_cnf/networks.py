@@ -1,0 +1,116 @@
+"""Encoder, decoder and patch discriminator."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class GatedLayer(nn.Module):
+    """Linear layer with a WaveNet-style gate conditioned on a label: tanh(a + c1) * sigmoid(b + c2)."""
+
+    def __init__(self, in_features: int, out_features: int, label_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+        self.condition = nn.Linear(label_dim, 2 * out_features)
+
+    def forward(self, x: torch.Tensor, label_embedding: torch.Tensor) -> torch.Tensor:
+        a, b = (self.linear(x) + self.condition(label_embedding)).chunk(2, dim=-1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+
+class Encoder(nn.Module):
+    """MLP from pixels to a latent mean and (for the VAE) a clamped log-std."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        widths = (config.data_dim, *config.encoder_hidden)
+        if config.encoder_conditional:
+            self.label_embedding = nn.Embedding(config.num_classes, config.encoder_label_dim)
+            self.layers = nn.ModuleList(GatedLayer(i, o, config.encoder_label_dim) for i, o in zip(widths, widths[1:]))
+        else:
+            self.label_embedding = None
+            self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths, widths[1:]))
+            self.activation = ACTIVATIONS[config.activation]()
+        self.dropout = nn.Dropout(config.dropout)
+        out = 2 * config.latent_dim if config.variational else config.latent_dim
+        self.head = nn.Linear(widths[-1], out)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (mean, log_std); a deterministic encoder gets the fixed proposal std of the config."""
+        h = x
+        if self.label_embedding is not None:
+            if labels is None:
+                raise ValueError("this encoder is label-conditioned: pass labels")
+            embedding = self.label_embedding(labels)
+            for layer in self.layers:
+                h = self.dropout(layer(h, embedding))
+        else:
+            for layer in self.layers:
+                h = self.dropout(self.activation(layer(h)))
+        out = self.head(h)
+        if not self.config.variational:
+            return out, torch.full_like(out, float(torch.tensor(self.config.ae_proposal_std).log()))
+        mean, raw = out.chunk(2, dim=-1)
+        return mean, raw.clamp(self.config.log_std_min, self.config.log_std_max)
+
+
+class Decoder(nn.Module):
+    """MLP from a latent to Bernoulli logits per pixel (the sigmoid lives inside the loss)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = (config.latent_dim, *config.decoder_hidden)
+        layers: list[nn.Module] = []
+        for i, o in zip(widths, widths[1:]):
+            layers += [nn.Linear(i, o), ACTIVATIONS[config.activation]()]
+        layers.append(nn.Linear(widths[-1], config.data_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class PatchBranch(nn.Module):
+    def __init__(self, kernel: int, channels: int, leaky: bool):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(i, channels, kernel, padding="same") for i in (1, channels, channels))
+        self.out = nn.Conv2d(channels, 1, kernel)
+        self.leaky = leaky
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = []
+        for conv in self.convs:
+            x = conv(x)
+            if self.leaky:
+                x = F.leaky_relu(x, 0.2)
+            features.append(x)
+        return self.out(x), features
+
+
+class PatchDiscriminator(nn.Module):
+    """Two branches (kernels 3 and 5) of 'same' convolutions ending in a map of patch logits.
+
+    The original has no nonlinearity between convolutions (`leaky=False` keeps that); the sigmoid is
+    applied inside the BCE loss, so `forward` returns logits.
+    """
+
+    def __init__(self, channels: int = 32, leaky: bool = False, image_size: int = 28):
+        super().__init__()
+        self.image_size = image_size
+        self.branches = nn.ModuleList(PatchBranch(k, channels, leaky) for k in (3, 5))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = pixels.reshape(-1, 1, self.image_size, self.image_size)
+        logits, features = [], []
+        for branch in self.branches:
+            score, feats = branch(x)
+            logits.append(score.flatten(1))
+            features += feats
+        return torch.cat(logits, dim=1), features

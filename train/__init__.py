@@ -1,0 +1,1 @@
+"""Offline jobs: training (python -m train) and evaluation (python -m train.evaluate)."""

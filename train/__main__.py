@@ -1,0 +1,97 @@
+"""python -m train: train a preset and export a checkpoint (weights + config + model card)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from latent_cnf.config import PRESETS, TrainConfig
+from latent_cnf.data import DATASETS
+from latent_cnf.device import resolve_device
+
+from .loop import RunOptions, Trainer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="final-cond")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
+    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    parser.add_argument("--lr", type=float, help="override the preset's learning rate")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, help="override the preset's seed")
+    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    parser.add_argument(
+        "--out", type=Path, help="run folder: state, metrics.jsonl, pictures (default runs/<preset>-<dataset>)"
+    )
+    parser.add_argument("--export", type=Path, help="where the checkpoint goes (default <out>/checkpoint)")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from <out>/state.pt")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--train-subset", type=int, help="train on the first N training images (smoke runs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override any TrainConfig field, e.g. --set adversarial=false --set kl_warmup_steps=2000",
+    )
+    parser.add_argument("--val-images", type=int, default=1000, help="validation images scored each epoch")
+    return parser.parse_args(argv)
+
+
+def parse_sets(items: list[str]) -> dict:
+    fields = set(TrainConfig.__dataclass_fields__)
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected KEY=JSON with KEY one of {sorted(fields)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.list_presets:
+        for name, preset in PRESETS.items():
+            print(f"{name:15s} {preset.description}")
+            print(f"{'':15s} train: {json.dumps(preset.train.to_dict())}")
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    overrides = {k: v for k, v in overrides.items() if v is not None} | parse_sets(args.set)
+    train = TrainConfig.from_dict(preset.train.to_dict() | overrides)
+    preset = dataclasses.replace(preset, train=train)
+    options = RunOptions(
+        preset=preset,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        out=args.out or Path("runs") / f"{args.preset}-{args.dataset}",
+        export=args.export,
+        device=resolve_device(args.device),
+        max_steps=args.max_steps,
+        resume=args.resume,
+        command=shlex.join(["python", "-m", "train", *(sys.argv[1:] if argv is None else argv)]),
+        train_subset=args.train_subset,
+        val_images=args.val_images,
+    )
+    metrics = Trainer(options).run()
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

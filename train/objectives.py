@@ -1,0 +1,97 @@
+"""One loss per training stage of the original, plus the adversarial add-on of the final stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from latent_cnf.config import TrainConfig
+from latent_cnf.likelihood import bernoulli_log_likelihood, gaussian_entropy, kl_to_standard_normal
+from latent_cnf.model import LatentCNF
+from latent_cnf.networks import PatchDiscriminator
+
+
+@dataclass
+class Objective:
+    loss: torch.Tensor
+    terms: dict[str, float]
+    logits: torch.Tensor  # reconstructions, for the discriminator
+    nfe: int
+
+
+def _encode(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, sample: bool):
+    mean, log_std = model.encode(x, labels if model.config.encoder_conditional else None)
+    z = mean + torch.exp(log_std) * torch.randn_like(mean) if sample else mean
+    recon = -bernoulli_log_likelihood(model.decode(z), x).mean()
+    return mean, log_std, z, recon
+
+
+def _prior(model: LatentCNF, z: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
+    prior_labels = labels if model.prior.conditional else None
+    return model.prior.log_prob(z, prior_labels, cfg.train_solver, kinetic=cfg.kinetic_weight > 0)
+
+
+def _kinetic(cfg: TrainConfig, prior) -> torch.Tensor:
+    return cfg.kinetic_weight * prior.kinetic.mean() if prior.kinetic is not None else 0.0
+
+
+def ae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+    """Stage 1: autoencoder reconstruction plus the CNF's NLL of the (deterministic) latents."""
+    _, _, z, recon = _encode(model, x, labels, sample=False)
+    prior = _prior(model, z, labels, cfg)
+    cnf_nll = -prior.log_prob.mean()
+    loss = cfg.recon_weight * recon + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior)
+    return Objective(loss, {"recon": recon.item(), "cnf_nll": cnf_nll.item()}, model.decode(z), prior.nfe)
+
+
+def vae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+    """Stage 2: VAE with KL to N(0, I); the CNF separately fits the sampled latents."""
+    mean, log_std, z, recon = _encode(model, x, labels, sample=True)
+    kl = kl_to_standard_normal(mean, log_std).mean()
+    prior = _prior(model, z, labels, cfg)
+    cnf_nll = -prior.log_prob.mean()
+    loss = cfg.recon_weight * recon + cfg.kl_weight * kl + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior)
+    terms = {"recon": recon.item(), "kl": kl.item(), "cnf_nll": cnf_nll.item()}
+    return Objective(loss, terms, model.decode(z), prior.nfe)
+
+
+def vae_cnf_prior(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+    """Stage 3: the CNF is the prior; KL = -H[q] - log p_CNF(z) with one sample of z."""
+    mean, log_std, z, recon = _encode(model, x, labels, sample=True)
+    prior = _prior(model, z, labels, cfg)
+    kl = (-gaussian_entropy(log_std) - prior.log_prob).mean()
+    warmup = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
+    loss = cfg.recon_weight * recon + warmup * cfg.kl_weight * kl + _kinetic(cfg, prior)
+    terms = {"recon": recon.item(), "kl": kl.item(), "elbo": -(recon + kl).item()}
+    return Objective(loss, terms, model.decode(z), prior.nfe)
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "ae_cnf": ae_cnf,
+    "vae_cnf": vae_cnf,
+    "vae_cnf_prior": vae_cnf_prior,
+}
+
+
+def discriminator_loss(disc: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """BCE over all patches: real batch vs detached reconstructions."""
+    real_logits, _ = disc(real)
+    fake_logits, _ = disc(fake.detach())
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def adversarial_losses(
+    disc: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-saturating generator loss on the fake patches, and L1 feature matching against the real batch."""
+    fake_logits, fake_features = disc(fake)
+    with torch.no_grad():
+        _, real_features = disc(real)
+    adversarial = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    matching = sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features)) / len(fake_features)
+    return adversarial, matching
