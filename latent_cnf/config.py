@@ -37,7 +37,8 @@ class ModelConfig:
     latent_dim: int = 8
     encoder_hidden: tuple[int, ...] = (32, 32)
     decoder_hidden: tuple[int, ...] = (32, 32)
-    activation: Literal["relu", "tanh"] = "tanh"
+    encoder_activation: Literal["relu", "tanh"] = "tanh"
+    decoder_activation: Literal["relu", "tanh"] = "relu"
     variational: bool = True
     dropout: float = 0.1
     encoder_conditional: bool = False
@@ -134,15 +135,15 @@ class Preset:
     train: TrainConfig
 
 
-_STAGE1_MODEL = ModelConfig(latent_dim=2, activation="relu", variational=False, cnf_width=64)
-_STAGE3_MODEL = ModelConfig(latent_dim=2, activation="tanh", cnf_width=32)
-_FINAL_MODEL = ModelConfig(latent_dim=8, activation="tanh", encoder_conditional=True)
+_STAGE1_MODEL = ModelConfig(latent_dim=2, encoder_activation="relu", variational=False, cnf_width=64)
+_STAGE3_MODEL = ModelConfig(latent_dim=2, encoder_activation="tanh", cnf_width=32)
+_FINAL_MODEL = ModelConfig(latent_dim=8, encoder_activation="tanh", encoder_conditional=True)
 _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial=True, batch_size=256, epochs=50)
 _LARGE_MODEL = ModelConfig(
     latent_dim=32,
     encoder_hidden=(512, 512),
     decoder_hidden=(512, 512),
-    activation="tanh",
+    encoder_activation="relu",
     dropout=0.0,
     cnf_width=128,
     cnf_hidden=64,

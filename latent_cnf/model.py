@@ -147,22 +147,27 @@ class LatentCNF(nn.Module):
         images: torch.Tensor,
         k: int = 64,
         solver: SolverConfig | None = None,
-        seed: int = 0,
+        seed: int | torch.Tensor = 0,
         max_rows: int = 65_536,
     ) -> Score:
         """IWAE bound on log p(x) with K importance samples per image (per label for conditional models).
 
         Conditional models marginalise the label: proposals are stratified over the uniform class prior, so
         the bound is on log p(x) = log 1/C sum_y p(x | y), and the per-label bounds give `predicted_label`.
-        `max_rows` caps how many latent rows go through the flow at once (memory, not maths).
+        Image i draws its proposal noise from seed + i (or seed[i] for a tensor of seeds), so an image's
+        score does not depend on what else is in the batch. `max_rows` caps how many latent rows go through
+        the flow at once (memory, not maths).
         """
         if k < 1:
             raise ValueError("importance_samples must be >= 1")
         x = images.reshape(len(images), -1).to(self.device, torch.float32)
         classes = self.config.num_classes if self.config.conditional else 1
         chunk = max(1, max_rows // (classes * k))
-        generator = torch.Generator().manual_seed(seed)
-        parts = [self._score_chunk(x[i : i + chunk], k, classes, solver, generator) for i in range(0, len(x), chunk)]
+        seeds = torch.as_tensor(seed) + torch.arange(len(x)) if not torch.is_tensor(seed) else seed
+        parts = [
+            self._score_chunk(x[i : i + chunk], k, classes, solver, seeds[i : i + chunk])
+            for i in range(0, len(x), chunk)
+        ]
         merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "nfe"}
         per_label = merged["per_label"] if self.prior.conditional else None
         return Score(
@@ -178,13 +183,15 @@ class LatentCNF(nn.Module):
         )
 
     def _score_chunk(
-        self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig | None, generator: torch.Generator
+        self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig | None, seeds: torch.Tensor
     ) -> dict:
         n, d = len(x), self.config.latent_dim
         labels = torch.arange(classes, device=x.device).repeat(n) if classes > 1 else None
         x_rows = x.repeat_interleave(classes, 0)
         mean, log_std = self.encoder(x_rows, labels if self.config.encoder_conditional else None)
-        eps = torch.randn(n * classes, k, d, generator=generator).to(x.device)
+        eps = torch.cat(
+            [torch.randn(classes, k, d, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        ).to(x.device)
         z = (mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * eps).reshape(-1, d)
         log_q = gaussian_log_density(z, mean.repeat_interleave(k, 0), log_std.repeat_interleave(k, 0))
         prior_labels = labels.repeat_interleave(k) if self.prior.conditional else None

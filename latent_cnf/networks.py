@@ -37,7 +37,7 @@ class Encoder(nn.Module):
         else:
             self.label_embedding = None
             self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths, widths[1:]))
-            self.activation = ACTIVATIONS[config.activation]()
+            self.activation = ACTIVATIONS[config.encoder_activation]()
         self.dropout = nn.Dropout(config.dropout)
         out = 2 * config.latent_dim if config.variational else config.latent_dim
         self.head = nn.Linear(widths[-1], out)
@@ -69,7 +69,7 @@ class Decoder(nn.Module):
         widths = (config.latent_dim, *config.decoder_hidden)
         layers: list[nn.Module] = []
         for i, o in zip(widths, widths[1:]):
-            layers += [nn.Linear(i, o), ACTIVATIONS[config.activation]()]
+            layers += [nn.Linear(i, o), ACTIVATIONS[config.decoder_activation]()]
         layers.append(nn.Linear(widths[-1], config.data_dim))
         self.net = nn.Sequential(*layers)
 
