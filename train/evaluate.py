@@ -1,0 +1,210 @@
+"""python -m train.evaluate: the reported numbers of a checkpoint, printed as a table and written as JSON.
+
+Protocol (all NLL-like numbers are positive nats per image, lower is better):
+- likelihood: the first `--test-images` test images, binarized once by Bernoulli sampling with the fixed
+  PROTOCOL_SEED (dynamic binarization, frozen so every evaluation scores the same binary images);
+  test_nll_nats = -mean IWAE bound with K importance samples, test_elbo_nats = -mean ELBO,
+  latent_nll_nats = -mean prior log-density of the encoder means.
+- sample quality, in the feature space of the judge classifier (train/metrics/classifier.py): FID of
+  `--num-samples` samples (Bernoulli means) against the grey training images; fid_reference is the FID of
+  the grey test images against the same training images, the floor a perfect model would reach; improved
+  precision/recall against an equally large random subset of the training images.
+- label_accuracy (label-conditioned priors only): samples are drawn for labels 0..9 in equal shares, and
+  this is the share the judge classifies as the label they were drawn for.
+- ood_auroc: AUROC of telling the binarized test images from an outlier set (the other dataset's test
+  images, and uniform noise images, binarized the same way), with the IWAE log-likelihood as score and with
+  the input-complexity corrected score of train/metrics/ood.py.
+Data-side randomness (binarization, noise images, reference subsets) is fixed by PROTOCOL_SEED; `--seed` only
+drives the model's randomness (sampling noise, importance samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from latent_cnf import checkpoints, data
+from latent_cnf.device import resolve_device
+from latent_cnf.model import LatentCNF
+
+from .metrics.classifier import embed, load_classifier
+from .metrics.fid import fid
+from .metrics.ood import auroc, complexity_bits, complexity_corrected
+from .metrics.precision_recall import precision_recall
+
+PROTOCOL_SEED = 0
+OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
+SAMPLE_STREAM, SCORE_STREAM = 0, 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the checkpoint card's dataset")
+    parser.add_argument("--importance-samples", type=int, default=1000, help="K of the IWAE bound")
+    parser.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID, P/R, labels")
+    parser.add_argument("--test-images", type=int, default=10_000, help="first M test images (and M per outlier set)")
+    parser.add_argument("--reference-images", type=int, help="random training images for the reference (default all)")
+    parser.add_argument("--neighbours", type=int, default=3, help="k of the k-NN manifolds of precision/recall")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per model.score / model.sample call")
+    parser.add_argument(
+        "--feature-batch-size", type=int, default=1000, help="images per judge call, rows per distance block"
+    )
+    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and importance samples")
+    parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
+    return parser.parse_args(argv)
+
+
+def chunk_seeds(seed: int, stream: int, count: int) -> list[int]:
+    """Independent per-chunk seeds, so chunks never share noise and streams never overlap across --seed values."""
+    return np.random.SeedSequence([seed, stream]).generate_state(count).tolist()
+
+
+def binarized(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 28, 28) -> fixed binary float images (n, 784): the likelihood protocol's inputs."""
+    return data.binarize(data.to_float(images), torch.Generator().manual_seed(PROTOCOL_SEED))
+
+
+def noise_images(n: int) -> torch.Tensor:
+    """Uniform grey-level noise as uint8 images, binarized like the datasets (so pixels are Bernoulli(1/2))."""
+    generator = torch.Generator().manual_seed(PROTOCOL_SEED)
+    return torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8)
+
+
+def random_subset(n: int, size: int | None) -> torch.Tensor:
+    if size is None or size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(PROTOCOL_SEED))[:size]
+
+
+@torch.no_grad()
+def score(model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, seed: int, desc: str) -> dict:
+    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk."""
+    parts = []
+    starts = range(0, len(images), batch_size)
+    for start, chunk_seed in zip(
+        tqdm(starts, desc=desc, leave=False), chunk_seeds(seed, SCORE_STREAM, len(starts)), strict=True
+    ):
+        s = model.score(images[start : start + batch_size], k=k, seed=chunk_seed)
+        parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.latent_log_density.cpu()))
+    log_likelihood, elbo, latent = (torch.cat(p) for p in zip(*parts, strict=True))
+    return {"log_likelihood": log_likelihood, "elbo": elbo, "latent": latent}
+
+
+@torch.no_grad()
+def generate(model: LatentCNF, n: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call)."""
+    labels = torch.arange(n) % model.config.num_classes if model.prior.conditional else None
+    images, nfe = [], []
+    starts = range(0, n, batch_size)
+    for start, chunk_seed in zip(
+        tqdm(starts, desc="sampling", leave=False), chunk_seeds(seed, SAMPLE_STREAM, len(starts)), strict=True
+    ):
+        size = min(batch_size, n - start)
+        label = labels[start : start + size] if labels is not None else None
+        samples = model.sample(size, label=label, seed=chunk_seed)
+        images.append(samples.images.reshape(size, -1).cpu())
+        nfe.append(samples.nfe)
+    return torch.cat(images), labels, float(np.mean(nfe))
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    start_time = time.perf_counter()
+    device = resolve_device(args.device)
+    model = checkpoints.load(args.checkpoint, device)
+    dataset = args.dataset or checkpoints.read_card(args.checkpoint).get("dataset")
+    if dataset not in data.DATASETS:
+        raise SystemExit(f"the checkpoint card names no known dataset ({dataset!r}): pass --dataset")
+    judge = load_classifier(dataset, device)
+    fbs = args.feature_batch_size
+
+    train = data.load_split(dataset, "train", args.data_dir)
+    reference = data.to_float(train.images[random_subset(len(train), args.reference_images)])
+    reference_features, _ = embed(judge, reference, fbs, desc="judge: training images")
+    test = data.load_split(dataset, "test", args.data_dir)
+    test_images = test.images[: args.test_images]
+    test_features, _ = embed(judge, data.to_float(test_images), fbs, desc="judge: test images")
+
+    samples, sample_labels, sample_nfe = generate(model, args.num_samples, args.batch_size, args.seed)
+    sample_features, predicted = embed(judge, samples, fbs, desc="judge: samples")
+    real_subset = reference_features[random_subset(len(reference_features), len(sample_features))]
+    precision, recall = precision_recall(real_subset, sample_features, args.neighbours, fbs)
+
+    k, bs = args.importance_samples, args.batch_size
+    x_test = binarized(test.images)[: args.test_images]
+    inliers = score(model, x_test, k, bs, args.seed, "scoring test images")
+    other = data.load_split(OTHER_DATASET[dataset], "test", args.data_dir)
+    outlier_sets = {
+        OTHER_DATASET[dataset]: binarized(other.images)[: len(x_test)],
+        "noise": binarized(noise_images(len(test)))[: len(x_test)],
+    }
+    in_corrected = complexity_corrected(inliers["log_likelihood"], complexity_bits(x_test))
+    ood = {}
+    for name, x_out in outlier_sets.items():
+        out_ll = score(model, x_out, k, bs, args.seed, f"scoring {name}")["log_likelihood"]
+        ood[name] = {
+            "likelihood": auroc(inliers["log_likelihood"], out_ll),
+            "complexity_corrected": auroc(in_corrected, complexity_corrected(out_ll, complexity_bits(x_out))),
+        }
+
+    return {
+        "checkpoint": str(args.checkpoint),
+        "config_hash": model.config.hash(),
+        "dataset": dataset,
+        "test_nll_nats": -inliers["log_likelihood"].mean().item(),
+        "test_elbo_nats": -inliers["elbo"].mean().item(),
+        "latent_nll_nats": -inliers["latent"].mean().item(),
+        "fid": fid(sample_features, reference_features),
+        "fid_reference": fid(test_features, reference_features),
+        "precision": precision,
+        "recall": recall,
+        "label_accuracy": (predicted == sample_labels).double().mean().item() if sample_labels is not None else None,
+        "ood_auroc": ood,
+        "sample_nfe_mean": sample_nfe,
+        "importance_samples": k,
+        "num_samples": len(samples),
+        "test_images": len(x_test),
+        "reference_images": len(reference),
+        "neighbours": args.neighbours,
+        "seed": args.seed,
+        "protocol_seed": PROTOCOL_SEED,
+        "seconds": round(time.perf_counter() - start_time, 1),
+    }
+
+
+def table(results: dict) -> str:
+    """One aligned `name  value` row per number; nested dicts flatten to dotted names."""
+
+    def rows(prefix: str, value: object) -> list[tuple[str, str]]:
+        if isinstance(value, dict):
+            return [row for key, v in value.items() for row in rows(f"{prefix}.{key}" if prefix else key, v)]
+        return [(prefix, f"{value:.4f}" if isinstance(value, float) else str(value))]
+
+    lines = rows("", results)
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = evaluate(args)
+    print(table(results))
+    out = args.json or Path("runs") / "eval" / f"{Path(str(args.checkpoint)).name}-{results['config_hash']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
