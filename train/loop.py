@@ -41,6 +41,7 @@ class RunOptions:
     resume: bool = False
     command: str = ""
     train_subset: int | None = None
+    eval_solver: SolverConfig = EVAL_SOLVER
 
 
 def git_commit() -> str:
@@ -118,7 +119,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.model.eval()
-        score = self.model.score(self.val_x, k=self.options.val_importance_samples, solver=EVAL_SOLVER)
+        score = self.model.score(self.val_x, k=self.options.val_importance_samples, solver=self.options.eval_solver)
         return {
             "val_iwae_nats": score.log_likelihood.mean().item(),
             "val_elbo_nats": score.elbo.mean().item(),
@@ -133,7 +134,7 @@ class Trainer:
         z0, labels = self.model.draw_base(4, seed=0)
         if label is not None:
             labels = label.to(self.model.device)
-        path = self.model.generate(z0, labels, EVAL_SOLVER, steps=11)
+        path = self.model.generate(z0, labels, self.options.eval_solver, steps=11)
         return png_bytes(trajectory_strip(path.times, path.images))
 
     def state(self) -> dict:
@@ -192,7 +193,9 @@ class Trainer:
         test = data.load_split(o.dataset, "test", o.data_dir)
         images = data.to_float(test.images[: o.reference_images])
         self.model.eval()
-        score = self.model.score((images > 0.5).float(), k=o.reference_importance_samples, solver=EVAL_SOLVER)
+        score = self.model.score(
+            (images > 0.5).float(), k=o.reference_importance_samples, solver=self.options.eval_solver
+        )
         quantiles = torch.quantile(score.log_likelihood.cpu(), torch.linspace(0, 1, 101))
         return {
             "binarization": "threshold 0.5",

@@ -1,0 +1,1 @@
+"""The REST service: FastAPI app serving latent_cnf models (see service/app.py)."""

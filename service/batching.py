@@ -1,0 +1,137 @@
+"""Dynamic batching: a bounded queue in front of one inference thread per device.
+
+Requests with the same key (model, kind, solver settings) that arrive within `max_wait_s` of each other,
+or while the worker is busy, are merged into one model call of at most `max_batch` samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import metrics
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: the caller should retry later (503)."""
+
+
+class QueueTimeout(Exception):
+    """The request waited longer than its timeout (504)."""
+
+
+class BatcherStopped(Exception):
+    """The service is shutting down."""
+
+
+@dataclass(eq=False)
+class Job:
+    key: Hashable
+    size: int
+    payload: Any
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+RunBatch = Callable[[Hashable, Sequence[Job]], list[Any]]
+
+
+def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the waiter timed out or was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """Merges queued jobs by key and runs them on a dedicated thread under torch.inference_mode()."""
+
+    def __init__(self, run_batch: RunBatch, device: str, max_batch: int, max_wait_s: float, max_queue: int):
+        self.run_batch, self.device = run_batch, device
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=f"inference-{device}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._jobs)
+
+    def _set_depth(self) -> None:
+        metrics.QUEUE_DEPTH.labels(device=self.device).set(len(self._jobs))
+
+    async def submit(self, key: Hashable, size: int, payload: Any, timeout_s: float) -> Any:
+        loop = asyncio.get_running_loop()
+        job = Job(key, size, payload, loop.create_future(), loop)
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("the service is shutting down")
+            if len(self._jobs) >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
+            self._jobs.append(job)
+            self._set_depth()
+            self._cond.notify()
+        try:
+            return await asyncio.wait_for(job.future, timeout_s)
+        except asyncio.TimeoutError:
+            with self._cond:
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                    self._set_depth()
+            raise QueueTimeout(f"the request waited more than {timeout_s:g} s") from None
+
+    def _take_batch(self) -> list[Job] | None:
+        """Block for a head job, then gather same-key jobs until full or the wait runs out."""
+        with self._cond:
+            while not self._jobs and not self._stopping:
+                self._cond.wait()
+            if not self._jobs:
+                return None
+            head = self._jobs.popleft()
+            batch, total = [head], head.size
+            deadline = time.monotonic() + self.max_wait_s
+            while total < self.max_batch:
+                for job in list(self._jobs):
+                    if job.key == head.key and total + job.size <= self.max_batch:
+                        self._jobs.remove(job)
+                        batch.append(job)
+                        total += job.size
+                remaining = deadline - time.monotonic()
+                if total >= self.max_batch or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            self._set_depth()
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            batch = [job for job in batch if not job.future.done()]
+            if not batch:
+                continue
+            try:
+                with torch.inference_mode():
+                    results = self.run_batch(batch[0].key, batch)
+                outcomes = [(job, result, None) for job, result in zip(batch, results)]
+            except Exception as error:  # handed to every waiter; the route turns it into an HTTP error
+                outcomes = [(job, None, error) for job in batch]
+            for job, result, error in outcomes:
+                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the queued jobs, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)

@@ -1,0 +1,202 @@
+"""The served models and the merged model calls the batcher runs: no HTTP types here beyond ServiceError."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import latent_cnf
+from latent_cnf import SolverError, checkpoints
+from latent_cnf.config import SolverConfig
+from latent_cnf.device import resolve_device
+from latent_cnf.model import LatentCNF, Trajectory
+
+from . import metrics
+from .batching import Batcher, BatcherStopped, Job, QueueFull, QueueTimeout
+from .errors import ServiceError
+from .settings import Settings
+
+log = logging.getLogger("latent_cnf.service")
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    n: int
+    label: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    images: torch.Tensor  # (m, 28, 28) binarized pixels
+    seed: int
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model: LatentCNF
+    card: dict[str, Any]
+    sha256: str
+    device: str
+    reference: np.ndarray | None  # test-set log-likelihood quantiles 0..100
+
+    @property
+    def conditional(self) -> bool:
+        return self.model.prior.conditional
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def percentile(self, log_likelihood: float) -> float | None:
+        if self.reference is None:
+            return None
+        return float(np.interp(log_likelihood, self.reference, np.linspace(0, 100, len(self.reference))))
+
+
+def split_trajectory(path: Trajectory, jobs: Sequence[Job]) -> list[Trajectory]:
+    out, start = [], 0
+    for job in jobs:
+        end = start + job.size
+        labels = path.labels[start:end] if path.labels is not None else None
+        out.append(Trajectory(path.times, path.latents[:, start:end], path.images[:, start:end], labels, path.nfe))
+        start = end
+    return out
+
+
+class ModelHub:
+    """Loads the configured checkpoints onto one device and runs merged requests for them."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = str(resolve_device(settings.device))
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self.batcher: Batcher | None = None
+
+    def load(self) -> None:
+        """Start the inference thread, load every model, warm each up; only then is the hub `ready`."""
+        s = self.settings
+        self.batcher = Batcher(self.run_batch, self.device, s.max_batch, s.max_wait_ms / 1000, s.max_queue)
+        names = self.settings.models or checkpoints.available()
+        if not names:
+            raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
+        for name in names:
+            started = time.perf_counter()
+            model = latent_cnf.load(name, self.device)
+            card = checkpoints.read_card(name)
+            quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
+            served = ServedModel(
+                name=checkpoints.resolve(name).name,
+                model=model,
+                card=card,
+                sha256=checkpoints.sha256(name),
+                device=self.device,
+                reference=np.asarray(quantiles) if quantiles else None,
+            )
+            self.models[served.name] = served
+            metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
+            if self.settings.warmup:
+                with torch.inference_mode():
+                    model.sample(2, seed=0)
+                    model.score(torch.zeros(1, 28, 28), k=2)
+            log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
+        if self.settings.default_model not in self.models:
+            raise RuntimeError(f"default model {self.settings.default_model!r} is not among {sorted(self.models)}")
+        self.ready = True
+        metrics.READY.set(1)
+
+    def get(self, name: str | None) -> ServedModel:
+        if not self.ready:
+            raise ServiceError(503, "not_ready", "models are still loading", {"Retry-After": "1"})
+        name = name or self.settings.default_model
+        if name not in self.models:
+            raise ServiceError(404, "unknown_model", f"no model {name!r}; served models: {sorted(self.models)}")
+        return self.models[name]
+
+    def solver(self, served: ServedModel, spec: dict[str, Any] | None) -> SolverConfig:
+        base = served.model.config.sample_solver
+        if not spec:
+            return base
+        try:
+            return SolverConfig(**(base.__dict__ | {k: v for k, v in spec.items() if v is not None}))
+        except ValueError as error:
+            raise ServiceError(422, "invalid_solver", str(error)) from None
+
+    def check_label(self, served: ServedModel, label: int | None) -> None:
+        if label is not None and not served.conditional:
+            raise ServiceError(
+                422, "label_not_supported", f"model {served.name!r} is not label-conditioned: omit 'label'"
+            )
+
+    async def submit(self, key: tuple, size: int, payload: Any) -> Any:
+        """Queue a job for the inference thread; queue and solver failures become ServiceErrors."""
+        try:
+            return await self.batcher.submit(key, size, payload, self.settings.timeout_s)
+        except QueueFull as error:
+            raise ServiceError(503, "queue_full", str(error), {"Retry-After": "1"}) from None
+        except BatcherStopped as error:
+            raise ServiceError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None
+        except QueueTimeout as error:
+            raise ServiceError(504, "timeout", str(error)) from None
+        except SolverError as error:
+            raise ServiceError(422, "solver_failed", str(error)) from None
+
+    def run_batch(self, key: tuple, jobs: Sequence[Job]) -> list[Any]:
+        kind, name = key[0], key[1]
+        served = self.models[name]
+        started = time.perf_counter()
+        if kind == "score":
+            results, nfe = self._score(served, key[2], jobs)
+            metrics.IMAGES_SCORED.labels(model=name).inc(sum(job.size for job in jobs))
+        else:
+            results, nfe = self._generate(served, key[2], key[3], jobs)
+            metrics.SAMPLES.labels(model=name).inc(sum(job.size for job in jobs))
+        metrics.INFERENCE_SECONDS.labels(model=name, kind=kind).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(model=name, kind=kind).observe(sum(job.size for job in jobs))
+        metrics.BATCH_REQUESTS.labels(model=name, kind=kind).observe(len(jobs))
+        metrics.NFE.labels(model=name, kind=kind).observe(nfe)
+        return results
+
+    def _generate(
+        self, served: ServedModel, solver: SolverConfig, steps: int, jobs: Sequence[Job]
+    ) -> tuple[list[Trajectory], int]:
+        model = served.model
+        drawn = [model.draw_base(job.payload.n, job.payload.label, job.payload.seed) for job in jobs]
+        z0 = torch.cat([z for z, _ in drawn])
+        labels = torch.cat([y for _, y in drawn]) if served.conditional else None
+        path = model.generate(z0, labels, solver, steps)
+        return split_trajectory(path, jobs), path.nfe
+
+    def _score(self, served: ServedModel, k: int, jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], int]:
+        images = torch.cat([job.payload.images for job in jobs])
+        seeds = torch.cat([job.payload.seed + torch.arange(job.size) for job in jobs])
+        score = served.model.score(images, k=k, seed=seeds)
+        fields = {
+            "log_likelihood_nats": score.log_likelihood,
+            "elbo_nats": score.elbo,
+            "latent_log_density": score.latent_log_density,
+            "kl_nats": score.kl,
+            "reconstruction_nats": score.reconstruction,
+        }
+        rows = [{key: float(value[i]) for key, value in fields.items()} for i in range(len(images))]
+        for i, row in enumerate(rows):
+            row["bits_per_dim"] = -row["log_likelihood_nats"] / (images[i].numel() * math.log(2))
+            row["predicted_label"] = int(score.predicted_label[i]) if score.predicted_label is not None else None
+        out, start = [], 0
+        for job in jobs:
+            out.append(rows[start : start + job.size])
+            start += job.size
+        return out, score.nfe
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()

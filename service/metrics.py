@@ -1,0 +1,32 @@
+"""Prometheus collectors (prefix latent_cnf_), registered once per process in the default registry."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+NFE_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+REQUESTS = Counter(
+    "latent_cnf_requests", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "latent_cnf_request_duration_seconds", "HTTP request duration by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS
+)
+QUEUE_DEPTH = Gauge("latent_cnf_queue_depth", "requests waiting for the inference thread", ["device"])
+BATCH_SIZE = Histogram(
+    "latent_cnf_batch_size", "samples or images per merged model call", ["model", "kind"], buckets=BATCH_BUCKETS
+)
+BATCH_REQUESTS = Histogram(
+    "latent_cnf_batch_requests", "requests merged into one model call", ["model", "kind"], buckets=BATCH_BUCKETS
+)
+INFERENCE_SECONDS = Histogram(
+    "latent_cnf_inference_seconds", "time of one merged model call", ["model", "kind"], buckets=LATENCY_BUCKETS
+)
+NFE = Histogram("latent_cnf_nfe", "ODE function evaluations per model call", ["model", "kind"], buckets=NFE_BUCKETS)
+SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model"])
+IMAGES_SCORED = Counter("latent_cnf_images_scored", "images scored", ["model"])
+REJECTED = Counter("latent_cnf_rejected", "requests refused, by reason", ["reason"])
+MODEL_INFO = Gauge("latent_cnf_model_info", "served models (value 1)", ["model", "device", "checkpoint_sha256"])
+READY = Gauge("latent_cnf_ready", "1 when every model is loaded and warmed up")

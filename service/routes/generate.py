@@ -1,0 +1,57 @@
+"""POST /generate: samples from a model, as JSON (base64 PNGs + latents) or one PNG grid."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from latent_cnf.images import grid, image_pngs, png_bytes
+
+from ..dependencies import fresh_seed, get_hub
+from ..inference import ModelHub, SampleJob
+from ..schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
+
+router = APIRouter(tags=["generate"])
+
+
+def wants_png(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "png"
+    return "image/png" in request.headers.get("accept", "")
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG grid"}},
+)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    format: Literal["json", "png"] | None = Query(None, description="png: one grid image (same as Accept: image/png)"),
+    hub: ModelHub = Depends(get_hub),
+) -> GenerateResponse | Response:
+    """Draw `n` samples; the same seed and parameters give the same images."""
+    served = hub.get(body.model)
+    hub.check_label(served, body.label)
+    solver = hub.solver(served, body.solver.model_dump() if body.solver else None)
+    seed = fresh_seed(body.seed)
+    path = await hub.submit(("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed))
+    images = path.images[-1]
+    if wants_png(request, format):
+        columns = math.ceil(math.sqrt(body.n))
+        return Response(png_bytes(grid(images, columns)), media_type="image/png")
+    return GenerateResponse(
+        model=served.name,
+        n=body.n,
+        label=body.label,
+        labels=path.labels.tolist() if path.labels is not None else None,
+        seed=seed,
+        nfe=path.nfe,
+        images=[base64.b64encode(png).decode() for png in image_pngs(images)],
+        latents=path.latents[-1].tolist(),
+    )

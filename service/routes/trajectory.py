@@ -1,0 +1,58 @@
+"""GET /trajectory: the flow from base noise to latent, decoded at evenly spaced times."""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
+
+from ..dependencies import fresh_seed, get_hub
+from ..inference import ModelHub, SampleJob
+from ..schemas import ERROR_RESPONSES, MAX_SEED, TrajectoryResponse, TrajectoryStep
+
+router = APIRouter(tags=["trajectory"])
+
+
+@router.get(
+    "/trajectory",
+    response_model=TrajectoryResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}}, "description": "PNG strip, or JSON"}},
+)
+async def trajectory(
+    steps: int = Query(11, ge=2, le=64, description="decoded times from t0 to t1"),
+    n: int = Query(1, ge=1, le=16, description="rows (samples)"),
+    seed: int | None = Query(None, ge=0, le=MAX_SEED),
+    label: int | None = Query(None, ge=0, le=9),
+    model: str | None = Query(None),
+    format: Literal["png", "json"] = Query("png"),
+    hub: ModelHub = Depends(get_hub),
+) -> Response | TrajectoryResponse:
+    """PNG: n rows of `steps` images with each column's time written above it."""
+    served = hub.get(model)
+    hub.check_label(served, label)
+    seed = fresh_seed(seed)
+    solver = served.model.config.sample_solver
+    path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed))
+    if format == "png":
+        return Response(png_bytes(trajectory_strip(path.times, path.images)), media_type="image/png")
+    return TrajectoryResponse(
+        model=served.name,
+        n=n,
+        steps=steps,
+        seed=seed,
+        label=label,
+        labels=path.labels.tolist() if path.labels is not None else None,
+        nfe=path.nfe,
+        trajectory=[
+            TrajectoryStep(
+                t=float(t),
+                latents=path.latents[i].tolist(),
+                images=[base64.b64encode(png).decode() for png in image_pngs(path.images[i])],
+            )
+            for i, t in enumerate(path.times)
+        ],
+    )

@@ -1,0 +1,125 @@
+"""Request and response bodies; these pydantic models are what /openapi.json and /docs describe."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+
+
+class SolverSpec(BaseModel):
+    """ODE solver for the flow; omitted fields take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"method": "rk4", "steps": 16}]})
+
+    method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = None
+    steps: int | None = Field(None, ge=1, le=1000, description="steps of a fixed-step method over [t0, t1]")
+    rtol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 relative tolerance")
+    atol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"n": 4, "label": 3, "seed": 7}, {"n": 16}]}
+    )
+
+    model: str | None = Field(None, description="served model name (default: LATENT_CNF_DEFAULT_MODEL)")
+    n: int = Field(16, ge=1, le=256, description="number of samples")
+    label: int | None = Field(None, ge=0, le=9, description="digit to draw (label-conditioned models only)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted = a fresh one, returned")
+    solver: SolverSpec | None = None
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    n: int
+    label: int | None
+    labels: list[int] | None = Field(description="label of each sample (conditional models), drawn if not given")
+    seed: int
+    nfe: int = Field(description="ODE function evaluations of the model call that produced these samples")
+    images: list[str] = Field(description="base64-encoded 28x28 grayscale PNGs")
+    latents: list[list[float]]
+
+
+class ImageScore(BaseModel):
+    filename: str
+    log_likelihood_nats: float = Field(description="IWAE lower bound on log p(x) of the binarized image, in nats")
+    bits_per_dim: float = Field(description="-log_likelihood / (784 ln 2)")
+    elbo_nats: float
+    latent_log_density: float = Field(description="log p(z) of the encoder mean under the CNF prior")
+    kl_nats: float
+    reconstruction_nats: float
+    importance_samples: int
+    percentile: float | None = Field(description="percentile of this score among the model's test-set scores")
+    in_distribution: bool | None = Field(description="percentile above LATENT_CNF_OOD_PERCENTILE")
+    predicted_label: int | None = Field(description="argmax over labels of the class-conditional bound")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    preprocess: Literal["mnist", "resize"]
+    results: list[ImageScore]
+
+
+class TrajectoryStep(BaseModel):
+    t: float
+    latents: list[list[float]]
+    images: list[str] = Field(description="base64 PNG per sample at this time")
+
+
+class TrajectoryResponse(BaseModel):
+    model: str
+    n: int
+    steps: int
+    seed: int
+    label: int | None
+    labels: list[int] | None
+    nfe: int
+    trajectory: list[TrajectoryStep]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    dataset: str | None
+    preset: str | None
+    conditional: bool
+    latent_dim: int
+    parameters: int
+    checkpoint_sha256: str
+    device: str
+    config: dict
+    card: dict
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+    models: list[str] = []
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        404: "unknown model",
+        413: "body or image too large",
+        415: "not an accepted image format",
+        422: "invalid parameters or image",
+        503: "queue full or models loading (see Retry-After)",
+        504: "timed out waiting for the model",
+    }.items()
+}

@@ -1,0 +1,49 @@
+"""Shared fixtures: where the IDX files are, and small synthetic data sets written as real IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """LATENT_CNF_DATA if set, else ../shared/data beside the repo (as in CI)."""
+    path = Path(os.environ.get("LATENT_CNF_DATA", REPO.parent / "shared" / "data"))
+    if not (path / "mnist").exists():
+        pytest.fail(f"MNIST IDX files not found in {path}: set LATENT_CNF_DATA")
+    return path
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """Encode a uint8 tensor as an IDX file."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    return header + array.contiguous().numpy().tobytes()
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 64-image 'mnist' folder of random blobs with matching checksums patched into DATASETS."""
+    from latent_cnf import data
+
+    generator = torch.Generator().manual_seed(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    checksums = {}
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        images = (torch.rand(n, 28, 28, generator=generator) > 0.8).to(torch.uint8) * 255
+        labels = torch.arange(n, dtype=torch.uint8) % 10
+        for kind, tensor in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte"
+            raw = idx_bytes(tensor)
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+            checksums[name] = data._sha256(raw)
+    monkeypatch.setitem(data.DATASETS, "mnist", checksums)
+    return tmp_path

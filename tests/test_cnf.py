@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from latent_cnf import ModelConfig, SolverConfig, SolverError
+from latent_cnf.cnf import HyperDynamics, LatentFlow
+
+TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
+
+
+def autograd_trace(dz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return sum(torch.autograd.grad(dz[:, i].sum(), z, retain_graph=True)[0][:, i] for i in range(z.shape[1]))
+
+
+@pytest.mark.parametrize("labels", [0, 10])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_exact_trace_matches_autograd(labels, dtype, tol):
+    torch.manual_seed(1)
+    dynamics = HyperDynamics(latent_dim=6, width=16, hidden=32, num_labels=labels, label_dim=4 if labels else 0).to(
+        dtype
+    )
+    z = torch.randn(37, 6, dtype=dtype, requires_grad=True)
+    y = torch.randint(10, (37,)) if labels else None
+    for t in (0.0, 2.5, 10.0):
+        dz, trace = dynamics(torch.tensor(t), z, y)
+        assert dz.shape == (37, 6) and trace.shape == (37,)
+        torch.testing.assert_close(trace, autograd_trace(dz, z), atol=tol, rtol=tol)
+
+
+def flow_2d(**overrides) -> LatentFlow:
+    torch.manual_seed(0)
+    return LatentFlow(ModelConfig(latent_dim=2, cnf_width=8, cnf_hidden=16, **overrides)).double()
+
+
+def test_log_density_matches_change_of_variables():
+    """log p(z1) from the CNF equals log p0(z0) - log|det dz1/dz0| with the Jacobian by autograd."""
+    flow = flow_2d()
+    z0 = torch.randn(3, 2, dtype=torch.float64) * flow.base_std
+    z1 = flow.transform(z0, solver=TIGHT).z[-1]
+    for i in range(3):
+        jacobian = torch.autograd.functional.jacobian(lambda p: flow.transform(p[None], solver=TIGHT).z[-1, 0], z0[i])
+        expected = flow.base_log_prob(z0[i : i + 1]) - torch.linalg.slogdet(jacobian).logabsdet
+        result = flow.log_prob(z1[i : i + 1], solver=TIGHT)
+        torch.testing.assert_close(result.log_prob, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(result.z, z0[i : i + 1], atol=1e-6, rtol=0)
+
+
+def test_density_integrates_to_one():
+    """A grid sum of exp(log p) over the plane is 1: the flow keeps mass."""
+    flow = flow_2d()
+    axis = torch.linspace(-2.5, 2.5, 101, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    density = flow.log_prob(grid, solver=SolverConfig(method="rk4", steps=40)).log_prob.exp()
+    assert abs(density.sum().item() * (axis[1] - axis[0]).item() ** 2 - 1) < 0.02
+
+
+def test_base_density_is_a_buffer():
+    flow = LatentFlow(ModelConfig())
+    assert "base_std" in dict(flow.named_buffers())
+    assert math.isclose(flow.base_std.item() ** 2, 0.1, rel_tol=1e-6)
+    assert flow.double().base_std.dtype == torch.float64
+
+
+@pytest.mark.parametrize("solver", [SolverConfig(method="rk4", steps=8), SolverConfig(method="dopri5")])
+def test_batch_size_independence(solver):
+    flow = flow_2d().float()
+    z = torch.randn(50, 2)
+    full = flow.log_prob(z, solver=solver).log_prob
+    for n in (1, 7):
+        torch.testing.assert_close(flow.log_prob(z[:n], solver=solver).log_prob, full[:n], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, per_step", [("rk4", 4), ("midpoint", 2), ("euler", 1)])
+def test_nfe_counting_fixed_step(method, per_step):
+    flow = flow_2d()
+    result = flow.log_prob(torch.randn(4, 2, dtype=torch.float64), solver=SolverConfig(method=method, steps=5))
+    assert result.nfe == 5 * per_step
+
+
+def test_max_nfe_raises():
+    flow = flow_2d()
+    with pytest.raises(SolverError, match="max_nfe=3"):
+        flow.log_prob(torch.randn(4, 2, dtype=torch.float64), solver=SolverConfig(max_nfe=3))
+
+
+def test_non_finite_raises():
+    flow = flow_2d()
+    with torch.no_grad():
+        flow.dynamics.hyper[-1].bias.fill_(float("nan"))
+    with pytest.raises(SolverError):
+        flow.transform(torch.randn(4, 2, dtype=torch.float64), solver=SolverConfig(method="rk4", steps=4))
+
+
+def test_kinetic_energy_is_positive_integral():
+    flow = flow_2d()
+    result = flow.log_prob(
+        torch.randn(4, 2, dtype=torch.float64), kinetic=True, solver=SolverConfig(method="rk4", steps=4)
+    )
+    assert (result.kinetic > 0).all()
+
+
+def test_conditional_flow_needs_labels():
+    flow = LatentFlow(ModelConfig(cnf_conditional=True))
+    with pytest.raises(ValueError, match="labels"):
+        flow.log_prob(torch.randn(2, 8))

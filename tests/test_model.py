@@ -1,0 +1,142 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from latent_cnf import PRESETS, CheckpointError, LatentCNF, SolverConfig, checkpoints
+
+FAST = SolverConfig(method="rk4", steps=4)
+
+
+def model(preset: str = "final-cond", **overrides) -> LatentCNF:
+    torch.manual_seed(0)
+    config = dataclasses.replace(PRESETS[preset].model, sample_solver=FAST, **overrides)
+    return LatentCNF(config).eval()
+
+
+def images(n: int = 6) -> torch.Tensor:
+    return (torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(3)) > 0.7).float()
+
+
+@torch.no_grad()
+def test_sample_shapes_and_seed():
+    m = model()
+    a, b = m.sample(5, seed=11), m.sample(5, seed=11)
+    assert a.images.shape == (5, 1, 28, 28) and a.latents.shape == (5, 8)
+    assert 0 <= a.images.min() and a.images.max() <= 1
+    assert torch.equal(a.images, b.images) and a.nfe == 16
+    assert not torch.equal(a.latents, m.sample(5, seed=12).latents)
+
+
+@torch.no_grad()
+def test_conditional_sample_uses_label():
+    m = model()
+    threes, fives = m.sample(4, label=3, seed=1), m.sample(4, label=5, seed=1)
+    assert threes.labels.tolist() == [3] * 4
+    assert not torch.allclose(threes.latents, fives.latents)
+    unconditional = m.sample(64, seed=2)
+    assert len(set(unconditional.labels.tolist())) > 5  # drawn from the uniform class prior
+
+
+@torch.no_grad()
+def test_conditional_log_prob_depends_on_label():
+    m = model()
+    z = torch.randn(4, 8) * 0.3
+    three, five = m.log_prob(z, 3, FAST).log_prob, m.log_prob(z, 5, FAST).log_prob
+    assert not torch.allclose(three, five)
+    per_label = torch.stack([m.log_prob(z, y, FAST).log_prob for y in range(10)])
+    marginal = m.log_prob(z, None, FAST).log_prob
+    torch.testing.assert_close(marginal, torch.logsumexp(per_label, 0) - torch.log(torch.tensor(10.0)))
+
+
+def test_unconditional_model_refuses_labels():
+    with pytest.raises(ValueError, match="not label-conditioned"):
+        model("vae-cnf-prior").sample(2, label=1)
+
+
+@torch.no_grad()
+def test_trajectory_runs_t0_to_t1():
+    m = model()
+    path = m.trajectory(3, steps=11, label=7, seed=5)
+    assert path.latents.shape == (11, 3, 8) and path.images.shape == (11, 3, 1, 28, 28)
+    assert path.times[0] == 0 and path.times[-1] == 10
+    torch.testing.assert_close(path.latents[-1], m.sample(3, label=7, seed=5).latents)
+    z0, _ = m.draw_base(3, 7, seed=5)
+    torch.testing.assert_close(path.latents[0], z0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("preset", ["final-cond", "vae-cnf-prior", "ae-cnf"])
+def test_score_bounds(preset):
+    m = model(preset)
+    x = images()
+    score = m.score(x, k=16, solver=FAST)
+    assert score.log_likelihood.shape == (6,) and torch.isfinite(score.log_likelihood).all()
+    assert (score.log_likelihood >= score.elbo - 1e-4).all()  # log-mean-exp >= mean-log, sample by sample
+    torch.testing.assert_close(score.elbo, score.reconstruction - score.kl)
+    single = m.score(x, k=1, solver=FAST)
+    if not m.config.conditional:
+        torch.testing.assert_close(single.log_likelihood, single.elbo)
+    assert (score.predicted_label is not None) == m.prior.conditional
+
+
+@torch.no_grad()
+def test_score_does_not_depend_on_batch():
+    m = model()
+    x = images()
+    full = m.score(x, k=8, solver=FAST)
+    part = m.score(x[2:4], k=8, solver=FAST, seed=2)
+    torch.testing.assert_close(part.log_likelihood, full.log_likelihood[2:4], atol=1e-4, rtol=0)
+    chunked = m.score(x, k=8, solver=FAST, max_rows=8 * 10)
+    torch.testing.assert_close(chunked.log_likelihood, full.log_likelihood, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_gaussian_prior_matches_closed_form():
+    m = model("final", prior="gaussian")
+    z = torch.randn(5, 8)
+    expected = torch.distributions.Normal(0, 1).log_prob(z).sum(1)
+    torch.testing.assert_close(m.log_prob(z).log_prob, expected)
+
+
+@torch.no_grad()
+def test_checkpoint_round_trip(tmp_path):
+    m = model()
+    folder = checkpoints.save(m, tmp_path / "ck", {"dataset": "mnist"})
+    loaded = checkpoints.load(folder)
+    assert loaded.config == m.config and not loaded.training
+    torch.testing.assert_close(loaded.sample(4, seed=3).images, m.sample(4, seed=3).images, atol=0, rtol=0)
+    assert checkpoints.read_card(folder)["dataset"] == "mnist"
+
+
+def test_checkpoint_rejects_mismatched_config(tmp_path):
+    folder = checkpoints.save(model(), tmp_path / "ck", {})
+    card = json.loads((folder / "card.json").read_text())
+    card["config"]["latent_dim"] = 4
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        checkpoints.load(folder)
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    folder = checkpoints.save(model(), tmp_path / "ck", {})
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"x": Payload()}, folder / "weights.pt")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        checkpoints.load(folder)
+
+
+def test_unknown_checkpoint_lists_available():
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoints.load("does-not-exist")
+
+
+def test_config_json_round_trip():
+    for preset in PRESETS.values():
+        config = preset.model
+        assert type(config).from_dict(json.loads(config.to_json())) == config
