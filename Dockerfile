@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# The latent-cnf service image.
+#   docker build -t latent-cnf:cuda .                         # default: CUDA
+#   docker build --build-arg VARIANT=cpu -t latent-cnf:cpu .  # CPU only, GBs smaller (no CUDA libraries)
+# The CUDA variant needs no CUDA base image: PyTorch's Linux x86-64 wheels on PyPI bundle the CUDA runtime
+# and cuDNN as pip packages, so the host needs only the NVIDIA driver and the NVIDIA container toolkit.
+
+# The interpreter the project is tested with.
+ARG PYTHON_VERSION=3.11
+
+# Builder: turn the source into one wheel (package code + the shipped checkpoints as package data).
+# .dockerignore is an allowlist, so only pyproject.toml, README.md and the packages reach this stage.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# Runtime: torch for the chosen variant, then the wheel with the service dependencies from pyproject.toml.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+ARG VARIANT=cuda
+# Pinned so both variants get the same torch; torch>=2.1 in pyproject.toml is the floor, this is the build.
+ARG TORCH_VERSION=2.13.0
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# torch first and on its own layer: it is by far the largest and changes least often. The CPU wheel comes
+# from PyTorch's CPU index (no CUDA libraries); the CUDA wheel is the default one on PyPI.
+RUN case "${VARIANT}" in \
+        cuda) pip install "torch==${TORCH_VERSION}" ;; \
+        cpu) pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu ;; \
+        *) echo "VARIANT must be cuda or cpu, not '${VARIANT}'" >&2; exit 1 ;; \
+    esac
+
+# No extras: the train/dev extras (tqdm, scipy, pytest, ...) stay out of the image. torch is already
+# satisfied above, so pip keeps the variant's build instead of pulling another one.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install /wheels/*.whl
+
+# A fixed numeric uid, so Kubernetes' runAsNonRoot can check it without resolving names.
+RUN useradd --system --uid 10001 --create-home --home-dir /home/app app
+USER 10001
+# Nothing of the source tree is here: `service` and the checkpoints are imported from site-packages.
+WORKDIR /home/app
+
+EXPOSE 8000
+# Liveness only (/healthz answers while models load); compose and Kubernetes gate traffic on /readyz.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+# One worker: the process owns the device and batches requests itself; scale with replicas, not workers.
+# On SIGTERM uvicorn stops accepting, gives in-flight requests 30 s, then the batcher drains its queue.
+CMD ["uvicorn", "service.app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", \
+     "--timeout-graceful-shutdown", "30"]
