@@ -23,7 +23,8 @@ ARG TORCH_VERSION=2.13.0
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 # torch first and on its own layer: it is by far the largest and changes least often. The CPU wheel comes
 # from PyTorch's CPU index (no CUDA libraries); the CUDA wheel is the default one on PyPI.
