@@ -66,7 +66,7 @@ class LatentCNF(nn.Module):
     def _labels(
         self, label: LabelArg, n: int, needed: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor | None:
-        """A label tensor for `n` samples; unconditional requests to a conditional prior draw from the uniform class prior."""
+        """Labels for `n` samples; a conditional prior asked for no label draws from the uniform class prior."""
         if not needed:
             if label is not None:
                 raise ValueError("this model is not label-conditioned: omit the label")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,10 +35,10 @@ class Encoder(nn.Module):
         widths = (config.data_dim, *config.encoder_hidden)
         if config.encoder_conditional:
             self.label_embedding = nn.Embedding(config.num_classes, config.encoder_label_dim)
-            self.layers = nn.ModuleList(GatedLayer(i, o, config.encoder_label_dim) for i, o in zip(widths, widths[1:]))
+            self.layers = nn.ModuleList(GatedLayer(i, o, config.encoder_label_dim) for i, o in pairwise(widths))
         else:
             self.label_embedding = None
-            self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths, widths[1:]))
+            self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in pairwise(widths))
             self.activation = ACTIVATIONS[config.encoder_activation]()
         self.dropout = nn.Dropout(config.dropout)
         out = 2 * config.latent_dim if config.variational else config.latent_dim
@@ -68,7 +70,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = (config.latent_dim, *config.decoder_hidden)
         layers: list[nn.Module] = []
-        for i, o in zip(widths, widths[1:]):
+        for i, o in pairwise(widths):
             layers += [nn.Linear(i, o), ACTIVATIONS[config.decoder_activation]()]
         layers.append(nn.Linear(widths[-1], config.data_dim))
         self.net = nn.Sequential(*layers)

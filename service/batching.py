@@ -123,7 +123,7 @@ class Batcher:
             try:
                 with torch.inference_mode():
                     results = self.run_batch(batch[0].key, batch)
-                outcomes = [(job, result, None) for job, result in zip(batch, results)]
+                outcomes = [(job, result, None) for job, result in zip(batch, results, strict=True)]
             except Exception as error:  # handed to every waiter; the route turns it into an HTTP error
                 outcomes = [(job, None, error) for job in batch]
             for job, result, error in outcomes:

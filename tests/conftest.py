@@ -47,3 +47,18 @@ def tiny_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             checksums[name] = data._sha256(raw)
     monkeypatch.setitem(data.DATASETS, "mnist", checksums)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def client(tmp_path_factory):
+    """The real app with its lifespan, serving every shipped checkpoint plus an unconditional test model."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    from .service_helpers import make_settings, wait_ready
+
+    app = create_app(make_settings(tmp_path_factory.mktemp("models"), max_upload_bytes=200_000, max_files=4))
+    with TestClient(app) as client:
+        wait_ready(client)
+        yield client

@@ -93,5 +93,5 @@ def adversarial_losses(
     with torch.no_grad():
         _, real_features = disc(real)
     adversarial = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    matching = sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features)) / len(fake_features)
+    matching = sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features, strict=True)) / len(fake_features)
     return adversarial, matching

@@ -42,13 +42,13 @@ async def score(
         raise ServiceError(422, "too_many_files", f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]
     images = []
-    for upload, name in zip(file, names):
+    for upload, name in zip(file, names, strict=True):
         data = await upload.read()
         images.append(await run_in_threadpool(prepare, data, name, preprocess, settings.max_image_pixels))
     batch = torch.stack(images)
     rows = await hub.submit(("score", served.name, importance_samples), len(batch), ScoreJob(batch, seed=0))
     results = []
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         percentile = served.percentile(row["log_likelihood_nats"])
         results.append(
             ImageScore(

@@ -1,0 +1,140 @@
+"""The real app (lifespan included) on the shipped checkpoints: every endpoint's status and body."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from latent_cnf import data
+from service.app import create_app
+
+from .service_helpers import decode_png, make_settings, png
+
+
+@pytest.fixture(scope="module")
+def mnist_digit(data_dir) -> bytes:
+    return png(data.load_split("mnist", "test", data_dir).images[0].numpy())
+
+
+@pytest.fixture(scope="module")
+def fashion_item(data_dir) -> bytes:
+    return png(data.load_split("fashion-mnist", "test", data_dir).images[0].numpy())
+
+
+def test_readyz_is_503_before_models_are_loaded(tmp_path):
+    unstarted = TestClient(create_app(make_settings(tmp_path)))  # no lifespan: nothing loaded
+    response = unstarted.get("/readyz")
+    assert response.status_code == 503 and response.json()["status"] == "loading"
+    assert unstarted.get("/healthz").status_code == 200
+    refused = unstarted.post("/generate", json={"n": 1})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+
+
+def test_health_and_ready(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": []}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and "mnist-final-cond" in ready["models"]
+
+
+def test_models_metadata(client):
+    listing = client.get("/v1/models").json()
+    assert listing["default"] == "mnist-final-cond"
+    one = client.get("/v1/models/mnist-final-cond").json()
+    assert one["conditional"] is True and one["latent_dim"] == 8 and one["device"] == "cpu"
+    assert len(one["checkpoint_sha256"]) == 64 and one["parameters"] > 10_000
+    assert one["card"]["dataset"] == "mnist" and "validation" in one["card"]
+    missing = client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
+
+
+def test_generate_json(client):
+    body = client.post("/generate", json={"n": 3, "label": 4, "seed": 9}).json()
+    assert body["model"] == "mnist-final-cond" and body["n"] == 3 and body["seed"] == 9
+    assert body["labels"] == [4, 4, 4] and body["nfe"] > 0
+    assert len(body["latents"]) == 3 and len(body["latents"][0]) == 8
+    for image in body["images"]:
+        decoded = decode_png(image)
+        assert decoded.size == (28, 28) and decoded.mode == "L"
+
+
+def test_generate_same_seed_same_images(client):
+    first = client.post("/generate", json={"n": 4, "seed": 123}).json()
+    second = client.post("/generate", json={"n": 4, "seed": 123}).json()
+    assert first["images"] == second["images"] and first["labels"] == second["labels"]
+    other = client.post("/generate", json={"n": 4, "seed": 124}).json()
+    assert other["images"] != first["images"]
+
+
+def test_generate_without_seed_returns_the_seed_used(client):
+    body = client.post("/generate", json={"n": 2}).json()
+    again = client.post("/generate", json={"n": 2, "seed": body["seed"]}).json()
+    assert again["images"] == body["images"]
+
+
+@pytest.mark.parametrize("how", ["accept", "query"])
+def test_generate_png_grid(client, how):
+    kwargs = {"headers": {"Accept": "image/png"}} if how == "accept" else {"params": {"format": "png"}}
+    response = client.post("/generate", json={"n": 5, "seed": 1}, **kwargs)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert decode_png(response.content).size == (3 * 30 + 2, 2 * 30 + 2)  # 3 columns, 2 rows of 28 + padding
+
+
+def test_generate_with_solver(client):
+    body = client.post("/generate", json={"n": 2, "seed": 1, "solver": {"method": "rk4", "steps": 5}}).json()
+    assert body["nfe"] == 20
+
+
+def test_trajectory_png(client):
+    response = client.get("/trajectory", params={"steps": 11, "n": 2, "seed": 3})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    width, height = decode_png(response.content).size
+    assert (width, height) == (2 * (11 * 30 + 2), 2 * (2 * 30 + 2) + 14)  # scale 2, 14 px of time labels
+
+
+def test_trajectory_json(client):
+    body = client.get("/trajectory", params={"steps": 5, "n": 2, "seed": 3, "label": 1, "format": "json"}).json()
+    assert [step["t"] for step in body["trajectory"]] == [0.0, 2.5, 5.0, 7.5, 10.0]
+    assert body["labels"] == [1, 1]
+    assert all(len(step["images"]) == 2 and len(step["latents"]) == 2 for step in body["trajectory"])
+    final = client.post("/generate", json={"n": 2, "seed": 3, "label": 1}).json()
+    np.testing.assert_allclose(body["trajectory"][-1]["latents"], final["latents"], atol=1e-4)
+
+
+def test_score_ranks_digits_above_noise_and_clothes(client, mnist_digit, fashion_item):
+    noise = png(np.random.default_rng(0).integers(0, 256, (28, 28)))
+    files = [("file", ("digit.png", mnist_digit)), ("file", ("noise.png", noise)), ("file", ("item.png", fashion_item))]
+    response = client.post("/score", files=files, data={"importance_samples": "16"})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["digit.png", "noise.png", "item.png"]
+    digit, noise_score, item = (r["log_likelihood_nats"] for r in results)
+    assert digit > noise_score and digit > item
+    first = results[0]
+    assert first["importance_samples"] == 16 and 0 <= first["percentile"] <= 100
+    assert first["bits_per_dim"] == pytest.approx(-digit / (784 * np.log(2)))
+    assert first["predicted_label"] in range(10) and first["in_distribution"] is True
+    assert results[1]["in_distribution"] is False
+
+
+def test_score_preprocess_resize_and_jpeg(client, mnist_digit):
+    jpeg = png(np.asarray(Image.open(io.BytesIO(mnist_digit)).convert("RGB")), fmt="JPEG")
+    response = client.post("/score", files={"file": ("d.jpg", jpeg)}, data={"preprocess": "resize"})
+    assert response.status_code == 200 and response.json()["preprocess"] == "resize"
+
+
+def test_metrics_move_after_requests(client):
+    def value(text: str, prefix: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+    before = client.get("/metrics").text
+    client.post("/generate", json={"n": 3, "seed": 1})
+    after = client.get("/metrics").text
+    generate_ok = 'latent_cnf_requests_total{endpoint="/generate",method="POST",status="200"}'
+    assert value(after, generate_ok) == value(before, generate_ok) + 1
+    samples = 'latent_cnf_samples_generated_total{model="mnist-final-cond"}'
+    assert value(after, samples) == value(before, samples) + 3
+    assert "latent_cnf_model_info{" in after and "process_resident_memory_bytes" in after
