@@ -1,0 +1,103 @@
+"""python -m train.evaluate end to end on an untrained model, and the pieces that make its numbers reproducible."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from latent_cnf import PRESETS, LatentCNF, checkpoints
+from train import evaluate
+
+TINY = ["--importance-samples", "2", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
+KEYS = {
+    "test_nll_nats",
+    "test_elbo_nats",
+    "latent_nll_nats",
+    "fid",
+    "fid_reference",
+    "precision",
+    "recall",
+    "label_accuracy",
+    "ood_auroc",
+    "sample_nfe_mean",
+    "importance_samples",
+    "num_samples",
+    "test_images",
+    "seconds",
+    "checkpoint",
+    "config_hash",
+}
+
+
+def untrained(preset: str, folder: Path, card: dict) -> LatentCNF:
+    torch.manual_seed(0)
+    model = LatentCNF(PRESETS[preset].model).eval()
+    checkpoints.save(model, folder, card=card)
+    return model
+
+
+def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = untrained("final-cond", tmp_path / "ck", {"dataset": "mnist"})
+    out = tmp_path / "eval.json"
+    argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
+    evaluate.main([*argv, *TINY])
+    results = json.loads(out.read_text())
+    assert KEYS <= results.keys()
+    assert results["config_hash"] == model.config.hash()
+    assert results["dataset"] == "mnist"
+    assert (results["importance_samples"], results["num_samples"], results["test_images"]) == (2, 50, 100)
+    for key in ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "sample_nfe_mean", "seconds"):
+        assert math.isfinite(results[key])
+    assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
+    assert results["fid"] >= 0 and results["fid_reference"] >= 0
+    assert results["fid_reference"] < results["fid"]  # real test images beat an untrained model's samples
+    for key in ("precision", "recall", "label_accuracy"):
+        assert 0 <= results[key] <= 1
+    assert results["ood_auroc"].keys() == {"fashion-mnist", "noise"}
+    for scores in results["ood_auroc"].values():
+        assert scores.keys() == {"likelihood", "complexity_corrected"}
+        assert all(0 <= v <= 1 for v in scores.values())
+    assert "ood_auroc.noise.complexity_corrected" in capsys.readouterr().out
+
+
+def test_likelihood_scores_do_not_depend_on_the_batch_size() -> None:
+    torch.manual_seed(0)
+    model = LatentCNF(PRESETS["final-cond"].model).eval()
+    images = (torch.rand(12, 784, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    seeds = evaluate.seeds(0, evaluate.TEST_STREAM, len(images))
+    whole = evaluate.score(model, images, 3, 12, seeds, "test")["log_likelihood"]
+    chunked = evaluate.score(model, images, 3, 5, seeds, "test")["log_likelihood"]
+    assert torch.allclose(whole, chunked, rtol=1e-4)
+
+
+def test_conditional_samples_cover_every_label_equally() -> None:
+    torch.manual_seed(0)
+    model = LatentCNF(PRESETS["final-cond"].model).eval()
+    images, labels, nfe = evaluate.generate(model, 20, batch_size=8, seed=0)
+    assert images.shape == (20, 784)
+    assert torch.bincount(labels).tolist() == [2] * 10
+    assert nfe > 0
+
+
+def test_unconditional_prior_has_no_labels() -> None:
+    torch.manual_seed(0)
+    model = LatentCNF(PRESETS["vae-cnf-prior"].model).eval()
+    assert not model.prior.conditional
+    assert evaluate.generate(model, 4, batch_size=4, seed=0)[1] is None
+
+
+def test_binarization_is_fixed_and_independent_of_the_subset() -> None:
+    images = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    full = evaluate.binarized(images)
+    assert torch.equal(full, evaluate.binarized(images))
+    assert set(full.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_a_card_without_dataset_needs_the_option(tmp_path: Path) -> None:
+    untrained("final-cond", tmp_path / "ck", {})
+    with pytest.raises(SystemExit, match="--dataset"):
+        evaluate.main(["--checkpoint", str(tmp_path / "ck"), "--device", "cpu", *TINY])
