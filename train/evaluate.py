@@ -40,7 +40,7 @@ from .metrics.precision_recall import precision_recall
 
 PROTOCOL_SEED = 0
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
-SAMPLE_STREAM, SCORE_STREAM = 0, 1
+SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def chunk_seeds(seed: int, stream: int, count: int) -> list[int]:
-    """Independent per-chunk seeds, so chunks never share noise and streams never overlap across --seed values."""
-    return np.random.SeedSequence([seed, stream]).generate_state(count).tolist()
+def seeds(seed: int, stream: int, count: int) -> torch.Tensor:
+    """`count` independent seeds of one stream: no two chunks, images or --seed values share noise."""
+    return torch.from_numpy(np.random.SeedSequence([seed, stream]).generate_state(count).astype(np.int64))
 
 
 def binarized(images: torch.Tensor) -> torch.Tensor:
@@ -87,14 +87,17 @@ def random_subset(n: int, size: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, seed: int, desc: str) -> dict:
-    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk."""
+def score(
+    model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, image_seeds: torch.Tensor, desc: str
+) -> dict:
+    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk.
+
+    Each image has its own proposal seed, so the numbers do not depend on the batch size.
+    """
     parts = []
-    starts = range(0, len(images), batch_size)
-    for start, chunk_seed in zip(
-        tqdm(starts, desc=desc, leave=False), chunk_seeds(seed, SCORE_STREAM, len(starts)), strict=True
-    ):
-        s = model.score(images[start : start + batch_size], k=k, seed=chunk_seed)
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        end = start + batch_size
+        s = model.score(images[start:end], k=k, seed=image_seeds[start:end])
         parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.latent_log_density.cpu()))
     log_likelihood, elbo, latent = (torch.cat(p) for p in zip(*parts, strict=True))
     return {"log_likelihood": log_likelihood, "elbo": elbo, "latent": latent}
@@ -102,12 +105,15 @@ def score(model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, seed:
 
 @torch.no_grad()
 def generate(model: LatentCNF, n: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call)."""
+    """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call).
+
+    Each call draws its noise from its own seed, so samples depend on the batch size (as adaptive solves do).
+    """
     labels = torch.arange(n) % model.config.num_classes if model.prior.conditional else None
     images, nfe = [], []
     starts = range(0, n, batch_size)
     for start, chunk_seed in zip(
-        tqdm(starts, desc="sampling", leave=False), chunk_seeds(seed, SAMPLE_STREAM, len(starts)), strict=True
+        tqdm(starts, desc="sampling", leave=False), seeds(seed, SAMPLE_STREAM, len(starts)).tolist(), strict=True
     ):
         size = min(batch_size, n - start)
         label = labels[start : start + size] if labels is not None else None
@@ -141,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     k, bs = args.importance_samples, args.batch_size
     x_test = binarized(test.images)[: args.test_images]
-    inliers = score(model, x_test, k, bs, args.seed, "scoring test images")
+    inliers = score(model, x_test, k, bs, seeds(args.seed, TEST_STREAM, len(x_test)), "scoring test images")
     other = data.load_split(OTHER_DATASET[dataset], "test", args.data_dir)
     outlier_sets = {
         OTHER_DATASET[dataset]: binarized(other.images)[: len(x_test)],
@@ -149,8 +155,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     in_corrected = complexity_corrected(inliers["log_likelihood"], complexity_bits(x_test))
     ood = {}
-    for name, x_out in outlier_sets.items():
-        out_ll = score(model, x_out, k, bs, args.seed, f"scoring {name}")["log_likelihood"]
+    for stream, (name, x_out) in enumerate(outlier_sets.items(), start=FIRST_OUTLIER_STREAM):
+        out_ll = score(model, x_out, k, bs, seeds(args.seed, stream, len(x_out)), f"scoring {name}")["log_likelihood"]
         ood[name] = {
             "likelihood": auroc(inliers["log_likelihood"], out_ll),
             "complexity_corrected": auroc(in_corrected, complexity_corrected(out_ll, complexity_bits(x_out))),
