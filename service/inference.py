@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -127,7 +128,7 @@ class ModelHub:
         if not spec:
             return base
         try:
-            return SolverConfig(**(base.__dict__ | {k: v for k, v in spec.items() if v is not None}))
+            return dataclasses.replace(base, **{k: v for k, v in spec.items() if v is not None})
         except ValueError as error:
             raise ServiceError(422, "invalid_solver", str(error)) from None
 
