@@ -13,6 +13,7 @@ from latent_cnf import PRESETS, LatentCNF, checkpoints
 from train import evaluate
 
 TINY = ["--importance-samples", "2", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
+TINY_OOD = ["--ood-images", "60"]
 KEYS = {
     "test_nll_nats",
     "test_elbo_nats",
@@ -44,12 +45,13 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     model = untrained("final-cond", tmp_path / "ck", {"dataset": "mnist"})
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
-    evaluate.main([*argv, *TINY])
+    evaluate.main([*argv, *TINY, *TINY_OOD])
     results = json.loads(out.read_text())
     assert KEYS <= results.keys()
     assert results["config_hash"] == model.config.hash()
     assert results["dataset"] == "mnist"
-    assert (results["importance_samples"], results["num_samples"], results["test_images"]) == (2, 50, 100)
+    sizes = ("importance_samples", "num_samples", "test_images", "ood_images")
+    assert tuple(results[key] for key in sizes) == (2, 50, 100, 60)
     for key in ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "sample_nfe_mean", "seconds"):
         assert math.isfinite(results[key])
     assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
