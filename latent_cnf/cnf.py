@@ -44,19 +44,15 @@ class HyperDynamics(nn.Module):
             nn.Linear(hidden, 3 * width * latent_dim + width),
         )
 
-    def parameters_at(self, t: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """W, U*sigmoid(G) with shape (B|1, width, d) and B with shape (B|1, width)."""
+    def parameters_at(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """W, U*sigmoid(G) shaped (L, width, d) and B shaped (L, width), for each of L labels (L = 1 if none)."""
         time = t.reshape(1, 1).to(self.hyper[0].weight.dtype)
         if self.label_embedding is None:
             inputs = time
         else:
-            if labels is None:
-                raise ValueError("this CNF is label-conditioned: pass labels")
             table = self.label_embedding.weight
             inputs = torch.cat([time.expand(len(table), 1), table], dim=1)
         params = self.hyper(inputs)
-        if self.label_embedding is not None:
-            params = params[labels]
         n, k, d = params.shape[0], self.width, self.latent_dim
         weight = params[:, : k * d].reshape(n, k, d)
         u = params[:, k * d : 2 * k * d].reshape(n, k, d)
@@ -67,13 +63,27 @@ class HyperDynamics(nn.Module):
     def forward(
         self, t: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None, with_trace: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight, gated_u, bias = self.parameters_at(t, labels)
-        h = torch.tanh(torch.matmul(z.unsqueeze(1), weight.transpose(1, 2)).squeeze(1) + bias)
-        dz = torch.matmul(h.unsqueeze(1), gated_u).squeeze(1) / self.width
+        """Label-conditioned dynamics run as dense matmuls over all labels' units, then pick each sample's
+        label: two GEMMs instead of one tiny matmul per sample."""
+        weight, gated_u, bias = self.parameters_at(t)
+        n_labels, k, d = weight.shape
+        pre = (z @ weight.reshape(n_labels * k, d).T).reshape(len(z), n_labels, k) + bias
+        if n_labels == 1:
+            h = torch.tanh(pre[:, 0])
+            dz = h @ gated_u[0] / k
+            unit_trace = (weight[0] * gated_u[0]).sum(-1)
+        else:
+            if labels is None:
+                raise ValueError("this CNF is label-conditioned: pass labels")
+            rows = torch.arange(len(z), device=z.device)
+            h = torch.tanh(pre[rows, labels])
+            one_hot = torch.zeros(len(z), n_labels, k, dtype=h.dtype, device=h.device)
+            one_hot[rows, labels] = h
+            dz = one_hot.reshape(len(z), n_labels * k) @ gated_u.reshape(n_labels * k, d) / k
+            unit_trace = (weight * gated_u).sum(-1)[labels]
         if not with_trace:
             return dz, None
-        trace = ((1 - h * h) * (weight * gated_u).sum(-1)).sum(-1) / self.width
-        return dz, trace
+        return dz, ((1 - h * h) * unit_trace).sum(-1) / k
 
 
 @dataclass
