@@ -25,7 +25,7 @@ def running_service(env: dict[str, str], timeout_s: float = 120) -> Iterator[str
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **env},
+        env={**os.environ, "LATENT_CNF_THREADS": "1", **env},  # the test process needs the other core
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
