@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override any TrainConfig field, e.g. --set adversarial=false --set kl_warmup_steps=2000",
     )
     parser.add_argument("--val-images", type=int, default=1000, help="validation images scored each epoch")
+    parser.add_argument(
+        "--reference-images", type=int, default=1000, help="test images behind the card's score quantiles"
+    )
     return parser.parse_args(argv)
 
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         command=shlex.join(["python", "-m", "train", *(sys.argv[1:] if argv is None else argv)]),
         train_subset=args.train_subset,
         val_images=args.val_images,
+        reference_images=args.reference_images,
     )
     metrics = Trainer(options).run()
     print(json.dumps(metrics, indent=2))
