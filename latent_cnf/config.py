@@ -29,6 +29,16 @@ class SolverConfig:
             raise ValueError(f"solver settings out of range: {self}")
 
 
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from JSON: lists back to tuples, nested solver dicts to SolverConfig."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    if unknown := set(data) - known:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values |= {k: SolverConfig(**v) for k, v in values.items() if isinstance(v, dict)}
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the shapes and behaviour of a LatentCNF; stored in every checkpoint."""
@@ -71,17 +81,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("encoder_hidden", "decoder_hidden"):
-            if key in values:
-                values[key] = tuple(values[key])
-        if "sample_solver" in values and isinstance(values["sample_solver"], dict):
-            values["sample_solver"] = SolverConfig(**values["sample_solver"])
-        return cls(**values)
+        return _from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -121,10 +121,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        values = dict(data)
-        if isinstance(values.get("train_solver"), dict):
-            values["train_solver"] = SolverConfig(**values["train_solver"])
-        return cls(**values)
+        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)

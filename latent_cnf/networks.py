@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import torch
@@ -58,7 +59,7 @@ class Encoder(nn.Module):
                 h = self.dropout(self.activation(layer(h)))
         out = self.head(h)
         if not self.config.variational:
-            return out, torch.full_like(out, float(torch.tensor(self.config.ae_proposal_std).log()))
+            return out, torch.full_like(out, math.log(self.config.ae_proposal_std))
         mean, raw = out.chunk(2, dim=-1)
         return mean, raw.clamp(self.config.log_std_min, self.config.log_std_max)
 
