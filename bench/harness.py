@@ -1,0 +1,183 @@
+"""Shared by the benchmark scripts: a uvicorn server on loopback, process memory, and tables printed as plain
+text or as Markdown that pastes straight into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+MIB = 2**20
+
+
+def data_dir(given: Path | None) -> Path:
+    """--data-dir, else $LATENT_CNF_DATA, else ../shared/data beside the repository (as the tests use)."""
+    return given or Path(os.environ.get("LATENT_CNF_DATA", REPO.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@contextlib.contextmanager
+def running_server(
+    app: str, env: dict[str, str], app_dir: Path | None = None, ready_path: str = "/readyz", timeout_s: float = 600
+) -> Iterator[Server]:
+    """uvicorn serving `app` on a free 127.0.0.1 port, yielded once `ready_path` answers 200; stopped after.
+
+    Access logs are off (they would cost every server the same, but cost is not what is measured) and the
+    log goes to a file, not a pipe nobody reads, which would block the server once full.
+    """
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="latent-cnf-bench-", suffix=".log")[1])
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    if app_dir is not None:
+        command += ["--app-dir", str(app_dir)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{app} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}{ready_path}", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{app} was not ready after {timeout_s:g} s; log: {log}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _proc_status_kib(pid: int, field: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size now: psutil where installed, else Linux's /proc."""
+    try:
+        import psutil
+    except ImportError:
+        kib = _proc_status_kib(pid, "VmRSS")
+        return None if kib is None else kib * 1024
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).memory_info().rss
+    return None
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of the resident set (VmHWM), which no sampling interval can miss."""
+    kib = _proc_status_kib(pid, "VmHWM")
+    return None if kib is None else kib * 1024
+
+
+class MemorySampler:
+    """Samples a process's RSS every `interval_s` on a thread: the curve for drift, the maximum for bursts."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05):
+        self.pid, self.interval_s = pid, interval_s
+        self.samples: list[tuple[float, int]] = []  # (time.perf_counter(), bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if (rss := rss_bytes(self.pid)) is not None:
+                self.samples.append((time.perf_counter(), rss))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int | None:
+        return max((rss for _, rss in self.samples), default=None)
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def int_list(text: str) -> list[int]:
+    return [int(item) for item in text.split(",") if item.strip()]
+
+
+def render(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool) -> str:
+    """A table with a title: aligned plain text for the terminal, or a Markdown table under a bold title."""
+    cells = [[str(c) for c in row] for row in rows]
+    if markdown:
+        lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        return "\n".join(lines) + "\n"
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    line = "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(f"{v:>{w}}" for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([title, line, "-" * len(line), *body]) + "\n"
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """Thousands separators and fixed decimals; '-' where there is nothing to show."""
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
