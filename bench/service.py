@@ -1,0 +1,421 @@
+"""Load test of the service on loopback, against two references measured in the same run.
+
+Starts the real service (uvicorn, one worker, as deployed) and the naive server of bench/naive_server.py on
+free 127.0.0.1 ports, then drives them with closed-loop asyncio clients: at each concurrency C, C clients
+send their next request as soon as the last one is answered, for a fixed time after a short warm-up.
+Reported per scenario: successful requests/s, samples (or scored images)/s, p50/p95/p99 latency of the
+successful requests, and every other outcome by status (or by client error name).
+
+References, each as requests/s of POST /generate with n = 1 on the same machine in the same run:
+  (a) GET /healthz of the same app: the HTTP stack's own ceiling (uvicorn + FastAPI + this client);
+  (b) the naive server: one model call per request from a `def` endpoint, no batching.
+
+    python bench/service.py [--duration 10] [--concurrency 1,8,32,128] [--json out.json] [--markdown]
+    python bench/service.py --overload [--burst-seconds 5] [--queue 8]   # concurrency 512 on a small queue
+    python bench/service.py --soak 10                                      # 10 minutes of mixed traffic
+
+Every loop ends by itself (fixed durations, a client timeout), and all traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from harness import (
+    BENCH,
+    MIB,
+    MemorySampler,
+    data_dir,
+    fmt,
+    int_list,
+    machine,
+    parse_env,
+    peak_rss_bytes,
+    render,
+    rss_bytes,
+    running_server,
+)
+from PIL import Image
+
+SERVICE_APP, NAIVE_APP = "service.app:app", "naive_server:app"
+TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    target: str  # "service" or "naive"
+    method: str
+    path: str
+    items: int  # samples (or scored images) per request; 0 for the health check
+    body: dict | None = None  # JSON body, or the form fields of an upload
+    upload: bool = False  # multipart with one MNIST test digit as `file`
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("healthz", "service", "GET", "/healthz", 0),
+        Scenario("generate-1", "service", "POST", "/generate", 1, {"n": 1}),
+        Scenario("naive-generate-1", "naive", "POST", "/generate", 1, {"n": 1}),
+        Scenario("generate-64", "service", "POST", "/generate", 64, {"n": 64}),
+        Scenario("score", "service", "POST", "/score", 1, {"importance_samples": "64"}, upload=True),
+        Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
+    )
+}
+SOAK_MIX = {"generate-1": 4, "generate-64": 2, "score": 2, "trajectory": 1, "healthz": 1}
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    finished: float  # time.perf_counter()
+    latency: float
+    status: int | str  # HTTP status, or the client error's class name
+    retry_after: bool
+
+
+@dataclass
+class Load:
+    """Everything one closed-loop drive needs: where each target lives and the upload to send."""
+
+    urls: dict[str, str]
+    digit: bytes
+    timeout_s: float = 60.0
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    async def send(self, client: httpx.AsyncClient, scenario: Scenario) -> None:
+        url = self.urls[scenario.target] + scenario.path
+        started = time.perf_counter()
+        try:
+            if scenario.upload:
+                files = {"file": ("digit.png", self.digit, "image/png")}
+                response = await client.post(url, files=files, data=scenario.body)
+            else:
+                response = await client.request(scenario.method, url, json=scenario.body)
+            status, retry_after = response.status_code, "retry-after" in response.headers
+        except httpx.HTTPError as error:
+            status, retry_after = type(error).__name__, False
+        done = time.perf_counter()
+        self.outcomes.append(Outcome(scenario.name, done, done - started, status, retry_after))
+
+    async def drive(
+        self, pick: Callable[[random.Random], Scenario], concurrency: int, seconds: float, keep_alive: bool = True
+    ) -> None:
+        """`concurrency` clients, each sending its next request when the last is answered, for `seconds`."""
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency if keep_alive else 0)
+        end = time.perf_counter() + seconds
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+
+            async def one_client(index: int) -> None:
+                rng = random.Random(index)
+                while time.perf_counter() < end:
+                    await self.send(client, pick(rng))
+
+            await asyncio.gather(*(one_client(i) for i in range(concurrency)))
+
+
+def summarize(outcomes: Sequence[Outcome], start: float, end: float, items: int) -> dict:
+    """Rates over [start, end] from the requests that finished inside it; latencies of the successful ones."""
+    inside = [o for o in outcomes if start <= o.finished <= end]
+    ok = np.array([o.latency for o in inside if o.status == 200]) * 1000
+    seconds = end - start
+    p50, p95, p99 = np.percentile(ok, [50, 95, 99]).tolist() if len(ok) else (None, None, None)
+    return {
+        "requests": len(inside),
+        "ok": len(ok),
+        "ok_per_s": len(ok) / seconds,
+        "items_per_s": len(ok) * items / seconds if items else None,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "errors": dict(Counter(str(o.status) for o in inside if o.status != 200)),
+    }
+
+
+def mnist_digit(folder: Path | None) -> bytes:
+    """The first MNIST test digit as a PNG (read locally, never downloaded)."""
+    from latent_cnf import data
+
+    image = data.load_split("mnist", "test", data_dir(folder), download=False).images[0]
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def throughput(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+    """Every scenario at every concurrency; scenarios interleaved per concurrency so drift hits all alike."""
+    results: list[dict] = []
+    with running_server(SERVICE_APP, env) as service, running_server(NAIVE_APP, env, app_dir=BENCH) as naive:
+        load = Load({"service": service.url, "naive": naive.url}, digit, args.timeout)
+        for concurrency in args.concurrency:
+            for name in args.scenarios:
+                scenario = SCENARIOS[name]
+                load.outcomes = []
+                start = time.perf_counter() + args.warmup
+                asyncio.run(load.drive(lambda _, s=scenario: s, concurrency, args.warmup + args.duration))
+                row = {"scenario": name, "concurrency": concurrency}
+                row.update(summarize(load.outcomes, start, start + args.duration, scenario.items))
+                results.append(row)
+                log(f"{name:>18s} c={concurrency:<4d} {row['ok_per_s']:9.1f} ok/s  p50 {fmt(row['p50_ms'])} ms")
+        rss = {"service": rss_bytes(service.pid), "naive": rss_bytes(naive.pid)}
+    return {"rows": results, "references": references(results), "rss_bytes_after": rss}
+
+
+def references(rows: list[dict]) -> dict:
+    """/generate n=1 against the health check and the naive server, per concurrency, and the three targets."""
+    by = {(r["scenario"], r["concurrency"]): r for r in rows}
+    ratios = []
+    for concurrency in sorted({c for _, c in by}):
+        ours, ceiling, naive = (by.get((s, concurrency)) for s in ("generate-1", "healthz", "naive-generate-1"))
+        if ours is None:
+            continue
+        ratios.append(
+            {
+                "concurrency": concurrency,
+                "ours_per_s": ours["ok_per_s"],
+                "naive_per_s": naive["ok_per_s"] if naive else None,
+                "healthz_per_s": ceiling["ok_per_s"] if ceiling else None,
+                "vs_naive": ours["ok_per_s"] / naive["ok_per_s"] if naive and naive["ok_per_s"] else None,
+                "vs_healthz": ours["ok_per_s"] / ceiling["ok_per_s"] if ceiling and ceiling["ok_per_s"] else None,
+            }
+        )
+    at = {r["concurrency"]: r for r in ratios}
+    target, single = at.get(TARGET_CONCURRENCY, {}), by.get(("generate-1", 1))
+    tail = single["p99_ms"] / single["p50_ms"] if single and single["p50_ms"] else None
+    targets = [
+        (f"/generate n=1 at c={TARGET_CONCURRENCY}: x naive server", NAIVE_TARGET, target.get("vs_naive"), "ge"),
+        (f"/generate n=1 at c={TARGET_CONCURRENCY}: share of /healthz", CEILING_TARGET, target.get("vs_healthz"), "ge"),
+        ("/generate n=1 at c=1: p99 / p50", TAIL_TARGET, tail, "le"),
+    ]
+    checks = [
+        {
+            "target": name,
+            "goal": goal,
+            "measured": value,
+            "met": None if value is None else (value >= goal if op == "ge" else value <= goal),
+        }
+        for name, goal, value, op in targets
+    ]
+    return {"ratios": ratios, "targets": checks}
+
+
+def overload(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+    """A burst at high concurrency on a small queue: only 200 and 503 (with Retry-After), bounded memory,
+    and a normal request served afterwards. Each request opens its own connection: a client this overloaded
+    lags by seconds, and reusing a keep-alive connection would race uvicorn closing it as idle."""
+    env = {**env, "LATENT_CNF_MAX_QUEUE": str(args.queue)}
+    scenario = SCENARIOS[args.burst_scenario]
+    with running_server(SERVICE_APP, env) as service:
+        load = Load({"service": service.url}, digit, args.timeout)
+        rss_before, peak_before = rss_bytes(service.pid), peak_rss_bytes(service.pid)
+        with MemorySampler(service.pid) as memory:
+            started = time.perf_counter()
+            asyncio.run(load.drive(lambda _: scenario, args.burst_concurrency, args.burst_seconds, keep_alive=False))
+            seconds = time.perf_counter() - started
+        peak_after = peak_rss_bytes(service.pid)
+        after = httpx.post(f"{service.url}/generate", json={"n": 1, "seed": 0}, timeout=args.timeout).status_code
+        healthz = httpx.get(f"{service.url}/healthz", timeout=args.timeout).status_code
+        rss_after = rss_bytes(service.pid)
+    statuses = Counter(str(o.status) for o in load.outcomes)
+    rejected = [o for o in load.outcomes if o.status == 503]
+    return {
+        "scenario": scenario.name,
+        "concurrency": args.burst_concurrency,
+        "queue": args.queue,
+        "seconds": seconds,
+        "statuses": dict(statuses),
+        "only_200_and_503": set(statuses) <= {"200", "503"},
+        "rejected": len(rejected),
+        "rejected_with_retry_after": sum(o.retry_after for o in rejected),
+        "rss_before_bytes": rss_before,
+        "rss_peak_during_burst_bytes": memory.peak,
+        "rss_after_bytes": rss_after,
+        "vm_hwm_before_bytes": peak_before,
+        "vm_hwm_after_bytes": peak_after,
+        "status_after_burst": after,
+        "healthz_after_burst": healthz,
+    }
+
+
+def soak(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+    """Mixed traffic for args.soak minutes; per-minute rates, errors, p50 and RSS show any drift."""
+    names, weights = list(SOAK_MIX), list(SOAK_MIX.values())
+
+    def pick(rng: random.Random) -> Scenario:
+        return SCENARIOS[rng.choices(names, weights)[0]]
+
+    seconds = args.soak * 60
+    with running_server(SERVICE_APP, env) as service:
+        load = Load({"service": service.url}, digit, args.timeout)
+        with MemorySampler(service.pid, interval_s=1.0) as memory:
+            start = time.perf_counter()
+            asyncio.run(load.drive(pick, args.soak_concurrency, seconds))
+        peak = peak_rss_bytes(service.pid)
+    minutes = []
+    for minute in range(max(1, round(seconds / 60))):
+        lo, hi = start + 60 * minute, min(start + 60 * (minute + 1), start + seconds)
+        inside = [o for o in load.outcomes if lo <= o.finished < hi]
+        ok = [o.latency * 1000 for o in inside if o.status == 200]
+        rss = [b for t, b in memory.samples if lo <= t < hi]
+        minutes.append(
+            {
+                "minute": minute + 1,
+                "requests": len(inside),
+                "ok": len(ok),
+                "rejected_503": sum(o.status == 503 for o in inside),
+                "errors": sum(o.status not in (200, 503) for o in inside),
+                "p50_ms": statistics.median(ok) if ok else None,
+                "rss_bytes": max(rss) if rss else None,
+            }
+        )
+    first, last = minutes[0], minutes[-1]
+    return {
+        "minutes": minutes,
+        "concurrency": args.soak_concurrency,
+        "mix": SOAK_MIX,
+        "served": sum(m["ok"] for m in minutes),
+        "errors": dict(Counter(str(o.status) for o in load.outcomes if o.status not in (200, 503))),
+        "rejected_503": sum(o.status == 503 for o in load.outcomes),
+        "p50_drift": last["p50_ms"] / first["p50_ms"] if first["p50_ms"] and last["p50_ms"] else None,
+        "rss_drift_bytes": last["rss_bytes"] - first["rss_bytes"] if first["rss_bytes"] and last["rss_bytes"] else None,
+        "vm_hwm_bytes": peak,
+    }
+
+
+def mib(value: int | None) -> str:
+    return fmt(value / MIB if value is not None else None)
+
+
+def report(kind: str, result: dict, markdown: bool) -> str:
+    if kind == "throughput":
+        rows = [
+            [
+                r["scenario"],
+                r["concurrency"],
+                fmt(r["ok_per_s"]),
+                fmt(r["items_per_s"]),
+                fmt(r["p50_ms"]),
+                fmt(r["p95_ms"]),
+                fmt(r["p99_ms"]),
+                ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0",
+            ]
+            for r in result["rows"]
+        ]
+        columns = ["scenario", "concurrency", "ok req/s", "samples/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
+        text = render("Throughput and latency", columns, rows, markdown)
+        ratios = [
+            [
+                r["concurrency"],
+                fmt(r["ours_per_s"]),
+                fmt(r["naive_per_s"]),
+                fmt(r["vs_naive"], 2),
+                fmt(r["healthz_per_s"]),
+                fmt(r["vs_healthz"], 2),
+            ]
+            for r in result["references"]["ratios"]
+        ]
+        columns = ["concurrency", "ours req/s", "naive req/s", "ours / naive", "/healthz req/s", "ours / /healthz"]
+        text += "\n" + render("/generate n=1 against the references", columns, ratios, markdown)
+        targets = [
+            [t["target"], t["goal"], fmt(t["measured"], 2), {True: "met", False: "NOT met", None: "-"}[t["met"]]]
+            for t in result["references"]["targets"]
+        ]
+        return text + "\n" + render("Targets", ["target", "goal", "measured", "result"], targets, markdown)
+    if kind == "overload":
+        r = result
+        rows = [
+            ["burst", f"{r['scenario']} at concurrency {r['concurrency']}, queue {r['queue']}, {r['seconds']:.1f} s"],
+            ["statuses", ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))],
+            ["only 200 and 503", "yes" if r["only_200_and_503"] else "NO"],
+            ["503 with Retry-After", f"{r['rejected_with_retry_after']} of {r['rejected']}"],
+            [
+                "RSS before / peak during / after (MiB)",
+                " / ".join(mib(r[k]) for k in ("rss_before_bytes", "rss_peak_during_burst_bytes", "rss_after_bytes")),
+            ],
+            ["VmHWM before / after burst (MiB)", f"{mib(r['vm_hwm_before_bytes'])} / {mib(r['vm_hwm_after_bytes'])}"],
+            ["after the burst: /generate, /healthz", f"{r['status_after_burst']}, {r['healthz_after_burst']}"],
+        ]
+        return render("Overload", ["check", "result"], rows, markdown)
+    rows = [
+        [m["minute"], m["requests"], m["ok"], m["rejected_503"], m["errors"], fmt(m["p50_ms"]), mib(m["rss_bytes"])]
+        for m in result["minutes"]
+    ]
+    columns = ["minute", "requests", "ok", "503", "errors", "p50 ms", "RSS MiB"]
+    text = render(f"Soak at concurrency {result['concurrency']}", columns, rows, markdown)
+    summary = [
+        ["requests served", result["served"]],
+        ["errors (not 200, not 503)", ", ".join(f"{k}: {v}" for k, v in result["errors"].items()) or "0"],
+        ["intended 503s", result["rejected_503"]],
+        ["p50 last minute / first minute", fmt(result["p50_drift"], 2)],
+        ["RSS last minute - first minute (MiB)", mib(result["rss_drift_bytes"])],
+        ["VmHWM (MiB)", mib(result["vm_hwm_bytes"])],
+    ]
+    return text + "\n" + render("Soak summary", ["measure", "value"], summary, markdown)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario and concurrency")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32, 128], help="comma-separated list")
+    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS), help=",".join(SCENARIOS))
+    parser.add_argument("--model", default="mnist-final-cond", help="checkpoint both servers load")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="service setting (repeat)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
+    parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (else $LATENT_CNF_DATA, else ../shared/data)")
+    parser.add_argument("--overload", action="store_true", help="run the overload burst instead")
+    parser.add_argument("--burst-seconds", type=float, default=5.0)
+    parser.add_argument("--burst-concurrency", type=int, default=512)
+    parser.add_argument("--burst-scenario", default="generate-64", choices=[s for s in SCENARIOS if "naive" not in s])
+    parser.add_argument("--queue", type=int, default=8, help="LATENT_CNF_MAX_QUEUE of the overload run")
+    parser.add_argument("--soak", type=float, metavar="MINUTES", help="run mixed traffic for this long instead")
+    parser.add_argument("--soak-concurrency", type=int, default=32)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # A few ms of batching wait, and a queue that holds the offered load (the overload run shrinks it).
+    env = {
+        "LATENT_CNF_MODELS": args.model,
+        "LATENT_CNF_DEFAULT_MODEL": args.model,
+        "LATENT_CNF_MAX_WAIT_MS": "2",
+        "LATENT_CNF_MAX_QUEUE": "1024",
+        **parse_env(args.env),
+    }
+    digit = mnist_digit(args.data_dir)
+    kind = "overload" if args.overload else "soak" if args.soak else "throughput"
+    run = {"throughput": throughput, "overload": overload, "soak": soak}[kind]
+    result = run(args, env, digit)
+    header = {"kind": kind, "machine": machine(), "settings": env, "args": vars(args) | {"json": str(args.json)}}
+    print(report(kind, result, args.markdown))
+    if args.json:
+        args.json.write_text(json.dumps(header | {"result": result}, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
