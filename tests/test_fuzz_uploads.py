@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -63,6 +63,17 @@ def seeds() -> dict[str, bytes]:
 
 
 SEEDS = seeds()
+
+
+def with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """`png` with one more chunk (valid CRC) just before IEND."""
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return png[:-12] + chunk + png[-12:]
+
+
+# Found by this fuzzing, kept as fixed examples: Pillow parses EXIF lazily, so a corrupt eXIf chunk decodes
+# fine and only fails later, in the preprocessing's exif_transpose.
+CORRUPT_EXIF = with_chunk(SEEDS["png-L"], b"eXIf", b"\x00")
 
 
 def png_chunks(data: bytes) -> list[tuple[int, int]]:
@@ -124,7 +135,8 @@ def assert_handled(data: bytes, preprocess: str) -> None:
 
 
 @given(data=uploads, preprocess=st.sampled_from(["mnist", "resize"]))
-@settings(FUZZ, max_examples=300)
+@example(data=CORRUPT_EXIF, preprocess="mnist")
+@settings(FUZZ, max_examples=1000)
 def test_decoding_and_preprocessing_raise_only_client_errors(data: bytes, preprocess: str) -> None:
     assert_handled(data, preprocess)
 
@@ -146,6 +158,7 @@ def test_score_answers_random_and_mutated_uploads_with_client_errors_only(client
         filename=st.from_regex(r"[\w.-]{0,30}", fullmatch=True),
         preprocess=st.sampled_from(["mnist", "resize"]),
     )
+    @example(data=CORRUPT_EXIF, filename="exif.png", preprocess="mnist")
     @FUZZ
     def post(data: bytes, filename: str, preprocess: str) -> None:
         files = {"file": (filename or "upload", data)}
