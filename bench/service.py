@@ -24,6 +24,7 @@ import asyncio
 import io
 import json
 import random
+import ssl
 import statistics
 import sys
 import time
@@ -76,6 +77,8 @@ SCENARIOS = {
         Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
     )
 }
+# Histograms of the service's merged model calls: the batcher's view of a scenario.
+MODEL_METRICS = ("latent_cnf_batch_requests", "latent_cnf_nfe", "latent_cnf_inference_seconds")
 SOAK_MIX = {"generate-1": 4, "generate-64": 2, "score": 2, "trajectory": 1, "healthz": 1}
 
 
@@ -114,18 +117,29 @@ class Load:
 
     async def drive(
         self, pick: Callable[[random.Random], Scenario], concurrency: int, seconds: float, keep_alive: bool = True
-    ) -> None:
-        """`concurrency` clients, each sending its next request when the last is answered, for `seconds`."""
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency if keep_alive else 0)
-        end = time.perf_counter() + seconds
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+    ) -> float:
+        """`concurrency` clients, each sending its next request when the last is answered, for `seconds`;
+        returns when they started.
 
-            async def one_client(index: int) -> None:
-                rng = random.Random(index)
-                while time.perf_counter() < end:
-                    await self.send(client, pick(rng))
+        Each client has its own httpx client and connection: with one shared pool of many connections, httpx
+        spends per request a time that grows with their number, and the load generator would be measured.
+        """
+        tls = ssl.create_default_context()  # never used on http://, but built once rather than per client
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1 if keep_alive else 0)
+        clients = [httpx.AsyncClient(timeout=self.timeout_s, limits=limits, verify=tls) for _ in range(concurrency)]
+        started = time.perf_counter()
+        end = started + seconds
 
-            await asyncio.gather(*(one_client(i) for i in range(concurrency)))
+        async def one_client(client: httpx.AsyncClient, index: int) -> None:
+            rng = random.Random(index)
+            while time.perf_counter() < end:
+                await self.send(client, pick(rng))
+
+        try:
+            await asyncio.gather(*(one_client(client, i) for i, client in enumerate(clients)))
+        finally:
+            await asyncio.gather(*(client.aclose() for client in clients))
+        return started
 
 
 def summarize(outcomes: Sequence[Outcome], start: float, end: float, items: int) -> dict:
@@ -143,6 +157,30 @@ def summarize(outcomes: Sequence[Outcome], start: float, end: float, items: int)
         "p95_ms": p95,
         "p99_ms": p99,
         "errors": dict(Counter(str(o.status) for o in inside if o.status != 200)),
+    }
+
+
+def model_calls(url: str) -> Counter:
+    """Sums and counts of the service's model-call histograms, over all models and kinds."""
+    totals: Counter = Counter()
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{")[0]
+        if metric.removesuffix("_sum").removesuffix("_count") in MODEL_METRICS and not line.startswith("#"):
+            totals[metric] += float(value)
+    return totals
+
+
+def batching(before: Counter, after: Counter, seconds: float) -> dict:
+    """Requests merged per model call, NFE per call, and the share of the time the inference thread was busy."""
+    delta = {key: after[key] - before[key] for key in after}
+    calls = delta.get("latent_cnf_batch_requests_count", 0)
+    if not calls:
+        return {"requests_per_call": None, "nfe_per_call": None, "inference_busy": None}
+    return {
+        "requests_per_call": delta["latent_cnf_batch_requests_sum"] / calls,
+        "nfe_per_call": delta["latent_cnf_nfe_sum"] / calls,
+        "inference_busy": delta["latent_cnf_inference_seconds_sum"] / seconds,
     }
 
 
@@ -169,10 +207,14 @@ def throughput(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> d
             for name in args.scenarios:
                 scenario = SCENARIOS[name]
                 load.outcomes = []
-                start = time.perf_counter() + args.warmup
-                asyncio.run(load.drive(lambda _, s=scenario: s, concurrency, args.warmup + args.duration))
+                before = model_calls(service.url)
+                started = asyncio.run(load.drive(lambda _, s=scenario: s, concurrency, args.warmup + args.duration))
+                elapsed = time.perf_counter() - started
+                start = started + args.warmup
                 row = {"scenario": name, "concurrency": concurrency}
                 row.update(summarize(load.outcomes, start, start + args.duration, scenario.items))
+                if scenario.target == "service":  # over the whole drive, warm-up and tail included
+                    row.update(batching(before, model_calls(service.url), elapsed))
                 results.append(row)
                 log(f"{name:>18s} c={concurrency:<4d} {row['ok_per_s']:9.1f} ok/s  p50 {fmt(row['p50_ms'])} ms")
         rss = {"service": rss_bytes(service.pid), "naive": rss_bytes(naive.pid)}
@@ -227,8 +269,9 @@ def overload(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dic
         load = Load({"service": service.url}, digit, args.timeout)
         rss_before, peak_before = rss_bytes(service.pid), peak_rss_bytes(service.pid)
         with MemorySampler(service.pid) as memory:
-            started = time.perf_counter()
-            asyncio.run(load.drive(lambda _: scenario, args.burst_concurrency, args.burst_seconds, keep_alive=False))
+            started = asyncio.run(
+                load.drive(lambda _: scenario, args.burst_concurrency, args.burst_seconds, keep_alive=False)
+            )
             seconds = time.perf_counter() - started
         peak_after = peak_rss_bytes(service.pid)
         after = httpx.post(f"{service.url}/generate", json={"n": 1, "seed": 0}, timeout=args.timeout).status_code
@@ -266,8 +309,7 @@ def soak(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
     with running_server(SERVICE_APP, env) as service:
         load = Load({"service": service.url}, digit, args.timeout)
         with MemorySampler(service.pid, interval_s=1.0) as memory:
-            start = time.perf_counter()
-            asyncio.run(load.drive(pick, args.soak_concurrency, seconds))
+            start = asyncio.run(load.drive(pick, args.soak_concurrency, seconds))
         peak = peak_rss_bytes(service.pid)
     minutes = []
     for minute in range(max(1, round(seconds / 60))):
@@ -315,11 +357,15 @@ def report(kind: str, result: dict, markdown: bool) -> str:
                 fmt(r["p50_ms"]),
                 fmt(r["p95_ms"]),
                 fmt(r["p99_ms"]),
+                fmt(r.get("requests_per_call")),
+                fmt(r.get("nfe_per_call"), 0),
+                fmt(r["inference_busy"] * 100 if r.get("inference_busy") is not None else None, 0),
                 ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0",
             ]
             for r in result["rows"]
         ]
-        columns = ["scenario", "concurrency", "ok req/s", "samples/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
+        columns = ["scenario", "concurrency", "ok req/s", "samples/s", "p50 ms", "p95 ms", "p99 ms"]
+        columns += ["requests per model call", "NFE per call", "inference busy %", "errors"]
         text = render("Throughput and latency", columns, rows, markdown)
         ratios = [
             [
