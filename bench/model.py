@@ -3,7 +3,7 @@ solver setting, with the NFE of each; the decoder alone as the upper bound of `s
 nothing there); and, with --fid N, the quality each solver setting buys (FID of N samples in the judge
 classifier's feature space, computed as train.evaluate does, with the same noise for every setting).
 
-    python bench/model.py [--batch-sizes 1,4,16,64,256,1024,4096] [--threads 2] [--json out.json] [--markdown]
+    python bench/model.py [--batch-sizes 1,4,16,32,64,256,1024,4096] [--threads 2] [--json out.json] [--markdown]
     python bench/model.py --fid 10000 --data-dir ../shared/data     # adds the quality table
 
 Each point is timed over at least --min-time seconds after one warm-up call; once a call at some batch size
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="mnist-final-cond", help="shipped checkpoint name or folder")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 64, 256, 1024, 4096])
+    parser.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 32, 64, 256, 1024, 4096])
     parser.add_argument("--score-batch-sizes", type=int_list, help="default: --batch-sizes")
     parser.add_argument("--solvers", type=lambda s: s.split(","), default=list(SOLVERS), help=",".join(SOLVERS))
     parser.add_argument("--importance-samples", type=int, default=64, help="K of score()")
