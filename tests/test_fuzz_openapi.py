@@ -29,8 +29,19 @@ from service.settings import Settings
 
 MAX_EXAMPLES = 15  # generated cases per operation; the coverage phase adds its boundary cases
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-# The document the app serves; it does not depend on the settings, so an app that loads nothing gives it.
-OPENAPI = asgi.get_client(create_app(Settings(models=[]))).get("/openapi.json").json()
+
+
+def served_openapi(app: FastAPI) -> dict:
+    """The /openapi.json the app serves, fetched without starting its lifespan (no models needed)."""
+    client = asgi.get_client(app)  # not `with`: entering the client would start the lifespan
+    try:
+        return client.get("/openapi.json").json()
+    finally:
+        client.close()
+
+
+# The document does not depend on the settings, so an app that loads nothing gives it at import.
+OPENAPI = served_openapi(create_app(Settings(models=[])))
 schema = schemathesis.openapi.from_dict(
     OPENAPI, config=schemathesis.Config.from_dict({"seed": 0, "generation": {"max-examples": MAX_EXAMPLES}})
 )
@@ -48,7 +59,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
         models=models, default_model="fuzz-cond", max_files=2, max_upload_bytes=100_000, max_image_pixels=1_000_000
     )
     app = create_app(settings_)
-    assert asgi.get_client(app).get("/openapi.json").json() == OPENAPI
+    assert served_openapi(app) == OPENAPI
     return app
 
 
