@@ -30,9 +30,9 @@ class Settings(BaseSettings):
         1.0, ge=0, le=100, description="score percentile below which an image is called out of distribution"
     )
     solver_method: Literal["dopri5", "rk4", "midpoint", "euler"] = Field(
-        "rk4", description="ODE solver when a request names none (rk4 with 16 steps matches dopri5 at 1e-5 here)"
+        "rk4", description="ODE solver when a request names none (see the README for the accuracy trade-off)"
     )
-    solver_steps: int = Field(16, ge=1, le=1000, description="steps of a fixed-step default solver")
+    solver_steps: int = Field(32, ge=1, le=1000, description="steps of a fixed-step default solver")
     solver_rtol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 relative tolerance (also for /score)")
     solver_atol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance (also for /score)")
     max_nfe: int = Field(10_000, ge=1, description="a solve needing more function evaluations fails with 422")
