@@ -197,5 +197,17 @@ PRESETS: dict[str, Preset] = {
             _LARGE_MODEL,
             _LARGE_TRAIN,
         ),
+        Preset(
+            "vae-gauss",
+            "baseline: `final` with an N(0, I) prior instead of the CNF, same encoder, decoder and budget",
+            dataclasses.replace(_FINAL_MODEL, prior="gaussian"),
+            _FINAL_TRAIN,
+        ),
+        Preset(
+            "large-gauss",
+            "baseline: `large` with an N(0, I) prior instead of the CNF, same networks and budget",
+            dataclasses.replace(_LARGE_MODEL, prior="gaussian"),
+            _LARGE_TRAIN,
+        ),
     )
 }
