@@ -103,6 +103,34 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: psutil where installed, else Linux's /proc."""
+    try:
+        import psutil
+    except ImportError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def wait_idle(pid: int, timeout_s: float = 600, interval_s: float = 0.5, busy_share: float = 0.05) -> float:
+    """Block until the process uses under `busy_share` of a core over `interval_s`; returns the seconds waited.
+
+    A server can go on computing after its clients stopped (a merged batch whose requests all timed out, a
+    thread pool still running abandoned requests); the next measurement must not share the CPU with it.
+    """
+    started = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - started < timeout_s:
+        time.sleep(interval_s)
+        now = cpu_seconds(pid)
+        if now - last < busy_share * interval_s:
+            break
+        last = now
+    return time.monotonic() - started
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     """The kernel's high-water mark of the resident set (VmHWM), which no sampling interval can miss."""
     kib = _proc_status_kib(pid, "VmHWM")

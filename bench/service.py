@@ -48,6 +48,7 @@ from harness import (
     render,
     rss_bytes,
     running_server,
+    wait_idle,
 )
 from PIL import Image
 
@@ -215,6 +216,7 @@ def throughput(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> d
                 row.update(summarize(load.outcomes, start, start + args.duration, scenario.items))
                 if scenario.target == "service":  # over the whole drive, warm-up and tail included
                     row.update(batching(before, model_calls(service.url), elapsed))
+                row["settle_seconds"] = wait_idle((service if scenario.target == "service" else naive).pid)
                 results.append(row)
                 log(f"{name:>18s} c={concurrency:<4d} {row['ok_per_s']:9.1f} ok/s  p50 {fmt(row['p50_ms'])} ms")
         rss = {"service": rss_bytes(service.pid), "naive": rss_bytes(naive.pid)}
