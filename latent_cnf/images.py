@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 MNIST_BOX = 20  # MNIST digits were fitted into 20x20 and centred by mass in 28x28
 
@@ -63,7 +63,7 @@ def preprocess_mnist(image: Image.Image) -> torch.Tensor:
 
     Returns a float tensor (28, 28) in [0, 1].
     """
-    gray = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32) / 255.0
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if np.median(border) > 0.5:  # dark ink on a light background
         gray = 1.0 - gray
@@ -90,5 +90,5 @@ def preprocess_mnist(image: Image.Image) -> torch.Tensor:
 
 def preprocess_resize(image: Image.Image) -> torch.Tensor:
     """Plain grayscale resize to 28x28, no inversion or centring."""
-    gray = ImageOps.exif_transpose(image).convert("L").resize((28, 28), Image.Resampling.LANCZOS)
+    gray = image.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)

@@ -115,6 +115,7 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
+        400: "malformed request body",
         404: "unknown model",
         413: "body or image too large",
         415: "not an accepted image format",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ServiceError
 
@@ -12,7 +12,8 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 
 
 def decode_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Open an upload as one of ALLOWED_FORMATS; size checked from the header before pixels are decoded."""
+    """Decode an upload (one of ALLOWED_FORMATS) to an upright grayscale image; the pixel count is checked
+    from the header before any pixel is decoded."""
     if not data:
         raise ServiceError(422, "empty_file", f"{filename}: the file is empty")
     try:
@@ -35,6 +36,6 @@ def decode_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     try:
         image.seek(0)
         image.load()
+        return ImageOps.exif_transpose(image).convert("L")  # EXIF parsing is hostile input too
     except Exception as error:  # Pillow's decoders raise many types on hostile input
         raise ServiceError(422, "corrupt_image", f"{filename}: cannot decode the image: {error}") from None
-    return image
