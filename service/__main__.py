@@ -20,6 +20,7 @@ def main() -> None:
         log_level=args.log_level,
         workers=1,
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=30,  # longer than a client's or load balancer's reuse window: no resets under load
     )
 
 
