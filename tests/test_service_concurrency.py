@@ -27,10 +27,11 @@ async def post_many(url: str, bodies: list[dict], timeout: float = 120) -> list[
 
 
 @pytest.mark.parametrize(
-    "solver, tolerance",
-    [({"method": "dopri5"}, 1e-2), (None, 1e-5)],  # dopri5 shares step sizes across a batch; rk4 is the default
+    "solver, tolerance, grey_levels",
+    # dopri5 shares adaptive step sizes across a merged batch; rk4 (the default) does not adapt
+    [({"method": "dopri5"}, 1e-2, 4), (None, 1e-5, 1)],
 )
-def test_batched_requests_get_the_images_they_get_alone(solver, tolerance):
+def test_batched_requests_get_the_images_they_get_alone(solver, tolerance, grey_levels):
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "200", "LATENT_CNF_MAX_BATCH": "64"}
     with running_service(env) as url:
         bodies = [{"n": 2, "seed": seed, "label": seed % 10, "solver": solver} for seed in range(12)]
@@ -44,7 +45,7 @@ def test_batched_requests_get_the_images_they_get_alone(solver, tolerance):
     for solo, batched in zip(alone, together, strict=True):
         body = batched.json()
         assert body["labels"] == solo["labels"]
-        assert np.abs(pixels(body) - pixels(solo)).max() <= 1  # equal up to one grey level of PNG rounding
+        assert np.abs(pixels(body) - pixels(solo)).max() <= grey_levels
         np.testing.assert_allclose(body["latents"], solo["latents"], atol=tolerance, rtol=tolerance)
 
 
