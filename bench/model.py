@@ -34,6 +34,7 @@ SOLVERS = {
     "rk4 4 steps": SolverConfig("rk4", steps=4),
     "rk4 8 steps": SolverConfig("rk4", steps=8),
     "rk4 16 steps": SolverConfig("rk4", steps=16),
+    "rk4 32 steps": SolverConfig("rk4", steps=32),  # the service default
 }
 DECODER = "decoder only"
 
