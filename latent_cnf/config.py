@@ -111,6 +111,8 @@ class TrainConfig:
     batch_size: int = 512
     epochs: int = 17
     lr: float = 2e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_final: float = 0.0
     disc_lr: float = 4e-3
     grad_clip: float | None = None
     seed: int = 1234
@@ -155,6 +157,8 @@ _LARGE_TRAIN = TrainConfig(
     batch_size=128,
     epochs=200,
     lr=1e-3,
+    lr_schedule="cosine",
+    lr_final=1e-5,
     grad_clip=10.0,
 )
 

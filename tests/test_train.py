@@ -62,6 +62,19 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
 
 
+def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):
+    trainer = Trainer(options(tiny_dataset, tmp_path, "large", lr=1e-3, lr_final=1e-5))
+    total = trainer.cfg.epochs * trainer.steps_per_epoch
+    assert trainer.learning_rate(0) == pytest.approx(1e-3)
+    assert trainer.learning_rate(total // 2) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert trainer.learning_rate(total) == pytest.approx(1e-5)
+    trainer.options.max_steps = 3
+    trainer.total_steps = 3
+    trainer.run()
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
+    assert logged == pytest.approx(trainer.learning_rate(2))
+
+
 def test_cli_lists_presets(capsys):
     main(["--list-presets"])
     out = capsys.readouterr().out

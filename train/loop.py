@@ -91,6 +91,13 @@ class Trainer:
         start = position * self.cfg.batch_size
         return order[start : start + self.cfg.batch_size].to(self.options.device)
 
+    def learning_rate(self, step: int) -> float:
+        """A pure function of the step (no scheduler state), so resume and --max-steps need nothing extra."""
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        progress = min(1.0, step / (self.cfg.epochs * self.steps_per_epoch))
+        return self.cfg.lr_final + 0.5 * (self.cfg.lr - self.cfg.lr_final) * (1 + math.cos(math.pi * progress))
+
     def train_step(self) -> dict[str, float]:
         index = self.batch_indices(self.step)
         x, labels = self.train_x[index], self.train_y[index]
@@ -108,13 +115,15 @@ class Trainer:
             adversarial, matching = adversarial_losses(self.disc, x, fake)
             loss = loss + self.cfg.adv_weight * adversarial + self.cfg.feature_match_weight * matching
             terms.update(disc=d_loss.item(), adv=adversarial.item(), fm=matching.item())
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return dict(terms, loss=loss.item())
+        return dict(terms, loss=loss.item(), lr=self.optimizer.param_groups[0]["lr"])
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
