@@ -11,9 +11,10 @@ import torch
 
 from latent_cnf import PRESETS, LatentCNF, checkpoints
 from train import evaluate
+from train import results as results_table
 
 TINY = ["--importance-samples", "2", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
-TINY_OOD = ["--ood-images", "60"]
+TINY_OOD = ["--ood-images", "60", "--ood-importance-samples", "1"]
 KEYS = {
     "test_nll_nats",
     "test_elbo_nats",
@@ -42,7 +43,8 @@ def untrained(preset: str, folder: Path, card: dict) -> LatentCNF:
 
 
 def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = untrained("final-cond", tmp_path / "ck", {"dataset": "mnist"})
+    card = {"dataset": "mnist", "preset": "final-cond", "epochs": 2.0, "wall_time_s": 150.0, "device": "cpu"}
+    model = untrained("final-cond", tmp_path / "ck", card)
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
     evaluate.main([*argv, *TINY, *TINY_OOD])
@@ -50,8 +52,9 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert KEYS <= results.keys()
     assert results["config_hash"] == model.config.hash()
     assert results["dataset"] == "mnist"
-    sizes = ("importance_samples", "num_samples", "test_images", "ood_images")
-    assert tuple(results[key] for key in sizes) == (2, 50, 100, 60)
+    sizes = ("importance_samples", "ood_importance_samples", "num_samples", "test_images", "ood_images")
+    assert tuple(results[key] for key in sizes) == (2, 1, 50, 100, 60)
+    assert results["training"] == card | {"command": None, "git_commit": None}
     for key in ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "sample_nfe_mean", "seconds"):
         assert math.isfinite(results[key])
     assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
@@ -64,6 +67,12 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
         assert scores.keys() == {"likelihood", "complexity_corrected"}
         assert all(0 <= v <= 1 for v in scores.values())
     assert "ood_auroc.noise.complexity_corrected" in capsys.readouterr().out
+    results_table.main([str(out)])
+    header, rule, line = capsys.readouterr().out.splitlines()
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == rule.count("---")
+    assert cells[0] == "ck" and cells[1] == f"{results['test_nll_nats']:.2f}"
+    assert cells[-2:] == ["2 (OOD 1) / 50 / 100", "2 ep., 2 min, cpu"]
 
 
 def test_likelihood_scores_do_not_depend_on_the_batch_size() -> None:

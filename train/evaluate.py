@@ -42,6 +42,7 @@ from .metrics.precision_recall import precision_recall
 
 PROTOCOL_SEED = 0
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
+TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "device", "git_commit")
 SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
 
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
     parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the checkpoint card's dataset")
     parser.add_argument("--importance-samples", type=int, default=1000, help="K of the IWAE bound")
+    parser.add_argument(
+        "--ood-importance-samples", type=int, help="K for the outlier AUROCs (default: --importance-samples)"
+    )
     parser.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID, P/R, labels")
     parser.add_argument("--test-images", type=int, default=10_000, help="first M test images (and M per outlier set)")
     parser.add_argument(
@@ -132,7 +136,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     start_time = time.perf_counter()
     device = resolve_device(args.device)
     model = checkpoints.load(args.checkpoint, device)
-    dataset = args.dataset or checkpoints.read_card(args.checkpoint).get("dataset")
+    card = checkpoints.read_card(args.checkpoint)
+    dataset = args.dataset or card.get("dataset")
     if dataset not in data.DATASETS:
         raise SystemExit(f"the checkpoint card names no known dataset ({dataset!r}): pass --dataset")
     judge = load_classifier(dataset, device)
@@ -159,11 +164,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         OTHER_DATASET[dataset]: binarized(other.images)[:n_ood],
         "noise": binarized(noise_images(len(test)))[:n_ood],
     }
+    k_ood = args.ood_importance_samples or k
     in_ll = inliers["log_likelihood"][:n_ood]
+    if k_ood != k:
+        in_seeds = seeds(args.seed, TEST_STREAM, n_ood)
+        in_ll = score(model, x_test[:n_ood], k_ood, bs, in_seeds, "scoring test images (OOD K)")["log_likelihood"]
     in_corrected = complexity_corrected(in_ll, complexity_bits(x_test[:n_ood]))
     ood = {}
     for stream, (name, x_out) in enumerate(outlier_sets.items(), start=FIRST_OUTLIER_STREAM):
-        out_ll = score(model, x_out, k, bs, seeds(args.seed, stream, len(x_out)), f"scoring {name}")["log_likelihood"]
+        out_ll = score(model, x_out, k_ood, bs, seeds(args.seed, stream, len(x_out)), f"scoring {name}")[
+            "log_likelihood"
+        ]
         ood[name] = {
             "likelihood": auroc(in_ll, out_ll),
             "complexity_corrected": auroc(in_corrected, complexity_corrected(out_ll, complexity_bits(x_out))),
@@ -184,6 +195,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "ood_auroc": ood,
         "sample_nfe_mean": sample_nfe,
         "importance_samples": k,
+        "ood_importance_samples": k_ood,
         "num_samples": len(samples),
         "test_images": len(x_test),
         "ood_images": n_ood,
@@ -192,6 +204,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "protocol_seed": PROTOCOL_SEED,
         "seconds": round(time.perf_counter() - start_time, 1),
+        "training": {key: card.get(key) for key in TRAINING_FIELDS},
     }
 
 

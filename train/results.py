@@ -6,11 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from latent_cnf import checkpoints
-
 COLUMNS = (
     "checkpoint", "test NLL", "-ELBO", "latent NLL", "FID (floor)", "precision / recall", "label acc.",
-    "OOD AUROC (other; noise)", "sample NFE", "K / N / M", "train wall time, device",
+    "OOD AUROC (other; noise)", "sample NFE", "K / N / M", "training (epochs, time, device)",
 )  # fmt: skip
 
 
@@ -19,8 +17,10 @@ def _f(value: float | None, digits: int = 2) -> str:
 
 
 def row(result: dict) -> str:
-    name = Path(result["checkpoint"]).name
-    card = checkpoints.read_card(result["checkpoint"])
+    path = Path(result["checkpoint"])
+    name = path.parent.name if path.name == "checkpoint" else path.name  # runs/<name>/checkpoint
+    training = result["training"]
+    k, k_ood = result["importance_samples"], result["ood_importance_samples"]
     other, noise = (result["ood_auroc"][key] for key in result["ood_auroc"])
     ood = (
         f"{_f(other['likelihood'], 3)} ({_f(other['complexity_corrected'], 3)} corr.); "
@@ -36,8 +36,8 @@ def row(result: dict) -> str:
         _f(result["label_accuracy"], 3),
         ood,
         _f(result["sample_nfe_mean"], 0),
-        f"{result['importance_samples']} / {result['num_samples']} / {result['test_images']}",
-        f"{card.get('wall_time_s', 0) / 60:.0f} min, {card.get('device', '?')}",
+        f"{k}{'' if k == k_ood else f' (OOD {k_ood})'} / {result['num_samples']} / {result['test_images']}",
+        f"{training['epochs']:g} ep., {training['wall_time_s'] / 60:.0f} min, {training['device']}",
     )
     return "| " + " | ".join(cells) + " |"
 
