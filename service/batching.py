@@ -1,7 +1,9 @@
 """Dynamic batching: a bounded queue in front of one inference thread per device.
 
 Requests with the same key (model, kind, solver settings) that arrive within `max_wait_s` of each other,
-or while the worker is busy, are merged into one model call of at most `max_batch` samples.
+or while the worker is busy, are merged into one model call whose total `size` stays within
+`capacity(key)`. A job's size is its cost in the unit the capacity counts (samples for sampling, latent
+rows through the flow for scoring), so one merged call never holds the inference thread for long.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Job:
 
 
 RunBatch = Callable[[Hashable, Sequence[Job]], list[Any]]
+Capacity = Callable[[Hashable], int]
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -56,9 +59,9 @@ def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -
 class Batcher:
     """Merges queued jobs by key and runs them on a dedicated thread under torch.inference_mode()."""
 
-    def __init__(self, run_batch: RunBatch, device: str, max_batch: int, max_wait_s: float, max_queue: int):
+    def __init__(self, run_batch: RunBatch, device: str, capacity: Capacity, max_wait_s: float, max_queue: int):
         self.run_batch, self.device = run_batch, device
-        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.capacity, self.max_wait_s, self.max_queue = capacity, max_wait_s, max_queue
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -100,16 +103,16 @@ class Batcher:
             if not self._jobs:
                 return None
             head = self._jobs.popleft()
-            batch, total = [head], head.size
+            batch, total, capacity = [head], head.size, self.capacity(head.key)
             deadline = time.monotonic() + self.max_wait_s
-            while total < self.max_batch:
+            while total < capacity:
                 for job in list(self._jobs):
-                    if job.key == head.key and total + job.size <= self.max_batch:
+                    if job.key == head.key and total + job.size <= capacity:
                         self._jobs.remove(job)
                         batch.append(job)
                         total += job.size
                 remaining = deadline - time.monotonic()
-                if total >= self.max_batch or remaining <= 0 or self._stopping:
+                if total >= capacity or remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
             self._set_depth()

@@ -86,7 +86,7 @@ class ModelHub:
     def load(self) -> None:
         """Start the inference thread, load every model, warm each up; only then is the hub `ready`."""
         s = self.settings
-        self.batcher = Batcher(self.run_batch, self.device, s.max_batch, s.max_wait_ms / 1000, s.max_queue)
+        self.batcher = Batcher(self.run_batch, self.device, self.capacity, s.max_wait_ms / 1000, s.max_queue)
         names = self.settings.models or checkpoints.available()
         if not names:
             raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
@@ -133,6 +133,15 @@ class ModelHub:
         except ValueError as error:
             raise ServiceError(422, "invalid_solver", str(error)) from None
 
+    def capacity(self, key: tuple) -> int:
+        """Most work merged into one call: samples, or latent rows (images x K x labels) for scoring."""
+        return self.settings.max_score_rows if key[0] == "score" else self.settings.max_batch
+
+    def score_rows(self, served: ServedModel, images: int, importance_samples: int) -> int:
+        """Latent rows one /score request puts through the flow: its cost in the batcher."""
+        classes = served.model.config.num_classes if served.model.config.conditional else 1
+        return images * importance_samples * classes
+
     def check_label(self, served: ServedModel, label: int | None) -> None:
         if label is not None and not served.conditional:
             raise ServiceError(
@@ -158,12 +167,14 @@ class ModelHub:
         started = time.perf_counter()
         if kind == "score":
             results, nfe = self._score(served, key[2], jobs)
-            metrics.IMAGES_SCORED.labels(model=name).inc(sum(job.size for job in jobs))
+            size = sum(len(job.payload.images) for job in jobs)
+            metrics.IMAGES_SCORED.labels(model=name).inc(size)
         else:
             results, nfe = self._generate(served, key[2], key[3], jobs)
-            metrics.SAMPLES.labels(model=name).inc(sum(job.size for job in jobs))
+            size = sum(job.size for job in jobs)
+            metrics.SAMPLES.labels(model=name).inc(size)
         metrics.INFERENCE_SECONDS.labels(model=name, kind=kind).observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.labels(model=name, kind=kind).observe(sum(job.size for job in jobs))
+        metrics.BATCH_SIZE.labels(model=name, kind=kind).observe(size)
         metrics.BATCH_REQUESTS.labels(model=name, kind=kind).observe(len(jobs))
         metrics.NFE.labels(model=name, kind=kind).observe(nfe)
         return results
@@ -180,7 +191,7 @@ class ModelHub:
 
     def _score(self, served: ServedModel, k: int, jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], int]:
         images = torch.cat([job.payload.images for job in jobs])
-        seeds = torch.cat([job.payload.seed + torch.arange(job.size) for job in jobs])
+        seeds = torch.cat([job.payload.seed + torch.arange(len(job.payload.images)) for job in jobs])
         score = served.model.score(images, k=k, seed=seeds, solver=self.settings.score_solver)
         fields = {
             "log_likelihood_nats": score.log_likelihood,
@@ -195,8 +206,9 @@ class ModelHub:
             row["predicted_label"] = int(score.predicted_label[i]) if score.predicted_label is not None else None
         out, start = [], 0
         for job in jobs:
-            out.append(rows[start : start + job.size])
-            start += job.size
+            end = start + len(job.payload.images)
+            out.append(rows[start:end])
+            start = end
         return out, score.nfe
 
     def close(self) -> None:

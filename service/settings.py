@@ -19,7 +19,10 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated checkpoint names or paths; empty = all shipped"
     )
     default_model: str = Field("mnist-final-cond", description="model used when a request names none")
-    max_batch: int = Field(256, ge=1, description="most samples (or images) merged into one model call")
+    max_batch: int = Field(256, ge=1, description="most samples merged into one sampling call")
+    max_score_rows: int = Field(
+        4096, ge=1, description="most latent rows (images x K x labels) merged into one scoring call"
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
     max_queue: int = Field(64, ge=1, description="queued requests before new ones get 503")
     timeout_s: float = Field(30.0, gt=0, description="a request waiting longer gets 504")

@@ -46,7 +46,8 @@ async def score(
         data = await upload.read()
         images.append(await run_in_threadpool(prepare, data, name, preprocess, settings.max_image_pixels))
     batch = torch.stack(images)
-    rows = await hub.submit(("score", served.name, importance_samples), len(batch), ScoreJob(batch, seed=0))
+    cost = hub.score_rows(served, len(batch), importance_samples)
+    rows = await hub.submit(("score", served.name, importance_samples), cost, ScoreJob(batch, seed=0))
     results = []
     for name, row in zip(names, rows, strict=True):
         percentile = served.percentile(row["log_likelihood_nats"])
