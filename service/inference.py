@@ -32,6 +32,7 @@ class SampleJob:
     n: int
     label: int | None
     seed: int
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class ModelHub:
         self, served: ServedModel, solver: SolverConfig, steps: int, jobs: Sequence[Job]
     ) -> tuple[list[Trajectory], int]:
         model = served.model
-        drawn = [model.draw_base(job.payload.n, job.payload.label, job.payload.seed) for job in jobs]
+        drawn = [model.draw_base(j.payload.n, j.payload.label, j.payload.seed, j.payload.temperature) for j in jobs]
         z0 = torch.cat([z for z, _ in drawn])
         labels = torch.cat([y for _, y in drawn]) if served.conditional else None
         path = model.generate(z0, labels, solver, steps)

@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from latent_cnf.model import MAX_TEMPERATURE
+
 MAX_SEED = 2**63 - 1
+TEMPERATURE_HELP = "scales the base noise (as in Glow): below 1, more typical samples, less variety"
 
 
 class SolverSpec(BaseModel):
@@ -29,6 +32,7 @@ class GenerateRequest(BaseModel):
     n: int = Field(16, ge=1, le=256, description="number of samples")
     label: int | None = Field(None, ge=0, le=9, description="digit to draw (label-conditioned models only)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted = a fresh one, returned")
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP)
     solver: SolverSpec | None = None
 
 
@@ -38,6 +42,7 @@ class GenerateResponse(BaseModel):
     label: int | None
     labels: list[int] | None = Field(description="label of each sample (conditional models), drawn if not given")
     seed: int
+    temperature: float
     nfe: int = Field(description="ODE function evaluations of the model call that produced these samples")
     images: list[str] = Field(description="base64-encoded 28x28 grayscale PNGs")
     latents: list[list[float]]
@@ -74,6 +79,7 @@ class TrajectoryResponse(BaseModel):
     n: int
     steps: int
     seed: int
+    temperature: float
     label: int | None
     labels: list[int] | None
     nfe: int

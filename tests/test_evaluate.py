@@ -47,7 +47,7 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     model = untrained("final-cond", tmp_path / "ck", card)
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
-    evaluate.main([*argv, *TINY, *TINY_OOD])
+    evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5"])
     results = json.loads(out.read_text())
     assert KEYS <= results.keys()
     assert results["config_hash"] == model.config.hash()
@@ -60,8 +60,10 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
     assert results["fid"] >= 0 and results["fid_reference"] >= 0
     assert results["fid_reference"] < results["fid"]  # real test images beat an untrained model's samples
+    cold = results["by_temperature"]["0.5"]
     for key in ("precision", "recall", "label_accuracy"):
-        assert 0 <= results[key] <= 1
+        assert 0 <= results[key] <= 1 and 0 <= cold[key] <= 1
+    assert cold["fid"] != results["fid"]
     assert results["ood_auroc"].keys() == {"fashion-mnist", "noise"}
     for scores in results["ood_auroc"].values():
         assert scores.keys() == {"likelihood", "complexity_corrected"}
@@ -73,6 +75,7 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert len(cells) == len(header.strip("|").split("|")) == rule.count("---")
     assert cells[0] == "ck" and cells[1] == f"{results['test_nll_nats']:.2f}"
     assert cells[-2:] == ["2 (OOD 1) / 50 / 100", "2 ep., 2 min, cpu"]
+    assert cells[6] == f"{results['label_accuracy']:.3f} ({cold['label_accuracy']:.3f} at T=0.5)"
 
 
 def test_likelihood_scores_do_not_depend_on_the_batch_size() -> None:

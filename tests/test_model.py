@@ -50,6 +50,20 @@ def test_conditional_log_prob_depends_on_label():
     torch.testing.assert_close(marginal, torch.logsumexp(per_label, 0) - torch.log(torch.tensor(10.0)))
 
 
+@torch.no_grad()
+def test_temperature_scales_the_base_noise():
+    m = model()
+    z1, labels1 = m.draw_base(6, label=2, seed=5)
+    z_half, labels_half = m.draw_base(6, label=2, seed=5, temperature=0.5)
+    torch.testing.assert_close(z_half, 0.5 * z1)
+    assert torch.equal(labels1, labels_half)
+    cold = m.sample(6, label=2, seed=5, temperature=0.5)
+    torch.testing.assert_close(cold.latents, m.generate(0.5 * z1, labels1).latents[-1])
+    for bad in (0.0, -1.0, 2.5):
+        with pytest.raises(ValueError, match="temperature"):
+            m.draw_base(1, temperature=bad)
+
+
 def test_unconditional_model_refuses_labels():
     with pytest.raises(ValueError, match="not label-conditioned"):
         model("vae-cnf-prior").sample(2, label=1)

@@ -71,6 +71,22 @@ def test_generate_same_seed_same_images(client):
     assert other["images"] != first["images"]
 
 
+def test_generate_temperature_shrinks_the_base_noise(client):
+    request = {"n": 4, "seed": 5, "label": 1}
+    warm = client.post("/generate", json=request).json()
+    cold = client.post("/generate", json=request | {"temperature": 0.5}).json()
+    assert warm["temperature"] == 1.0 and cold["temperature"] == 0.5 and cold["images"] != warm["images"]
+
+    def path(**extra) -> list[dict]:
+        return client.get("/trajectory", params=request | extra | {"format": "json"}).json()["trajectory"]
+
+    cold_path, warm_path = path(temperature=0.5), path()
+    np.testing.assert_allclose(cold_path[0]["latents"], 0.5 * np.array(warm_path[0]["latents"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cold["latents"], cold_path[-1]["latents"], atol=1e-4)  # same noise, same solver
+    refused = client.post("/generate", json={"n": 1, "temperature": 0})
+    assert refused.status_code == 422 and "temperature" in refused.text
+
+
 def test_generate_without_seed_returns_the_seed_used(client):
     body = client.post("/generate", json={"n": 2}).json()
     again = client.post("/generate", json={"n": 2, "seed": body["seed"]}).json()

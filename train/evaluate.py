@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ood-images", type=int, help="images per outlier set, vs the first as many test images (default all M)"
     )
     parser.add_argument("--reference-images", type=int, help="random training images for the reference (default all)")
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also measure FID, precision/recall and label accuracy of samples at these temperatures (< 1)",
+    )
     parser.add_argument("--neighbours", type=int, default=3, help="k of the k-NN manifolds of precision/recall")
     parser.add_argument("--batch-size", type=int, default=100, help="images per model.score / model.sample call")
     parser.add_argument(
@@ -113,7 +120,9 @@ def score(
 
 
 @torch.no_grad()
-def generate(model: LatentCNF, n: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def generate(
+    model: LatentCNF, n: int, batch_size: int, seed: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call).
 
     Each call draws its noise from its own seed, so samples depend on the batch size (as adaptive solves do).
@@ -126,7 +135,7 @@ def generate(model: LatentCNF, n: int, batch_size: int, seed: int) -> tuple[torc
     ):
         size = min(batch_size, n - start)
         label = labels[start : start + size] if labels is not None else None
-        samples = model.sample(size, label=label, seed=chunk_seed)
+        samples = model.sample(size, label=label, seed=chunk_seed, temperature=temperature)
         images.append(samples.images.reshape(size, -1).cpu())
         nfe.append(samples.nfe)
     return torch.cat(images), labels, float(np.mean(nfe))
@@ -150,10 +159,21 @@ def evaluate(args: argparse.Namespace) -> dict:
     test_images = test.images[: args.test_images]
     test_features, _ = embed(judge, data.to_float(test_images), fbs, desc="judge: test images")
 
-    samples, sample_labels, sample_nfe = generate(model, args.num_samples, args.batch_size, args.seed)
-    sample_features, predicted = embed(judge, samples, fbs, desc="judge: samples")
-    real_subset = reference_features[random_subset(len(reference_features), len(sample_features))]
-    precision, recall = precision_recall(real_subset, sample_features, args.neighbours, fbs)
+    real_subset = reference_features[random_subset(len(reference_features), args.num_samples)]
+
+    def sample_quality(temperature: float) -> dict:
+        samples, labels, nfe = generate(model, args.num_samples, args.batch_size, args.seed, temperature)
+        features, predicted = embed(judge, samples, fbs, desc=f"judge: samples at temperature {temperature:g}")
+        precision, recall = precision_recall(real_subset, features, args.neighbours, fbs)
+        return {
+            "fid": fid(features, reference_features),
+            "precision": precision,
+            "recall": recall,
+            "label_accuracy": (predicted == labels).double().mean().item() if labels is not None else None,
+            "sample_nfe_mean": nfe,
+        }
+
+    quality = sample_quality(1.0)
 
     k, bs = args.importance_samples, args.batch_size
     x_test = binarized(test.images)[: args.test_images]
@@ -187,16 +207,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         "test_nll_nats": -inliers["log_likelihood"].mean().item(),
         "test_elbo_nats": -inliers["elbo"].mean().item(),
         "latent_nll_nats": -inliers["latent"].mean().item(),
-        "fid": fid(sample_features, reference_features),
+        **quality,
         "fid_reference": fid(test_features, reference_features),
-        "precision": precision,
-        "recall": recall,
-        "label_accuracy": (predicted == sample_labels).double().mean().item() if sample_labels is not None else None,
+        "by_temperature": {f"{t:g}": sample_quality(t) for t in args.temperatures},
         "ood_auroc": ood,
-        "sample_nfe_mean": sample_nfe,
         "importance_samples": k,
         "ood_importance_samples": k_ood,
-        "num_samples": len(samples),
+        "num_samples": args.num_samples,
         "test_images": len(x_test),
         "ood_images": n_ood,
         "reference_images": len(reference),

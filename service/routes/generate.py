@@ -40,7 +40,9 @@ async def generate(
     hub.check_label(served, body.label)
     solver = hub.solver(body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
-    path = await hub.submit(("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed))
+    path = await hub.submit(
+        ("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed, body.temperature)
+    )
     images = path.images[-1]
     if wants_png(request, format):
         columns = math.ceil(math.sqrt(body.n))
@@ -51,6 +53,7 @@ async def generate(
         label=body.label,
         labels=path.labels.tolist() if path.labels is not None else None,
         seed=seed,
+        temperature=body.temperature,
         nfe=path.nfe,
         images=[base64.b64encode(png).decode() for png in image_pngs(images)],
         latents=path.latents[-1].tolist(),

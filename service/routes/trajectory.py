@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
+from latent_cnf.model import MAX_TEMPERATURE
 
 from ..dependencies import fresh_seed, get_hub
 from ..inference import ModelHub, SampleJob
-from ..schemas import ERROR_RESPONSES, MAX_SEED, TrajectoryResponse, TrajectoryStep
+from ..schemas import ERROR_RESPONSES, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
 
 router = APIRouter(tags=["trajectory"])
 
@@ -27,6 +28,7 @@ async def trajectory(
     n: int = Query(1, ge=1, le=16, description="rows (samples)"),
     seed: int | None = Query(None, ge=0, le=MAX_SEED),
     label: int | None = Query(None, ge=0, le=9),
+    temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
     model: str | None = Query(None),
     format: Literal["png", "json"] = Query("png"),
     hub: ModelHub = Depends(get_hub),
@@ -36,7 +38,7 @@ async def trajectory(
     hub.check_label(served, label)
     seed = fresh_seed(seed)
     solver = hub.solver(None)
-    path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed))
+    path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed, temperature))
     if format == "png":
         return Response(png_bytes(trajectory_strip(path.times, path.images)), media_type="image/png")
     return TrajectoryResponse(
@@ -44,6 +46,7 @@ async def trajectory(
         n=n,
         steps=steps,
         seed=seed,
+        temperature=temperature,
         label=label,
         labels=path.labels.tolist() if path.labels is not None else None,
         nfe=path.nfe,
