@@ -75,6 +75,24 @@ def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):
     assert logged == pytest.approx(trainer.learning_rate(2))
 
 
+def test_training_solver_refines_while_it_is_far_from_the_exact_density(tiny_dataset, tmp_path):
+    opts = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1e-9)
+    opts.eval_solver = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
+    opts.max_steps = 4  # one epoch: one validation, one refinement
+    trainer = Trainer(opts)
+    metrics = trainer.run()
+    assert metrics["val_solver_gap_nats"] > 0 and metrics["train_solver_steps"] == 2
+    assert trainer.cfg.train_solver.steps == 4
+    resumed = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1e-9)
+    resumed.resume, resumed.max_steps = True, 5
+    again = Trainer(resumed)
+    again.load_state(tmp_path / "state.pt")
+    assert again.cfg.train_solver.steps == 4  # the refined solver survives a resume
+    loose = Trainer(options(tiny_dataset, tmp_path / "loose", "vae-cnf-prior", max_solver_gap_nats=1e3))
+    loose.adapt_train_solver(loose.solver_gap())
+    assert loose.cfg.train_solver.steps == 2
+
+
 def test_cli_lists_presets(capsys):
     main(["--list-presets"])
     out = capsys.readouterr().out

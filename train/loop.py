@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -78,6 +79,7 @@ class Trainer:
         val = val.subset(torch.arange(min(options.val_images, len(val))))
         generator = torch.Generator().manual_seed(0)
         self.val_x = data.binarize(data.to_float(val.images), generator).to(options.device)
+        self.val_y = val.labels.to(options.device)
         self.steps_per_epoch = math.ceil(len(self.train_x) / self.cfg.batch_size)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         if options.max_steps is not None:
@@ -90,6 +92,27 @@ class Trainer:
         order = torch.randperm(len(self.train_x), generator=generator)
         start = position * self.cfg.batch_size
         return order[start : start + self.cfg.batch_size].to(self.options.device)
+
+    @torch.no_grad()
+    def solver_gap(self) -> float:
+        """Mean |log p_train - log p_eval| over validation latents: how far the fixed-step training solve is
+        from the exact density. A flow trained with too coarse a fixed step learns to exploit the
+        discretisation (Ott et al. 2021, "ResNet after all?"): its training density drifts from the ODE's."""
+        labels = self.val_y if self.model.config.encoder_conditional else None
+        z, _ = self.model.encode(self.val_x, labels)
+        prior_labels = self.val_y if self.model.prior.conditional else None
+        coarse = self.model.prior.log_prob(z, prior_labels, self.cfg.train_solver).log_prob
+        exact = self.model.prior.log_prob(z, prior_labels, self.options.eval_solver).log_prob
+        return (coarse - exact).abs().mean().item()
+
+    def adapt_train_solver(self, gap: float) -> None:
+        """Double the training solver's steps while the gap is above `max_solver_gap_nats` (Ott et al.)."""
+        solver = self.cfg.train_solver
+        limit = self.cfg.max_solver_gap_nats
+        if limit is None or gap <= limit or solver.steps * 2 > self.cfg.max_train_steps_per_solve:
+            return
+        self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(solver, steps=solver.steps * 2))
+        tqdm.write(f"solver gap {gap:.3f} nats > {limit:g}: training solver now {solver.method} x{solver.steps * 2}")
 
     def learning_rate(self, step: int) -> float:
         """A pure function of the step (no scheduler state), so resume and --max-steps need nothing extra."""
@@ -129,7 +152,10 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.model.eval()
         score = self.model.score(self.val_x, k=self.options.val_importance_samples, solver=self.options.eval_solver)
+        gap = self.solver_gap() if self.model.config.prior == "cnf" else 0.0
         return {
+            "val_solver_gap_nats": gap,
+            "train_solver_steps": self.cfg.train_solver.steps,
             "val_iwae_nats": score.log_likelihood.mean().item(),
             "val_elbo_nats": score.elbo.mean().item(),
             "val_latent_nll_nats": -score.latent_log_density.mean().item(),
@@ -152,6 +178,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
+            "train_solver_steps": self.cfg.train_solver.steps,
             "rng": torch.get_rng_state(),
         }
         if self.disc is not None:
@@ -166,6 +193,8 @@ class Trainer:
             self.disc.load_state_dict(state["disc"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        steps = int(state["train_solver_steps"])
+        self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(self.cfg.train_solver, steps=steps))
         torch.set_rng_state(state["rng"].cpu())
 
     def save(self, metrics: dict[str, float]) -> None:
@@ -244,6 +273,7 @@ class Trainer:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 (o.out / f"trajectory-epoch{math.ceil(epoch):03d}.png").write_bytes(self.trajectory_png())
+                self.adapt_train_solver(metrics["val_solver_gap_nats"])
                 self.save(metrics)
                 bar.write(json.dumps(record))
         bar.close()
