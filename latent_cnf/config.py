@@ -117,7 +117,7 @@ class TrainConfig:
     grad_clip: float | None = None
     seed: int = 1234
     train_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="rk4", steps=8))
-    max_solver_gap_nats: float | None = None
+    max_solver_gap_nats: float | None = 0.2  # refine the training solver beyond this (see train/loop.py)
     max_train_steps_per_solve: int = 128
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +162,6 @@ _LARGE_TRAIN = TrainConfig(
     lr_schedule="cosine",
     lr_final=1e-5,
     grad_clip=10.0,
-    max_solver_gap_nats=0.2,
 )
 
 PRESETS: dict[str, Preset] = {
