@@ -82,12 +82,13 @@ class Variant:
     autograd_trace: bool
 
 
-VARIANTS = (
-    Variant("original: autograd trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=True),
-    Variant("closed-form trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=False),
-    Variant("autograd trace + rk4 (8 steps), backprop", adjoint=False, autograd_trace=True),
-    Variant("ours: closed-form trace + rk4 (8 steps), backprop", adjoint=False, autograd_trace=False),
-)
+def variants(steps: int) -> tuple[Variant, ...]:
+    return (
+        Variant("original: autograd trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=True),
+        Variant("closed-form trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=False),
+        Variant(f"autograd trace + rk4 ({steps} steps), backprop", adjoint=False, autograd_trace=True),
+        Variant(f"ours: closed-form trace + rk4 ({steps} steps), backprop", adjoint=False, autograd_trace=False),
+    )
 
 
 def one_step(model, disc, prior, x, labels, cfg) -> tuple[float, int]:
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint", help="start from these trained weights (its preset must match)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--train-steps", type=int, help="rk4 steps of our solve (default: the preset's; training may refine it)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -123,6 +127,9 @@ def main() -> None:
     device = resolve_device(args.device)
     preset = PRESETS[args.preset]
     cfg = replace(preset.train, batch_size=args.batch_size or preset.train.batch_size)
+    if args.train_steps:
+        cfg = replace(cfg, train_solver=replace(cfg.train_solver, steps=args.train_steps))
+    all_variants = variants(cfg.train_solver.steps)
     split = data.load_split("mnist", "fit", args.data_dir)
     x = data.to_float(split.images[: cfg.batch_size]).to(device)
     labels = split.labels[: cfg.batch_size].to(device)
@@ -130,10 +137,10 @@ def main() -> None:
     base = (latent_cnf.load(args.checkpoint, device) if args.checkpoint else LatentCNF(preset.model).to(device)).train()
     base_disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_leaky).to(device)
     use_disc = cfg.adversarial and not args.no_discriminator
-    times: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v.name: [] for v in all_variants}
     nfes: dict[str, int] = {}
     for repeat in range(args.steps + 1):
-        for variant in VARIANTS:
+        for variant in all_variants:
             model = copy.deepcopy(base)
             disc = copy.deepcopy(base_disc) if use_disc else None
             prior = OriginalPrior(model.prior, variant.adjoint, variant.autograd_trace, cfg.train_solver)
@@ -142,7 +149,7 @@ def main() -> None:
             if repeat:  # the first round warms up
                 times[variant.name].append(seconds)
             nfes[variant.name] = nfe
-    ours = statistics.median(times[VARIANTS[-1].name])
+    ours = statistics.median(times[all_variants[-1].name])
     rows = [
         {
             "variant": v.name,
@@ -150,7 +157,7 @@ def main() -> None:
             "forward_nfe": nfes[v.name],
             "speedup_of_ours": statistics.median(times[v.name]) / ours,
         }
-        for v in VARIANTS
+        for v in all_variants
     ]
     disc_note = "with discriminator" if use_disc else "without discriminator"
     print(f"preset {args.preset}, batch {cfg.batch_size}, {disc_note}, device {device}, median of {args.steps} steps")
