@@ -43,7 +43,11 @@ def served_openapi(app: FastAPI) -> dict:
 # The document does not depend on the settings, so an app that loads nothing gives it at import.
 OPENAPI = served_openapi(create_app(Settings(models=[])))
 schema = schemathesis.openapi.from_dict(
-    OPENAPI, config=schemathesis.Config.from_dict({"seed": 0, "generation": {"max-examples": MAX_EXAMPLES}})
+    OPENAPI,
+    # valid but heavy requests (n=16 at rk4 x 999) take seconds on a busy 2-core runner: not a defect
+    config=schemathesis.Config.from_dict(
+        {"seed": 0, "request-timeout": 60, "generation": {"max-examples": MAX_EXAMPLES}}
+    ),
 )
 
 
