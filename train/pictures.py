@@ -20,12 +20,16 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
 
 
-def scatter(points: torch.Tensor, labels: torch.Tensor, title: str, size: int = 360) -> Image.Image:
-    """A 2-D scatter coloured by label, drawn with Pillow (no plotting library needed)."""
+def scatter(
+    points: torch.Tensor, labels: torch.Tensor, title: str, bounds: tuple[torch.Tensor, torch.Tensor], size: int = 360
+) -> Image.Image:
+    """A 2-D scatter coloured by label, drawn with Pillow (no plotting library needed).
+
+    `bounds` (low, high corners) are shared by the panels of one figure so that they can be compared."""
     canvas = Image.new("RGB", (size, size + 16), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill="black")
-    low, high = points.quantile(0.005, 0), points.quantile(0.995, 0)
+    low, high = bounds
     scaled = ((points - low) / (high - low).clamp_min(1e-6)).clamp(0, 1) * (size - 8) + 4
     for (x, y), label in zip(scaled.tolist(), labels.tolist(), strict=True):
         draw.point((x, size - y + 16), fill=PALETTE[label % 10])
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
-    name = Path(args.checkpoint).name
+    path = Path(args.checkpoint)
+    name = path.parent.name if path.name == "checkpoint" else path.name  # runs/<name>/checkpoint
     args.out.mkdir(parents=True, exist_ok=True)
     conditional = model.prior.conditional
     rows = [model.sample(10, label=y if conditional else None, seed=y) for y in range(10)]
@@ -68,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     sample_labels = sampled.labels if sampled.labels is not None else torch.zeros(args.points, dtype=torch.long)
     left, right = project(encoded.cpu(), sampled.latents.cpu())
     how = "latents" if encoded.shape[1] == 2 else "PCA of latents"
-    panels = [scatter(left, labels.cpu(), f"encoder {how}, test set, by digit")]
-    panels.append(scatter(right, sample_labels.cpu(), f"CNF samples ({'by label' if conditional else 'one colour'})"))
+    bounds = (left.quantile(0.005, 0), left.quantile(0.995, 0))  # the encoder's cloud frames both panels
+    panels = [scatter(left, labels.cpu(), f"encoder {how}, test set, by digit", bounds)]
+    title = f"CNF samples ({'by label' if conditional else 'one colour'}), same axes"
+    panels.append(scatter(right, sample_labels.cpu(), title, bounds))
     figure = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
     for i, panel in enumerate(panels):
         figure.paste(panel, (i * panel.width, 0))
