@@ -37,6 +37,12 @@ def resolve(name_or_path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint {name_or_path!r}: not a folder with {CARD_FILE}, nor one of {available()}")
 
 
+def display_name(folder: str | Path) -> str:
+    """A checkpoint's name for tables and files: its folder, or the run's for runs/<name>/checkpoint."""
+    path = Path(folder)
+    return path.parent.name if path.name == "checkpoint" else path.name
+
+
 def save(model: LatentCNF, folder: str | Path, card: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

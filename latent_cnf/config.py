@@ -76,6 +76,11 @@ class ModelConfig:
         """True when scoring an unlabelled image has to marginalise over labels."""
         return self.encoder_conditional or self.cnf_conditional
 
+    @property
+    def score_classes(self) -> int:
+        """Labels a score marginalises over: each costs K latent rows through the flow per image."""
+        return self.num_classes if self.conditional else 1
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -174,7 +174,7 @@ class LatentCNF(nn.Module):
         if k < 1:
             raise ValueError("importance_samples must be >= 1")
         x = images.reshape(len(images), -1).to(self.device, torch.float32)
-        classes = self.config.num_classes if self.config.conditional else 1
+        classes = self.config.score_classes
         chunk = max(1, max_rows // (classes * k))
         seeds = torch.as_tensor(seed) + torch.arange(len(x)) if not torch.is_tensor(seed) else seed
         parts = [

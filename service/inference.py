@@ -140,8 +140,7 @@ class ModelHub:
 
     def score_rows(self, served: ServedModel, images: int, importance_samples: int) -> int:
         """Latent rows one /score request puts through the flow: its cost in the batcher."""
-        classes = served.model.config.num_classes if served.model.config.conditional else 1
-        return images * importance_samples * classes
+        return images * importance_samples * served.model.config.score_classes
 
     def check_label(self, served: ServedModel, label: int | None) -> None:
         if label is not None and not served.conditional:

@@ -152,9 +152,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.model.eval()
         score = self.model.score(self.val_x, k=self.options.val_importance_samples, solver=self.options.eval_solver)
-        gap = self.solver_gap() if self.model.config.prior == "cnf" else 0.0
         return {
-            "val_solver_gap_nats": gap,
+            "val_solver_gap_nats": self.solver_gap(),
             "train_solver_steps": self.cfg.train_solver.steps,
             "val_iwae_nats": score.log_likelihood.mean().item(),
             "val_elbo_nats": score.elbo.mean().item(),

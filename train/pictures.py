@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
-    path = Path(args.checkpoint)
-    name = path.parent.name if path.name == "checkpoint" else path.name  # runs/<name>/checkpoint
+    name = latent_cnf.checkpoints.display_name(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
     conditional = model.prior.conditional
     rows = [model.sample(10, label=y if conditional else None, seed=y) for y in range(10)]

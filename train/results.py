@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from latent_cnf import checkpoints
+
 COLUMNS = (
     "checkpoint", "test NLL", "-ELBO", "latent NLL", "FID (floor)", "precision / recall", "label acc.",
     "OOD AUROC (other; noise)", "sample NFE", "K / N / M", "training (epochs, time, device)",
@@ -24,8 +26,7 @@ def label_accuracy(result: dict) -> str:
 
 
 def row(result: dict) -> str:
-    path = Path(result["checkpoint"])
-    name = path.parent.name if path.name == "checkpoint" else path.name  # runs/<name>/checkpoint
+    name = checkpoints.display_name(result["checkpoint"])
     training = result["training"]
     k, k_ood = result["importance_samples"], result["ood_importance_samples"]
     other, noise = (result["ood_auroc"][key] for key in result["ood_auroc"])
