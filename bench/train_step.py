@@ -2,8 +2,11 @@
 
 The original computed the CNF trace with one autograd call per latent dimension and integrated with the
 adjoint method (dopri5, rtol = atol = 1e-5) in training. Ours uses the closed-form trace and fixed-step rk4
-with plain backpropagation. Every variant runs the same loss on the same batch from the same weights;
-steps are interleaved so that machine noise hits all variants alike.
+with plain backpropagation, and evaluates the hypernetwork once per solve at all the solver's stage times
+(its parameters depend on t only). The variants in between show what each change contributes. Every
+variant runs the same loss on the same batch from the same weights; steps are interleaved so that machine
+noise hits all variants alike. `--train-steps` should be the step count the trainer's solver-gap guard
+settled on for these weights (`train_solver_steps` in the run's metrics log).
 
     python bench/train_step.py --preset final --data-dir ../shared/data [--steps 3] [--json out.json]
 """
@@ -78,16 +81,21 @@ class OriginalPrior(nn.Module):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    adjoint: bool
-    autograd_trace: bool
+    adjoint: bool = False
+    autograd_trace: bool = False
+    training_code: bool = False  # the trainer's own LatentFlow.log_prob, not a re-creation
+
+    def prior(self, flow: LatentFlow, solver: SolverConfig) -> nn.Module:
+        return flow if self.training_code else OriginalPrior(flow, self.adjoint, self.autograd_trace, solver)
 
 
 def variants(steps: int) -> tuple[Variant, ...]:
     return (
         Variant("original: autograd trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=True),
-        Variant("closed-form trace + adjoint dopri5 1e-5", adjoint=True, autograd_trace=False),
-        Variant(f"autograd trace + rk4 ({steps} steps), backprop", adjoint=False, autograd_trace=True),
-        Variant(f"ours: closed-form trace + rk4 ({steps} steps), backprop", adjoint=False, autograd_trace=False),
+        Variant("closed-form trace + adjoint dopri5 1e-5", adjoint=True),
+        Variant(f"autograd trace + rk4 x{steps}, backprop", autograd_trace=True),
+        Variant(f"closed-form trace + rk4 x{steps}, backprop"),
+        Variant("ours: the above + hypernetwork once per solve", training_code=True),
     )
 
 
@@ -143,7 +151,7 @@ def main() -> None:
         for variant in all_variants:
             model = copy.deepcopy(base)
             disc = copy.deepcopy(base_disc) if use_disc else None
-            prior = OriginalPrior(model.prior, variant.adjoint, variant.autograd_trace, cfg.train_solver)
+            prior = variant.prior(model.prior, cfg.train_solver)
             torch.manual_seed(repeat)
             seconds, nfe = one_step(model, disc, prior, x, labels, cfg)
             if repeat:  # the first round warms up

@@ -29,6 +29,16 @@ class _Abort(Exception):
     """Raised inside the ODE function; turned into SolverError outside torchdiffeq."""
 
 
+@dataclass
+class UnitParameters:
+    """The units' parameters at one time, for each of L labels (L = 1 when unconditional)."""
+
+    weight: torch.Tensor  # W, (L, width, d)
+    output: torch.Tensor  # U * sigmoid(G) / width, (L, width, d)
+    bias: torch.Tensor  # B, (L, width)
+    unit_trace: torch.Tensor  # W_k . output_k, (L, width): the trace is sum_k (1 - h_k^2) unit_trace_k
+
+
 class HyperDynamics(nn.Module):
     """dz/dt = f(z, t[, label]) with the exact divergence in closed form."""
 
@@ -44,46 +54,58 @@ class HyperDynamics(nn.Module):
             nn.Linear(hidden, 3 * width * latent_dim + width),
         )
 
-    def parameters_at(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """W, U*sigmoid(G) shaped (L, width, d) and B shaped (L, width), for each of L labels (L = 1 if none)."""
-        time = t.reshape(1, 1).to(self.hyper[0].weight.dtype)
+    def parameters_at(self, times: torch.Tensor) -> list[UnitParameters]:
+        """The units' parameters at each of `times` from one hypernetwork call: the parameters depend on t
+        (and the label) only, so a fixed-step solve can compute all of them before it starts."""
+        time = times.reshape(-1, 1, 1).to(self.hyper[0].weight.dtype)
         if self.label_embedding is None:
             inputs = time
         else:
             table = self.label_embedding.weight
-            inputs = torch.cat([time.expand(len(table), 1), table], dim=1)
+            inputs = torch.cat([time.expand(-1, len(table), 1), table.expand(len(time), -1, -1)], dim=2)
         params = self.hyper(inputs)
-        n, k, d = params.shape[0], self.width, self.latent_dim
-        weight = params[:, : k * d].reshape(n, k, d)
-        u = params[:, k * d : 2 * k * d].reshape(n, k, d)
-        gate = params[:, 2 * k * d : 3 * k * d].reshape(n, k, d)
-        bias = params[:, 3 * k * d :]
-        return weight, u * torch.sigmoid(gate), bias
+        t, n, k, d = len(time), params.shape[1], self.width, self.latent_dim
+        weight = params[..., : k * d].reshape(t, n, k, d)
+        u = params[..., k * d : 2 * k * d].reshape(t, n, k, d)
+        gate = params[..., 2 * k * d : 3 * k * d].reshape(t, n, k, d)
+        bias = params[..., 3 * k * d :]
+        output = u * torch.sigmoid(gate) / k
+        unit_trace = (weight * output).sum(-1)
+        return [UnitParameters(*p) for p in zip(weight, output, bias, unit_trace, strict=True)]
 
-    def forward(
-        self, t: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None, with_trace: bool = True
+    def velocity(
+        self, p: UnitParameters, z: torch.Tensor, labels: torch.Tensor | None, with_trace: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Label-conditioned dynamics run as dense matmuls over all labels' units, then pick each sample's
         label: two GEMMs instead of one tiny matmul per sample."""
-        weight, gated_u, bias = self.parameters_at(t)
-        n_labels, k, d = weight.shape
-        pre = (z @ weight.reshape(n_labels * k, d).T).reshape(len(z), n_labels, k) + bias
+        n_labels, k, d = p.weight.shape
+        pre = torch.addmm(p.bias.reshape(-1), z, p.weight.reshape(n_labels * k, d).T)
         if n_labels == 1:
-            h = torch.tanh(pre[:, 0])
-            dz = h @ gated_u[0] / k
-            unit_trace = (weight[0] * gated_u[0]).sum(-1)
+            h = torch.tanh(pre)
+            dz = h @ p.output[0]
+            unit_trace = p.unit_trace[0]
         else:
             if labels is None:
                 raise ValueError("this CNF is label-conditioned: pass labels")
             rows = torch.arange(len(z), device=z.device)
-            h = torch.tanh(pre[rows, labels])
+            h = torch.tanh(pre.reshape(len(z), n_labels, k)[rows, labels])
             one_hot = torch.zeros(len(z), n_labels, k, dtype=h.dtype, device=h.device)
             one_hot[rows, labels] = h
-            dz = one_hot.reshape(len(z), n_labels * k) @ gated_u.reshape(n_labels * k, d) / k
-            unit_trace = (weight * gated_u).sum(-1)[labels]
+            dz = one_hot.reshape(len(z), n_labels * k) @ p.output.reshape(n_labels * k, d)
+            unit_trace = p.unit_trace[labels]
         if not with_trace:
             return dz, None
-        return dz, ((1 - h * h) * unit_trace).sum(-1) / k
+        return dz, ((1 - h * h) * unit_trace).sum(-1)
+
+    def forward(
+        self, t: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None, with_trace: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.velocity(self.parameters_at(t)[0], z, labels, with_trace)
+
+
+# Evaluation times per step of torchdiffeq's fixed-grid methods, in call order, as fractions of the step
+# (its rk4 is the 3/8 rule: k1..k4 at 0, 1/3, 2/3, 1). A fixed-step solve precomputes the parameters there.
+STAGE_FRACTIONS = {"euler": (0.0,), "midpoint": (0.0, 0.5), "rk4": (0.0, 1 / 3, 2 / 3, 1.0)}
 
 
 @dataclass
@@ -133,6 +155,19 @@ class LatentFlow(nn.Module):
     ) -> FlowResult:
         nfe = 0
         n = len(z)
+        dynamics = self.dynamics
+        if solver.method in FIXED_STEP_METHODS:
+            grid = torch.linspace(times[0], times[-1], solver.steps + 1)
+            fractions = torch.tensor(STAGE_FRACTIONS[solver.method])
+            stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
+            table = dynamics.parameters_at(stage_times.reshape(-1).to(z))
+
+            def parameters(t: torch.Tensor) -> UnitParameters:
+                return table[nfe - 1]
+        else:
+
+            def parameters(t: torch.Tensor) -> UnitParameters:
+                return dynamics.parameters_at(t)[0]
 
         def func(t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             nonlocal nfe
@@ -141,7 +176,7 @@ class LatentFlow(nn.Module):
                 raise _Abort(
                     f"ODE solve exceeded max_nfe={solver.max_nfe}; loosen the tolerances or use a fixed-step solver"
                 )
-            dz, trace = self.dynamics(t, state[0], labels, with_trace=density)
+            dz, trace = dynamics.velocity(parameters(t), state[0], labels, with_trace=density)
             out = [dz]
             if density:
                 out.append(-trace)
@@ -155,8 +190,8 @@ class LatentFlow(nn.Module):
         if kinetic:
             state.append(z.new_zeros(n))
         options = {}
-        if solver.method in FIXED_STEP_METHODS:
-            options["step_size"] = abs(self.t1 - self.t0) / solver.steps
+        if solver.method in FIXED_STEP_METHODS:  # exactly `steps` steps, the grid the table was built on
+            options["grid_constructor"] = lambda func, y0, t: torch.linspace(t[0], t[-1], solver.steps + 1).to(t)
         try:
             out = odeint(
                 func,

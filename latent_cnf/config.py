@@ -124,6 +124,7 @@ class TrainConfig:
     train_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="rk4", steps=8))
     max_solver_gap_nats: float | None = 0.2  # refine the training solver beyond this (see train/loop.py)
     max_train_steps_per_solve: int = 128
+    min_train_steps_per_solve: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torchdiffeq import odeint
 
 from latent_cnf import ModelConfig, SolverConfig, SolverError
 from latent_cnf.cnf import HyperDynamics, LatentFlow
@@ -53,6 +54,27 @@ def test_density_integrates_to_one():
     grid = torch.cartesian_prod(axis, axis)
     density = flow.log_prob(grid, solver=SolverConfig(method="rk4", steps=40)).log_prob.exp()
     assert abs(density.sum().item() * (axis[1] - axis[0]).item() ** 2 - 1) < 0.02
+
+
+@pytest.mark.parametrize("method, calls_per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, calls_per_step, conditional):
+    """The parameters precomputed for a fixed-step solve are those torchdiffeq's own evaluation times give."""
+    flow = flow_2d(cnf_conditional=conditional)
+    z = torch.randn(5, 2, dtype=torch.float64)
+    labels = torch.arange(5) if conditional else None
+    solver = SolverConfig(method=method, steps=7)
+
+    def per_call(t, state):
+        dz, trace = flow.dynamics(t, state[0], labels)
+        return dz, -trace
+
+    result = flow.log_prob(z, labels, solver)
+    grid = {"step_size": (flow.t1 - flow.t0) / 7}
+    z0, change = odeint(per_call, (z, z.new_zeros(5)), torch.tensor([flow.t1, flow.t0]), method=method, options=grid)
+    assert result.nfe == 7 * calls_per_step
+    torch.testing.assert_close(result.z, z0[-1], atol=1e-8, rtol=0)  # float32 times
+    torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-8, rtol=0)
 
 
 def test_base_density_is_a_buffer():

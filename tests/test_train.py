@@ -89,8 +89,22 @@ def test_training_solver_refines_while_it_is_far_from_the_exact_density(tiny_dat
     again.load_state(tmp_path / "state.pt")
     assert again.cfg.train_solver.steps == 4  # the refined solver survives a resume
     loose = Trainer(options(tiny_dataset, tmp_path / "loose", "vae-cnf-prior", max_solver_gap_nats=1e3))
-    loose.adapt_train_solver(loose.solver_gap())
-    assert loose.cfg.train_solver.steps == 2
+    loose.adapt_train_solver(*loose.solver_gaps())
+    assert loose.cfg.train_solver.steps == 2  # the floor (8 steps) is above half of 2
+
+
+def test_training_solver_coarsens_when_half_the_steps_stay_close(tiny_dataset, tmp_path):
+    opts = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1.0, min_train_steps_per_solve=1)
+    opts.eval_solver = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
+    trainer = Trainer(opts)
+    gap, half_gap = trainer.solver_gaps()
+    assert 0 < gap < half_gap  # coarser steps are further from the exact density
+    trainer.adapt_train_solver(gap=0.9, half_gap=0.3)  # within the limit, but half is not within a quarter
+    assert trainer.cfg.train_solver.steps == 2
+    trainer.adapt_train_solver(gap=0.1, half_gap=0.2)
+    assert trainer.cfg.train_solver.steps == 1
+    trainer.adapt_train_solver(gap=1.5, half_gap=None)
+    assert trainer.cfg.train_solver.steps == 2
 
 
 def test_cli_lists_presets(capsys):
