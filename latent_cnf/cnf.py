@@ -12,6 +12,7 @@ Its Jacobian is 1/width * sum_k (1 - h_k^2) (U_k * sigmoid(G_k)) W_k^T, so the t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,11 @@ class HyperDynamics(nn.Module):
         return self.velocity(self.parameters_at(t)[0], z, labels, with_trace)
 
 
+def fixed_grid(times: torch.Tensor, steps: int) -> torch.Tensor:
+    """The step boundaries of a fixed-step solve over the span of `times`."""
+    return torch.linspace(times[0].item(), times[-1].item(), steps + 1, dtype=times.dtype, device=times.device)
+
+
 # Evaluation times per step of torchdiffeq's fixed-grid methods, in call order, as fractions of the step
 # (its rk4 is the 3/8 rule: k1..k4 at 0, 1/3, 2/3, 1). A fixed-step solve precomputes the parameters there.
 STAGE_FRACTIONS = {"euler": (0.0,), "midpoint": (0.0, 0.5), "rk4": (0.0, 1 / 3, 2 / 3, 1.0)}
@@ -144,6 +150,20 @@ class LatentFlow(nn.Module):
         eps = torch.randn(n, self.latent_dim, generator=generator)
         return eps.to(self.base_std.device) * self.base_std
 
+    def _parameter_source(
+        self, times: torch.Tensor, solver: SolverConfig
+    ) -> Callable[[torch.Tensor, int], UnitParameters]:
+        """The units' parameters for the n-th evaluation at time t. A fixed-step solve evaluates at known times
+        in a known order, so every stage's parameters come from one hypernetwork call before it starts;
+        an adaptive solve computes them per evaluation."""
+        if solver.method not in FIXED_STEP_METHODS:
+            return lambda t, call: self.dynamics.parameters_at(t)[0]
+        grid = fixed_grid(times, solver.steps)
+        fractions = torch.tensor(STAGE_FRACTIONS[solver.method]).to(grid)
+        stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
+        table = self.dynamics.parameters_at(stage_times.reshape(-1))
+        return lambda t, call: table[call]
+
     def _solve(
         self,
         z: torch.Tensor,
@@ -155,19 +175,7 @@ class LatentFlow(nn.Module):
     ) -> FlowResult:
         nfe = 0
         n = len(z)
-        dynamics = self.dynamics
-        if solver.method in FIXED_STEP_METHODS:
-            grid = torch.linspace(times[0], times[-1], solver.steps + 1)
-            fractions = torch.tensor(STAGE_FRACTIONS[solver.method])
-            stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
-            table = dynamics.parameters_at(stage_times.reshape(-1).to(z))
-
-            def parameters(t: torch.Tensor) -> UnitParameters:
-                return table[nfe - 1]
-        else:
-
-            def parameters(t: torch.Tensor) -> UnitParameters:
-                return dynamics.parameters_at(t)[0]
+        parameters = self._parameter_source(times.to(z), solver)
 
         def func(t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             nonlocal nfe
@@ -176,7 +184,7 @@ class LatentFlow(nn.Module):
                 raise _Abort(
                     f"ODE solve exceeded max_nfe={solver.max_nfe}; loosen the tolerances or use a fixed-step solver"
                 )
-            dz, trace = dynamics.velocity(parameters(t), state[0], labels, with_trace=density)
+            dz, trace = self.dynamics.velocity(parameters(t, nfe - 1), state[0], labels, with_trace=density)
             out = [dz]
             if density:
                 out.append(-trace)
@@ -190,8 +198,8 @@ class LatentFlow(nn.Module):
         if kinetic:
             state.append(z.new_zeros(n))
         options = {}
-        if solver.method in FIXED_STEP_METHODS:  # exactly `steps` steps, the grid the table was built on
-            options["grid_constructor"] = lambda func, y0, t: torch.linspace(t[0], t[-1], solver.steps + 1).to(t)
+        if solver.method in FIXED_STEP_METHODS:  # exactly `steps` steps, the grid the parameters were built on
+            options["grid_constructor"] = lambda func, y0, t: fixed_grid(t, solver.steps)
         try:
             out = odeint(
                 func,
