@@ -5,10 +5,12 @@ adjoint method (dopri5, rtol = atol = 1e-5) in training. Ours uses the closed-fo
 with plain backpropagation, and evaluates the hypernetwork once per solve at all the solver's stage times
 (its parameters depend on t only). The variants in between show what each change contributes. Every
 variant runs the same loss on the same batch from the same weights; steps are interleaved so that machine
-noise hits all variants alike. `--train-steps` should be the step count the trainer's solver-gap guard
-settled on for these weights (`train_solver_steps` in the run's metrics log).
+noise hits all variants alike. With `--checkpoint` the step is the one that checkpoint was trained with
+(its card's config: the rk4 step count the solver-gap guard settled on, the kinetic term if any); the
+original's variants have no kinetic term, so any cost of ours counts against us.
 
-    python bench/train_step.py --preset final --data-dir ../shared/data [--steps 3] [--json out.json]
+    python bench/train_step.py --checkpoint mnist-final --data-dir ../shared/data [--discriminator] [--steps 3]
+    python bench/train_step.py --preset final --data-dir ../shared/data     # freshly initialised weights
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, data
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, TrainConfig, checkpoints, data
 from latent_cnf.cnf import FlowResult, LatentFlow
 from latent_cnf.device import resolve_device
 from latent_cnf.networks import PatchDiscriminator
@@ -115,36 +117,47 @@ def one_step(model, disc, prior, x, labels, cfg) -> tuple[float, int]:
     return time.perf_counter() - started, out.nfe
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="final", choices=sorted(PRESETS))
-    parser.add_argument("--batch-size", type=int, help="default: the preset's")
+    parser.add_argument("--preset", default="final", choices=sorted(PRESETS), help="without --checkpoint")
+    parser.add_argument(
+        "--checkpoint",
+        help="start from these trained weights, with the training config on their card (the solver steps the "
+        "guard settled on, the --set overrides of the run)",
+    )
+    parser.add_argument("--batch-size", type=int, help="default: the training config's")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
-    parser.add_argument("--no-discriminator", action="store_true", help="time the CNF/VAE part alone")
+    parser.add_argument(
+        "--discriminator",
+        action=argparse.BooleanOptionalAction,
+        help="include the patch discriminator's updates (default: as the training config says)",
+    )
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--checkpoint", help="start from these trained weights (its preset must match)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument(
-        "--train-steps", type=int, help="rk4 steps of our solve (default: the preset's; training may refine it)"
-    )
+    parser.add_argument("--train-steps", type=int, help="rk4 steps of the fixed-step solves (default: the config's)")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    preset = PRESETS[args.preset]
-    cfg = replace(preset.train, batch_size=args.batch_size or preset.train.batch_size)
+    if args.checkpoint:
+        card = checkpoints.read_card(args.checkpoint)
+        name, cfg = card["preset"], TrainConfig.from_dict(card["train_config"])
+    else:
+        name, cfg = args.preset, PRESETS[args.preset].train
+    cfg = replace(cfg, batch_size=args.batch_size or cfg.batch_size)
     if args.train_steps:
         cfg = replace(cfg, train_solver=replace(cfg.train_solver, steps=args.train_steps))
+    use_disc = cfg.adversarial if args.discriminator is None else args.discriminator
     all_variants = variants(cfg.train_solver.steps)
     split = data.load_split("mnist", "fit", args.data_dir)
     x = data.to_float(split.images[: cfg.batch_size]).to(device)
     labels = split.labels[: cfg.batch_size].to(device)
     torch.manual_seed(cfg.seed)
-    base = (latent_cnf.load(args.checkpoint, device) if args.checkpoint else LatentCNF(preset.model).to(device)).train()
+    base = latent_cnf.load(args.checkpoint, device) if args.checkpoint else LatentCNF(PRESETS[name].model).to(device)
+    base.train()
     base_disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_leaky).to(device)
-    use_disc = cfg.adversarial and not args.no_discriminator
     times: dict[str, list[float]] = {v.name: [] for v in all_variants}
     nfes: dict[str, int] = {}
     for repeat in range(args.steps + 1):
@@ -168,13 +181,13 @@ def main() -> None:
         for v in all_variants
     ]
     disc_note = "with discriminator" if use_disc else "without discriminator"
-    print(f"preset {args.preset}, batch {cfg.batch_size}, {disc_note}, device {device}, median of {args.steps} steps")
+    print(f"preset {name}, batch {cfg.batch_size}, {disc_note}, device {device}, median of {args.steps} steps")
     print(f"{'variant':52s} {'s/step':>8s} {'NFE':>6s} {'ours is x faster':>17s}")
     for row in rows:
         seconds, nfe, speedup = row["seconds_per_step"], row["forward_nfe"], row["speedup_of_ours"]
         print(f"{row['variant']:52s} {seconds:8.3f} {nfe:6d} {speedup:17.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"preset": args.preset, "batch_size": cfg.batch_size, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"preset": name, "batch_size": cfg.batch_size, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
