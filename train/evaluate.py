@@ -10,7 +10,9 @@ Protocol (all NLL-like numbers are positive nats per image, lower is better):
   the grey test images against the same training images, the floor a perfect model would reach; improved
   precision/recall against an equally large random subset of the training images.
 - label_accuracy (label-conditioned priors only): samples are drawn for labels 0..9 in equal shares, and
-  this is the share the judge classifies as the label they were drawn for.
+  this is the share the judge classifies as the label they were drawn for. reconstruction_accuracy is the
+  share of the test images' reconstructions (decoder of the encoder mean) the judge classifies correctly:
+  how legible the decoder is on real digits, a practical ceiling for label_accuracy.
 - ood_auroc: AUROC of telling the first `--ood-images` binarized test images from as many outliers (the
   other dataset's test images, and uniform noise images, binarized the same way), with the IWAE
   log-likelihood as score and with the input-complexity corrected score of train/metrics/ood.py.
@@ -120,6 +122,18 @@ def score(
 
 
 @torch.no_grad()
+def reconstructions(model: LatentCNF, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Bernoulli means (n, 784) on the CPU of decoding the encoder means of grey images."""
+    parts = []
+    for start in range(0, len(images), batch_size):
+        x = data.to_float(images[start : start + batch_size]).to(model.device)
+        y = labels[start : start + batch_size].to(model.device) if model.config.encoder_conditional else None
+        mean, _ = model.encode(x, y)
+        parts.append(torch.sigmoid(model.decode(mean)).reshape(len(x), -1).cpu())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
 def generate(
     model: LatentCNF, n: int, batch_size: int, seed: int, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
@@ -174,6 +188,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
 
     quality = sample_quality(1.0)
+    recon = reconstructions(model, test_images, test.labels[: args.test_images], args.batch_size)
+    _, recon_predicted = embed(judge, recon, fbs, desc="judge: reconstructions")
+    recon_accuracy = (recon_predicted == test.labels[: len(recon)]).double().mean().item()
 
     k, bs = args.importance_samples, args.batch_size
     x_test = binarized(test.images)[: args.test_images]
@@ -208,6 +225,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "test_elbo_nats": -inliers["elbo"].mean().item(),
         "latent_nll_nats": -inliers["latent"].mean().item(),
         **quality,
+        "reconstruction_accuracy": recon_accuracy,
         "fid_reference": fid(test_features, reference_features),
         "by_temperature": {f"{t:g}": sample_quality(t) for t in args.temperatures},
         "ood_auroc": ood,
