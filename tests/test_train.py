@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
-from latent_cnf import PRESETS, SolverConfig, checkpoints
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, checkpoints
 from train.__main__ import main
 from train.loop import RunOptions, Trainer
+from train.objectives import OBJECTIVES
 
 
 def options(tiny_dataset, out, preset="final-cond", **train_overrides) -> RunOptions:
@@ -123,3 +124,19 @@ def test_cli_set_overrides(tiny_dataset, tmp_path):
     card = checkpoints.read_card(tmp_path / "run" / "checkpoint")
     assert card["train_config"]["kl_warmup_steps"] == 5 and card["train_config"]["batch_size"] == 16
     assert "--set kl_warmup_steps=5" in card["command"]
+
+
+def test_kinetic_term_adds_the_weighted_energy_and_logs_it():
+    torch.manual_seed(0)
+    preset = PRESETS["vae-cnf-prior"]
+    model = LatentCNF(preset.model)
+    x, labels = torch.rand(6, 784), torch.arange(6)
+    losses, logged = [], []
+    for weight in (0.0, 0.5):
+        cfg = dataclasses.replace(preset.train, kinetic_weight=weight, train_solver=SolverConfig("rk4", steps=4))
+        torch.manual_seed(1)
+        out = OBJECTIVES[cfg.objective](model, x, labels, cfg, step=0)
+        losses.append(out.loss.item())
+        logged.append(out.terms.get("kinetic"))
+    assert logged[0] is None and logged[1] > 0
+    assert losses[1] == pytest.approx(losses[0] + 0.5 * logged[1], rel=1e-5)

@@ -34,8 +34,13 @@ def _prior(model: LatentCNF, z: torch.Tensor, labels: torch.Tensor, cfg: TrainCo
     return model.prior.log_prob(z, prior_labels, cfg.train_solver, kinetic=cfg.kinetic_weight > 0)
 
 
-def _kinetic(cfg: TrainConfig, prior) -> torch.Tensor:
-    return cfg.kinetic_weight * prior.kinetic.mean() if prior.kinetic is not None else 0.0
+def _kinetic(cfg: TrainConfig, prior, terms: dict[str, float]) -> torch.Tensor:
+    """RNODE's kinetic-energy penalty (weighted), logging the energy itself when it is computed."""
+    if prior.kinetic is None:
+        return 0.0
+    energy = prior.kinetic.mean()
+    terms["kinetic"] = energy.item()
+    return cfg.kinetic_weight * energy
 
 
 def ae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
@@ -43,8 +48,9 @@ def ae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainCo
     _, _, z, recon = _encode(model, x, labels, sample=False)
     prior = _prior(model, z, labels, cfg)
     cnf_nll = -prior.log_prob.mean()
-    loss = cfg.recon_weight * recon + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior)
-    return Objective(loss, {"recon": recon.item(), "cnf_nll": cnf_nll.item()}, model.decode(z), prior.nfe)
+    terms = {"recon": recon.item(), "cnf_nll": cnf_nll.item()}
+    loss = cfg.recon_weight * recon + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior, terms)
+    return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
 def vae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
@@ -53,8 +59,8 @@ def vae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainC
     kl = kl_to_standard_normal(mean, log_std).mean()
     prior = _prior(model, z, labels, cfg)
     cnf_nll = -prior.log_prob.mean()
-    loss = cfg.recon_weight * recon + cfg.kl_weight * kl + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior)
     terms = {"recon": recon.item(), "kl": kl.item(), "cnf_nll": cnf_nll.item()}
+    loss = cfg.recon_weight * recon + cfg.kl_weight * kl + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior, terms)
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
@@ -64,8 +70,8 @@ def vae_cnf_prior(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: 
     prior = _prior(model, z, labels, cfg)
     kl = (-gaussian_entropy(log_std) - prior.log_prob).mean()
     warmup = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
-    loss = cfg.recon_weight * recon + warmup * cfg.kl_weight * kl + _kinetic(cfg, prior)
     terms = {"recon": recon.item(), "kl": kl.item(), "elbo": -(recon + kl).item()}
+    loss = cfg.recon_weight * recon + warmup * cfg.kl_weight * kl + _kinetic(cfg, prior, terms)
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
