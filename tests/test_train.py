@@ -61,6 +61,8 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     Trainer(second).run()
     assert len(losses(tmp_path / "straight")) == 2
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    sessions = checkpoints.read_card(tmp_path / "split" / "checkpoint")["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 4]  # the card records every invocation of a resumed run
 
 
 def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):

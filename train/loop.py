@@ -69,6 +69,7 @@ class Trainer:
             self.disc_optimizer = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr)
         self.step = 0
         self.elapsed = 0.0
+        self.sessions: list[dict] = []  # one entry per invocation: command, commit, first step
         self.objective = OBJECTIVES[self.cfg.objective]
         fit = data.load_split(options.dataset, "fit", options.data_dir)
         if options.train_subset:
@@ -194,6 +195,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
+            "sessions": json.dumps(self.sessions),
             "train_solver_steps": self.cfg.train_solver.steps,
             "rng": torch.get_rng_state(),
         }
@@ -209,6 +211,7 @@ class Trainer:
             self.disc.load_state_dict(state["disc"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.sessions = json.loads(state.get("sessions", "[]"))
         steps = int(state["train_solver_steps"])
         self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(self.cfg.train_solver, steps=steps))
         torch.set_rng_state(state["rng"].cpu())
@@ -230,7 +233,8 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "command": o.command,
             "seed": self.cfg.seed,
-            "git_commit": git_commit(),
+            "git_commit": self.sessions[-1]["git_commit"] if self.sessions else git_commit(),
+            "sessions": self.sessions,
             "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "train_images": len(self.train_x),
@@ -263,6 +267,7 @@ class Trainer:
         if o.resume and (o.out / STATE_FILE).exists():
             self.load_state(o.out / STATE_FILE)
             print(f"resumed from {o.out / STATE_FILE} at step {self.step}", file=sys.stderr)
+        self.sessions.append({"command": o.command, "git_commit": git_commit(), "from_step": self.step})
         o.out.mkdir(parents=True, exist_ok=True)
         log = (o.out / "metrics.jsonl").open("a")
         metrics: dict[str, float] = {}
