@@ -188,9 +188,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
 
     quality = sample_quality(1.0)
-    recon = reconstructions(model, test_images, test.labels[: args.test_images], args.batch_size)
+    test_labels = test.labels[: args.test_images]
+    recon = reconstructions(model, test_images, test_labels, args.batch_size)
     _, recon_predicted = embed(judge, recon, fbs, desc="judge: reconstructions")
-    recon_accuracy = (recon_predicted == test.labels[: len(recon)]).double().mean().item()
+    recon_accuracy = (recon_predicted == test_labels).double().mean().item()
 
     k, bs = args.importance_samples, args.batch_size
     x_test = binarized(test.images)[: args.test_images]

@@ -195,7 +195,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
-            "sessions": json.dumps(self.sessions),
+            "sessions": self.sessions,
             "train_solver_steps": self.cfg.train_solver.steps,
             "rng": torch.get_rng_state(),
         }
@@ -211,7 +211,7 @@ class Trainer:
             self.disc.load_state_dict(state["disc"])
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
-        self.sessions = json.loads(state.get("sessions", "[]"))
+        self.sessions = state.get("sessions", [])  # runs begun before sessions were recorded have none
         steps = int(state["train_solver_steps"])
         self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(self.cfg.train_solver, steps=steps))
         torch.set_rng_state(state["rng"].cpu())
@@ -233,7 +233,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "command": o.command,
             "seed": self.cfg.seed,
-            "git_commit": self.sessions[-1]["git_commit"] if self.sessions else git_commit(),
+            "git_commit": self.sessions[-1]["git_commit"],
             "sessions": self.sessions,
             "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
