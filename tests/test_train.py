@@ -121,11 +121,20 @@ def test_cli_set_overrides(tiny_dataset, tmp_path):
         [
             "--preset", "vae-cnf-prior", "--data-dir", str(tiny_dataset), "--out", str(tmp_path / "run"),
             "--max-steps", "2", "--batch-size", "16", "--set", "kl_warmup_steps=5", "--val-images", "4",
+            "--model-set", "decoder_hidden=[48,24]", "--model-set", "cnf_width=16",
         ]
     )  # fmt: skip
     card = checkpoints.read_card(tmp_path / "run" / "checkpoint")
     assert card["train_config"]["kl_warmup_steps"] == 5 and card["train_config"]["batch_size"] == 16
+    assert card["config"]["decoder_hidden"] == [48, 24] and card["config"]["cnf_width"] == 16
     assert "--set kl_warmup_steps=5" in card["command"]
+    model = checkpoints.load(tmp_path / "run" / "checkpoint")
+    assert model.config.decoder_hidden == (48, 24) and model.decoder.net[0].out_features == 48
+
+
+def test_cli_rejects_unknown_override_fields(tiny_dataset, tmp_path):
+    with pytest.raises(SystemExit, match="--model-set 'hidden=3'"):
+        main(["--data-dir", str(tiny_dataset), "--out", str(tmp_path), "--model-set", "hidden=3"])
 
 
 def test_kinetic_term_adds_the_weighted_energy_and_logs_it():

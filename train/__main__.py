@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from latent_cnf.config import PRESETS, TrainConfig
+from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
 from latent_cnf.data import DATASETS
 from latent_cnf.device import resolve_device
 
@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=JSON",
         help="override any TrainConfig field, e.g. --set adversarial=false --set kl_warmup_steps=2000",
     )
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override any ModelConfig field, e.g. --model-set 'decoder_hidden=[512,512]' (repeat it on --resume)",
+    )
     parser.add_argument("--val-images", type=int, default=1000, help="validation images scored each epoch")
     parser.add_argument(
         "--reference-images", type=int, default=1000, help="test images behind the card's score quantiles"
@@ -51,13 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse_sets(items: list[str]) -> dict:
-    fields = set(TrainConfig.__dataclass_fields__)
+def parse_sets(items: list[str], config: type, flag: str = "--set") -> dict:
+    """KEY=JSON overrides of the fields of the config dataclass `config` (a bare word is taken as a string)."""
+    fields = set(config.__dataclass_fields__)
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=JSON with KEY one of {sorted(fields)}")
+            raise SystemExit(f"{flag} {item!r}: expected KEY=JSON with KEY one of {sorted(fields)}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -76,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    overrides = {k: v for k, v in overrides.items() if v is not None} | parse_sets(args.set)
+    overrides = {k: v for k, v in overrides.items() if v is not None} | parse_sets(args.set, TrainConfig)
     train = TrainConfig.from_dict(preset.train.to_dict() | overrides)
-    preset = dataclasses.replace(preset, train=train)
+    model = ModelConfig.from_dict(preset.model.to_dict() | parse_sets(args.model_set, ModelConfig, "--model-set"))
+    preset = dataclasses.replace(preset, model=model, train=train)
     options = RunOptions(
         preset=preset,
         dataset=args.dataset,
