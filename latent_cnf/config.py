@@ -146,6 +146,24 @@ _STAGE1_MODEL = ModelConfig(latent_dim=2, encoder_activation="relu", variational
 _STAGE3_MODEL = ModelConfig(latent_dim=2, encoder_activation="tanh", cnf_width=32)
 _FINAL_MODEL = ModelConfig(latent_dim=8, encoder_activation="tanh", encoder_conditional=True)
 _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial=True, batch_size=256, epochs=50)
+# The digit-on-demand model: stage 4's latent, label-gated encoder and CNF, with a label-conditioned CNF and
+# the changes measured to make a requested digit legible (docs/results.md, "label accuracy"): 512-wide MLPs
+# (the judge reads 0.91 of the 32-unit decoder's reconstructions), the proper ELBO with KL warm-up instead
+# of the 3 : 0.1 weighting, RNODE's kinetic term and a cosine schedule. No discriminator: the original's is
+# linear in the image and sits at chance against reconstructions.
+_FINAL_COND_MODEL = dataclasses.replace(
+    _FINAL_MODEL, cnf_conditional=True, encoder_hidden=(512, 512), decoder_hidden=(512, 512)
+)
+_FINAL_COND_TRAIN = dataclasses.replace(
+    _FINAL_TRAIN,
+    adversarial=False,
+    recon_weight=1.0,
+    kl_weight=1.0,
+    kl_warmup_steps=2000,
+    kinetic_weight=0.05,
+    lr_schedule="cosine",
+    lr_final=1e-5,
+)
 _LARGE_MODEL = ModelConfig(
     latent_dim=32,
     encoder_hidden=(512, 512),
@@ -199,9 +217,10 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "final-cond",
-            "stage 4 with a label-conditioned CNF prior: sample(n, label=y) draws digit y",
-            dataclasses.replace(_FINAL_MODEL, cnf_conditional=True),
-            _FINAL_TRAIN,
+            "stage 4 with a label-conditioned CNF prior, 512-wide MLPs and the proper ELBO: "
+            "sample(n, label=y) draws digit y",
+            _FINAL_COND_MODEL,
+            _FINAL_COND_TRAIN,
         ),
         Preset(
             "large",
@@ -214,6 +233,12 @@ PRESETS: dict[str, Preset] = {
             "baseline: `final` with an N(0, I) prior instead of the CNF, same encoder, decoder and budget",
             dataclasses.replace(_FINAL_MODEL, prior="gaussian"),
             _FINAL_TRAIN,
+        ),
+        Preset(
+            "final-cond-gauss",
+            "baseline: `final-cond` with an N(0, I) prior instead of the CNF, same networks and budget",
+            dataclasses.replace(_FINAL_COND_MODEL, prior="gaussian", cnf_conditional=False),
+            _FINAL_COND_TRAIN,
         ),
         Preset(
             "large-gauss",
