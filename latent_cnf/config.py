@@ -148,7 +148,7 @@ _FINAL_MODEL = ModelConfig(latent_dim=8, encoder_activation="tanh", encoder_cond
 _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial=True, batch_size=256, epochs=50)
 # The digit-on-demand model: stage 4's latent, label-gated encoder and CNF, with a label-conditioned CNF and
 # the changes measured to make a requested digit legible (docs/results.md, "label accuracy"): 512-wide MLPs
-# (the judge reads 0.91 of the 32-unit decoder's reconstructions), the proper ELBO with KL warm-up instead
+# (the judge reads 0.93 of the 32-unit decoder's reconstructions), the proper ELBO with KL warm-up instead
 # of the 3 : 0.1 weighting, RNODE's kinetic term and a cosine schedule. No discriminator: the original's is
 # affine in the image (no nonlinearity between its convolutions), so each patch score is a linear function
 # of the patch, and it would be 95% of the cost of a step on a CPU.
