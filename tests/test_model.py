@@ -154,3 +154,12 @@ def test_config_json_round_trip():
     for preset in PRESETS.values():
         config = preset.model
         assert type(config).from_dict(json.loads(config.to_json())) == config
+
+
+@pytest.mark.parametrize("name", checkpoints.available())
+def test_shipped_cards_hold_what_the_service_reads(name):
+    """A card copied before a run's last save lacks the test-score quantiles behind /score's percentile."""
+    card = checkpoints.read_card(name)
+    quantiles = card["score_reference"]["log_likelihood_quantiles"]
+    assert len(quantiles) >= 2 and quantiles == sorted(quantiles)
+    assert card["steps"] > 0 and card["command"].startswith("python -m train")
