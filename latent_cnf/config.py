@@ -150,7 +150,7 @@ _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial
 # the changes measured to make a requested digit legible (docs/results.md, "label accuracy"): 512-wide MLPs
 # (the judge reads 0.93 of the 32-unit decoder's reconstructions), the proper ELBO with KL warm-up instead
 # of the 3 : 0.1 weighting, RNODE's kinetic term and a cosine schedule. No discriminator: the original's is
-# affine in the image (no nonlinearity between its convolutions), so each patch score is a linear function
+# affine in the image (no nonlinearity between its convolutions), so each patch score is an affine function
 # of the patch, and it would be 95% of the cost of a step on a CPU.
 _FINAL_COND_MODEL = dataclasses.replace(
     _FINAL_MODEL, cnf_conditional=True, encoder_hidden=(512, 512), decoder_hidden=(512, 512)

@@ -65,6 +65,19 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert [s["from_step"] for s in sessions] == [0, 4]  # the card records every invocation of a resumed run
 
 
+def test_resume_with_other_networks_names_the_flags(tiny_dataset, tmp_path):
+    first = options(tiny_dataset, tmp_path)
+    first.max_steps = 1
+    Trainer(first).run()
+    second = options(tiny_dataset, tmp_path)
+    second.preset = dataclasses.replace(
+        second.preset, model=dataclasses.replace(second.preset.model, decoder_hidden=(16, 16))
+    )
+    second.resume = True
+    with pytest.raises(SystemExit, match="--model-set"):
+        Trainer(second).run()
+
+
 def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):
     trainer = Trainer(options(tiny_dataset, tmp_path, "large", lr=1e-3, lr_final=1e-5))
     total = trainer.cfg.epochs * trainer.steps_per_epoch

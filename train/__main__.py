@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,9 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse_sets(items: list[str], config: type, flag: str = "--set") -> dict:
-    """KEY=JSON overrides of the fields of the config dataclass `config` (a bare word is taken as a string)."""
-    fields = set(config.__dataclass_fields__)
+def parse_sets(
+    items: list[str], config_cls: type[TrainConfig] | type[ModelConfig], flag: str = "--set"
+) -> dict[str, Any]:
+    """KEY=JSON overrides of the fields of `config_cls` (a bare word is taken as a string). A nested config
+    (a solver) is replaced whole: give all its fields."""
+    fields = set(config_cls.__dataclass_fields__)
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.list_presets:
         for name, preset in PRESETS.items():
             print(f"{name:15s} {preset.description}")
+            print(f"{'':15s} model: {json.dumps(preset.model.to_dict())}")
             print(f"{'':15s} train: {json.dumps(preset.train.to_dict())}")
         return
     if args.threads:

@@ -192,6 +192,7 @@ class Trainer:
     def state(self) -> dict:
         state = {
             "model": self.model.state_dict(),
+            "model_config": self.model.config.to_json(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
@@ -205,6 +206,12 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.options.device, weights_only=True)
+        saved = state.get("model_config")  # runs begun before it was recorded have none
+        if saved is not None and saved != self.model.config.to_json():
+            raise SystemExit(
+                f"{path} was trained with model config {saved}, this invocation builds "
+                f"{self.model.config.to_json()}: resume with the run's --preset and --model-set flags"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.disc is not None:

@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     files = argv if argv is not None else sys.argv[1:]
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
-    for path in files:
-        print(row(json.loads(Path(path).read_text())))
+    results = [json.loads(Path(path).read_text()) for path in files]
+    for result in sorted(results, key=lambda r: (r["dataset"] != "mnist", r["dataset"], r["test_nll_nats"])):
+        print(row(result))
 
 
 if __name__ == "__main__":
