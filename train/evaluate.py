@@ -129,7 +129,7 @@ def reconstructions(model: LatentCNF, images: torch.Tensor, labels: torch.Tensor
         x = data.to_float(images[start : start + batch_size]).to(model.device)
         y = labels[start : start + batch_size].to(model.device) if model.config.encoder_conditional else None
         mean, _ = model.encode(x, y)
-        parts.append(torch.sigmoid(model.decode(mean)).reshape(len(x), -1).cpu())
+        parts.append(model.decode_images(mean).reshape(len(x), -1).cpu())
     return torch.cat(parts)
 
 
