@@ -12,11 +12,12 @@ Its Jacobian is 1/width * sum_k (1 - h_k^2) (U_k * sigmoid(G_k)) W_k^T, so the t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torchode
 from torch import nn
+from torch.nn import functional as F
 from torchdiffeq import odeint
 
 from .config import FIXED_STEP_METHODS, ModelConfig, SolverConfig
@@ -55,24 +56,45 @@ class HyperDynamics(nn.Module):
             nn.Linear(hidden, 3 * width * latent_dim + width),
         )
 
+    def _units(self, inputs: torch.Tensor, dtype: torch.dtype) -> UnitParameters:
+        """The units' parameters for hypernetwork inputs (..., 1 + label_dim), computed in `dtype` (the weights
+        are cast, differentiably). The last layer runs as one matmul per kind of parameter, so that each comes
+        out contiguous."""
+        x = inputs.to(dtype)
+        *body, last = self.hyper
+        for layer in body:
+            x = F.linear(x, layer.weight.to(dtype), layer.bias.to(dtype)) if isinstance(layer, nn.Linear) else layer(x)
+        k, d = self.width, self.latent_dim
+        sizes = [k * d] * 3 + [k]
+        w, b = last.weight.to(dtype).split(sizes), last.bias.to(dtype).split(sizes)
+        weight = F.linear(x, w[0], b[0]).unflatten(-1, (k, d))
+        gate = torch.sigmoid(F.linear(x, w[2], b[2]))
+        output = (F.linear(x, w[1] / k, b[1] / k) * gate).unflatten(-1, (k, d))  # U * sigmoid(G) / width
+        bias = F.linear(x, w[3], b[3])
+        return UnitParameters(weight, output, bias, (weight * output).sum(-1))
+
     def parameters_at(self, times: torch.Tensor) -> list[UnitParameters]:
-        """The units' parameters at each of `times` from one hypernetwork call: the parameters depend on t
-        (and the label) only, so a fixed-step solve can compute all of them before it starts."""
-        time = times.reshape(-1, 1, 1).to(self.hyper[0].weight.dtype)
+        """The units' parameters at each of `times` (for every label) from one hypernetwork call: they depend on
+        t and the label only, so a fixed-step solve can compute all of them before it starts."""
+        dtype = self.hyper[0].weight.dtype
+        time = times.reshape(-1, 1, 1).to(dtype)
         if self.label_embedding is None:
             inputs = time
         else:
             table = self.label_embedding.weight
             inputs = torch.cat([time.expand(-1, len(table), 1), table.expand(len(time), -1, -1)], dim=2)
-        params = self.hyper(inputs)
-        t, n, k, d = len(time), params.shape[1], self.width, self.latent_dim
-        weight = params[..., : k * d].reshape(t, n, k, d)
-        u = params[..., k * d : 2 * k * d].reshape(t, n, k, d)
-        gate = params[..., 2 * k * d : 3 * k * d].reshape(t, n, k, d)
-        bias = params[..., 3 * k * d :]
-        output = u * torch.sigmoid(gate) / k
-        unit_trace = (weight * output).sum(-1)
-        return [UnitParameters(*p) for p in zip(weight, output, bias, unit_trace, strict=True)]
+        units = self._units(inputs, dtype)
+        return [UnitParameters(*p) for p in zip(units.weight, units.output, units.bias, units.unit_trace, strict=True)]
+
+    def row_parameters(self, times: torch.Tensor, labels: torch.Tensor | None) -> UnitParameters:
+        """One parameter set per row, at each row's own time, computed in the dtype of `times`: an adaptive
+        solve steps every sample on its own clock, so that a sample's result does not depend on its batch-mates."""
+        inputs = times.reshape(-1, 1)
+        if self.label_embedding is not None:
+            if labels is None:
+                raise ValueError("this CNF is label-conditioned: pass labels")
+            inputs = torch.cat([inputs, self.label_embedding.weight.to(times.dtype)[labels]], dim=1)
+        return self._units(inputs, times.dtype)
 
     def velocity(
         self, p: UnitParameters, z: torch.Tensor, labels: torch.Tensor | None, with_trace: bool
@@ -98,6 +120,13 @@ class HyperDynamics(nn.Module):
             return dz, None
         return dz, ((1 - h * h) * unit_trace).sum(-1)
 
+    @staticmethod
+    def row_velocity(p: UnitParameters, z: torch.Tensor, with_trace: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """f and its trace with one parameter set per row (see `row_parameters`)."""
+        h = torch.tanh(torch.bmm(p.weight, z.unsqueeze(2)).squeeze(2) + p.bias)
+        dz = torch.bmm(h.unsqueeze(1), p.output).squeeze(1)
+        return dz, ((1 - h * h) * p.unit_trace).sum(-1) if with_trace else None
+
     def forward(
         self, t: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None, with_trace: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -107,6 +136,30 @@ class HyperDynamics(nn.Module):
 def fixed_grid(times: torch.Tensor, steps: int) -> torch.Tensor:
     """The step boundaries of a fixed-step solve over the span of `times`."""
     return torch.linspace(times[0].item(), times[-1].item(), steps + 1, dtype=times.dtype, device=times.device)
+
+
+class EvaluationCounter:
+    """Counts batched evaluations of the dynamics and stops a solve that passes its budget."""
+
+    def __init__(self, limit: int):
+        self.limit, self.calls = limit, 0
+
+    def call(self) -> int:
+        """Record one evaluation; returns its index (the parameter table's row for a fixed-step solve)."""
+        if self.calls >= self.limit:
+            raise _Abort(f"ODE solve exceeded max_nfe={self.limit}; loosen the tolerances or use a fixed-step solver")
+        self.calls += 1
+        return self.calls - 1
+
+
+def _derivatives(dz: torch.Tensor, trace: torch.Tensor | None, kinetic: bool) -> list[torch.Tensor]:
+    """The time derivatives of the solved state: z, then log p (minus the trace), then the kinetic energy."""
+    out = [dz]
+    if trace is not None:
+        out.append(-trace)
+    if kinetic:
+        out.append((dz * dz).sum(-1))
+    return out
 
 
 # Evaluation times per step of torchdiffeq's fixed-grid methods, in call order, as fractions of the step
@@ -150,20 +203,6 @@ class LatentFlow(nn.Module):
         eps = torch.randn(n, self.latent_dim, generator=generator)
         return eps.to(self.base_std.device) * self.base_std
 
-    def _parameter_source(
-        self, times: torch.Tensor, solver: SolverConfig
-    ) -> Callable[[torch.Tensor, int], UnitParameters]:
-        """The units' parameters for the n-th evaluation at time t. A fixed-step solve evaluates at known times
-        in a known order, so every stage's parameters come from one hypernetwork call before it starts;
-        an adaptive solve computes them per evaluation."""
-        if solver.method not in FIXED_STEP_METHODS:
-            return lambda t, call: self.dynamics.parameters_at(t)[0]
-        grid = fixed_grid(times, solver.steps)
-        fractions = torch.tensor(STAGE_FRACTIONS[solver.method]).to(grid)
-        stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
-        table = self.dynamics.parameters_at(stage_times.reshape(-1))
-        return lambda t, call: table[call]
-
     def _solve(
         self,
         z: torch.Tensor,
@@ -173,55 +212,83 @@ class LatentFlow(nn.Module):
         density: bool,
         kinetic: bool,
     ) -> FlowResult:
-        nfe = 0
-        n = len(z)
-        parameters = self._parameter_source(times.to(z), solver)
-
-        def func(t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            nonlocal nfe
-            nfe += 1
-            if nfe > solver.max_nfe:
-                raise _Abort(
-                    f"ODE solve exceeded max_nfe={solver.max_nfe}; loosen the tolerances or use a fixed-step solver"
-                )
-            dz, trace = self.dynamics.velocity(parameters(t, nfe - 1), state[0], labels, with_trace=density)
-            out = [dz]
-            if density:
-                out.append(-trace)
-            if kinetic:
-                out.append((dz * dz).sum(-1))
-            return tuple(out)
-
-        state = [z]
-        if density:
-            state.append(z.new_zeros(n))
-        if kinetic:
-            state.append(z.new_zeros(n))
-        options = {}
-        if solver.method in FIXED_STEP_METHODS:  # exactly `steps` steps, the grid the parameters were built on
-            options["grid_constructor"] = lambda func, y0, t: fixed_grid(t, solver.steps)
+        """Integrate z (and, when asked, the log-density change and kinetic energy) over `times`."""
+        counter = EvaluationCounter(solver.max_nfe)
+        solve = self._solve_fixed if solver.method in FIXED_STEP_METHODS else self._solve_adaptive
         try:
-            out = odeint(
-                func,
-                tuple(state),
-                times.to(z),
-                method=solver.method,
-                rtol=solver.rtol,
-                atol=solver.atol,
-                options=options,
-            )
+            path, change, energy = solve(z, times.to(z), labels, solver, density, kinetic, counter)
         except _Abort as error:
             raise SolverError(str(error)) from None
-        except AssertionError as error:  # torchdiffeq's own underflow check on the step size
-            raise SolverError(f"ODE solve failed: {error}") from None
-        if not torch.isfinite(out[0]).all():
+        if not torch.isfinite(path).all():
             raise SolverError("ODE solve produced non-finite latents")
-        return FlowResult(
-            z=out[0],
-            log_prob=out[1][-1] if density else None,
-            kinetic=out[-1][-1] if kinetic else None,
-            nfe=nfe,
-        )
+        return FlowResult(z=path, log_prob=change, kinetic=energy, nfe=counter.calls)
+
+    def _solve_fixed(
+        self,
+        z: torch.Tensor,
+        times: torch.Tensor,
+        labels: torch.Tensor | None,
+        solver: SolverConfig,
+        density: bool,
+        kinetic: bool,
+        counter: EvaluationCounter,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """torchdiffeq on exactly `steps` steps. The evaluation times are known in advance and in order, so every
+        stage's parameters come from one hypernetwork call before the solve starts."""
+        grid = fixed_grid(times, solver.steps)
+        fractions = torch.tensor(STAGE_FRACTIONS[solver.method]).to(grid)
+        stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
+        table = self.dynamics.parameters_at(stage_times.reshape(-1))
+
+        def func(t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            dz, trace = self.dynamics.velocity(table[counter.call()], state[0], labels, with_trace=density)
+            return tuple(_derivatives(dz, trace, kinetic))
+
+        state = (z, *(z.new_zeros(len(z)) for _ in range(density + kinetic)))
+        options = {"grid_constructor": lambda func, y0, t: grid}
+        out = odeint(func, state, times, method=solver.method, options=options)
+        return out[0], out[1][-1] if density else None, out[-1][-1] if kinetic else None
+
+    def _solve_adaptive(
+        self,
+        z: torch.Tensor,
+        times: torch.Tensor,
+        labels: torch.Tensor | None,
+        solver: SolverConfig,
+        density: bool,
+        kinetic: bool,
+        counter: EvaluationCounter,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """torchode's dopri5 with step-size control per sample: each sample takes the steps its own error
+        estimate asks for, so its result is the same alone or in any batch (torchdiffeq shares one step size
+        across the batch). It runs in float64: at the usual tolerances (1e-5) float32 rounding, which differs
+        with the batch's shape, is a few percent of the error estimate and would flip accept/reject decisions.
+        The state is packed as columns [z, d log p, kinetic energy]."""
+        n, d = z.shape
+        dtype, z, times = z.dtype, z.double(), times.double()
+
+        def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            counter.call()
+            params = self.dynamics.row_parameters(t, labels)
+            dz, trace = self.dynamics.row_velocity(params, y[:, :d], with_trace=density)
+            return torch.cat([column.reshape(n, -1) for column in _derivatives(dz, trace, kinetic)], dim=1)
+
+        def norm(error: torch.Tensor) -> torch.Tensor:
+            """torchdiffeq's mixed norm: the worst of the latents' RMS and each scalar column."""
+            rms = error[:, :d].pow(2).mean(1).sqrt()
+            return torch.cat([rms[:, None], error[:, d:].abs()], dim=1).amax(1)
+
+        term = torchode.ODETerm(func, with_stats=False)
+        controller = torchode.IntegralController(atol=solver.atol, rtol=solver.rtol, term=term, norm=norm)
+        integrator = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
+        y0 = torch.cat([z, z.new_zeros(n, density + kinetic)], dim=1)
+        solution = integrator.solve(torchode.InitialValueProblem(y0=y0, t_eval=times.expand(n, -1)))
+        if (solution.status != torchode.Status.SUCCESS.value).any():
+            raise SolverError("ODE solve failed: the error estimate became non-finite")
+        ys = solution.ys.transpose(0, 1).to(dtype)  # (times, n, columns)
+        change = ys[-1, :, d] if density else None
+        energy = ys[-1, :, -1] if kinetic else None
+        return ys[..., :d], change, energy
 
     def log_prob(
         self,

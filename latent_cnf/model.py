@@ -51,7 +51,12 @@ class Score:
 
 
 class LatentCNF(nn.Module):
-    """A VAE (or autoencoder) whose latent prior is a continuous normalizing flow."""
+    """A VAE (or autoencoder) whose latent prior is a continuous normalizing flow.
+
+    `generate`, `sample`, `trajectory` and `score` are inference: they run under `torch.inference_mode()` and
+    return plain tensors (no autograd history, `.numpy()` works). `encode`, `decode` and `log_prob` stay
+    differentiable for training.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -120,6 +125,7 @@ class LatentCNF(nn.Module):
         labels = self._labels(label, n, self.prior.conditional, generator)
         return self.prior.base_sample(n, generator) * temperature, labels
 
+    @torch.inference_mode()
     def generate(
         self, z0: torch.Tensor, labels: torch.Tensor | None, solver: SolverConfig | None = None, steps: int = 2
     ) -> Trajectory:
@@ -131,6 +137,7 @@ class LatentCNF(nn.Module):
         times = torch.linspace(self.config.t0, self.config.t1, steps)
         return Trajectory(times, latents, images.reshape(steps, len(z0), *images.shape[1:]), labels, result.nfe)
 
+    @torch.inference_mode()
     def sample(
         self,
         n: int,
@@ -142,6 +149,7 @@ class LatentCNF(nn.Module):
         path = self.generate(*self.draw_base(n, label, seed, temperature), solver=solver)
         return Samples(path.latents[-1], path.images[-1], path.labels, path.nfe)
 
+    @torch.inference_mode()
     def trajectory(
         self,
         n: int,
@@ -155,6 +163,7 @@ class LatentCNF(nn.Module):
             raise ValueError("a trajectory needs at least 2 steps")
         return self.generate(*self.draw_base(n, label, seed, temperature), solver=solver, steps=steps)
 
+    @torch.inference_mode()
     def score(
         self,
         images: torch.Tensor,

@@ -84,13 +84,74 @@ def test_base_density_is_a_buffer():
     assert flow.double().base_std.dtype == torch.float64
 
 
+@pytest.mark.parametrize("conditional", [False, True])
 @pytest.mark.parametrize("solver", [SolverConfig(method="rk4", steps=8), SolverConfig(method="dopri5")])
-def test_batch_size_independence(solver):
-    flow = flow_2d().float()
-    z = torch.randn(50, 2)
-    full = flow.log_prob(z, solver=solver).log_prob
-    for n in (1, 7):
-        torch.testing.assert_close(flow.log_prob(z[:n], solver=solver).log_prob, full[:n], atol=1e-4, rtol=1e-4)
+def test_a_sample_gets_the_same_result_alone_and_in_any_batch(solver, conditional):
+    """The strict property, in float32 as served: dopri5 controls each sample's step size on its own."""
+    flow = flow_2d(cnf_conditional=conditional).float()
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(50, 2, generator=generator) * 2
+    labels = torch.randint(10, (50,), generator=generator) if conditional else None
+    full = flow.log_prob(z, labels, solver=solver)
+    for rows in (slice(0, 1), slice(3, 10), slice(49, 50), slice(20, 50)):
+        part = flow.log_prob(z[rows], labels[rows] if conditional else None, solver=solver)
+        torch.testing.assert_close(part.log_prob, full.log_prob[rows], atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(part.z, full.z[rows], atol=1e-6, rtol=1e-6)
+    path = flow.transform(z[:5], labels[:5] if conditional else None, solver=solver, steps=4).z
+    alone = torch.cat(
+        [
+            flow.transform(z[i : i + 1], labels[i : i + 1] if conditional else None, solver=solver, steps=4).z
+            for i in range(5)
+        ],
+        1,
+    )
+    torch.testing.assert_close(alone, path, atol=1e-6, rtol=1e-6)
+
+
+def test_adaptive_solve_steps_each_sample_on_its_own():
+    """A stiff sample does not make an easy one take more steps: each row is evaluated at its own times."""
+    flow = flow_2d()
+    seen: list[torch.Tensor] = []
+    row_parameters = flow.dynamics.row_parameters
+
+    def record(times, labels):
+        seen.append(times.clone())
+        return row_parameters(times, labels)
+
+    flow.dynamics.row_parameters = record
+    flow.log_prob(torch.tensor([[0.0, 0.0], [3.0, -3.0]], dtype=torch.float64))
+    times = torch.stack(seen)
+    assert times.shape[1] == 2 and not torch.equal(times[:, 0], times[:, 1])
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_row_parameters_match_the_shared_table(conditional):
+    """The per-row parameters of an adaptive solve are those of the fixed-step path at the same time and label."""
+    flow = flow_2d(cnf_conditional=conditional)
+    times = torch.tensor([0.0, 2.5, 7.25, 10.0], dtype=torch.float64)
+    labels = torch.tensor([3, 0, 9, 3]) if conditional else None
+    rows = flow.dynamics.row_parameters(times, labels)
+    for i, table in enumerate(flow.dynamics.parameters_at(times)):
+        label = labels[i] if conditional else 0
+        torch.testing.assert_close(rows.weight[i], table.weight[label])
+        torch.testing.assert_close(rows.output[i], table.output[label])
+        torch.testing.assert_close(rows.bias[i], table.bias[label])
+
+
+def test_adaptive_solve_agrees_with_a_tight_torchdiffeq_solve():
+    flow = flow_2d(cnf_conditional=True)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    labels = torch.arange(6)
+
+    def per_call(t, state):
+        dz, trace = flow.dynamics(t, state[0], labels)
+        return dz, -trace
+
+    times = torch.tensor([flow.t1, flow.t0], dtype=torch.float64)
+    z0, change = odeint(per_call, (z, z.new_zeros(6)), times, rtol=1e-11, atol=1e-11)
+    result = flow.log_prob(z, labels, SolverConfig(method="dopri5", rtol=1e-8, atol=1e-8))
+    torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.z, z0[-1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method, per_step", [("rk4", 4), ("midpoint", 2), ("euler", 1)])
@@ -106,12 +167,13 @@ def test_max_nfe_raises():
         flow.log_prob(torch.randn(4, 2, dtype=torch.float64), solver=SolverConfig(max_nfe=3))
 
 
-def test_non_finite_raises():
+@pytest.mark.parametrize("solver", [SolverConfig(method="rk4", steps=4), SolverConfig(method="dopri5")])
+def test_non_finite_raises(solver):
     flow = flow_2d()
     with torch.no_grad():
         flow.dynamics.hyper[-1].bias.fill_(float("nan"))
     with pytest.raises(SolverError):
-        flow.transform(torch.randn(4, 2, dtype=torch.float64), solver=SolverConfig(method="rk4", steps=4))
+        flow.transform(torch.randn(4, 2, dtype=torch.float64), solver=solver)
 
 
 def test_kinetic_energy_is_positive_integral():

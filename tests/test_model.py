@@ -163,3 +163,16 @@ def test_shipped_cards_hold_what_the_service_reads(name):
     quantiles = card["score_reference"]["log_likelihood_quantiles"]
     assert len(quantiles) >= 2 and quantiles == sorted(quantiles)
     assert card["steps"] > 0 and card["command"].startswith("python -m train")
+
+
+def test_inference_results_have_no_autograd_history():
+    """Outside any no_grad block, as a user calls them: the results convert to numpy directly."""
+    m = model()
+    samples, path = m.sample(3, seed=0), m.trajectory(2, steps=3, seed=0)
+    score = m.score(images(2), k=2, solver=FAST)
+    for tensor in (samples.images, samples.latents, path.latents, path.images, score.log_likelihood, score.elbo):
+        assert not tensor.requires_grad
+        assert tensor.numpy().size > 0
+    z = torch.zeros(2, 8, requires_grad=True)
+    m.log_prob(z, label=1, solver=FAST).log_prob.sum().backward()  # the density stays differentiable
+    assert z.grad is not None and torch.isfinite(z.grad).all()

@@ -9,7 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
-from .service_helpers import decode_png
+from latent_cnf.data import load_split
+
+from .service_helpers import decode_png, png
 from .uvicorn_server import running_service
 
 
@@ -26,12 +28,8 @@ async def post_many(url: str, bodies: list[dict], timeout: float = 120) -> list[
         return await asyncio.gather(*(client.post("/generate", json=body) for body in bodies))
 
 
-@pytest.mark.parametrize(
-    "solver, tolerance, grey_levels",
-    # dopri5 shares adaptive step sizes across a merged batch; rk4 (the default) does not adapt
-    [({"method": "dopri5"}, 1e-2, 4), (None, 1e-5, 1)],
-)
-def test_batched_requests_get_the_images_they_get_alone(solver, tolerance, grey_levels):
+@pytest.mark.parametrize("solver", [{"method": "dopri5"}, None])  # dopri5 controls each sample's steps; rk4 is fixed
+def test_batched_requests_get_the_images_they_get_alone(solver):
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "200", "LATENT_CNF_MAX_BATCH": "64"}
     with running_service(env) as url:
         bodies = [{"n": 2, "seed": seed, "label": seed % 10, "solver": solver} for seed in range(12)]
@@ -45,8 +43,32 @@ def test_batched_requests_get_the_images_they_get_alone(solver, tolerance, grey_
     for solo, batched in zip(alone, together, strict=True):
         body = batched.json()
         assert body["labels"] == solo["labels"]
-        assert np.abs(pixels(body) - pixels(solo)).max() <= grey_levels
-        np.testing.assert_allclose(body["latents"], solo["latents"], atol=tolerance, rtol=tolerance)
+        assert np.abs(pixels(body) - pixels(solo)).max() <= 1  # the decoder's float32 rounding, nothing more
+        np.testing.assert_allclose(body["latents"], solo["latents"], atol=1e-5, rtol=1e-5)
+
+
+async def score_many(url: str, uploads: list[bytes]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        return await asyncio.gather(*(client.post("/score", files={"file": ("x.png", data)}) for data in uploads))
+
+
+def test_a_score_is_the_same_alone_and_merged_with_15_others(data_dir):
+    """/score solves with dopri5: per-sample step control keeps one upload's score free of its batch-mates'."""
+    digits = load_split("mnist", "test", data_dir, download=False).images[:16]
+    uploads = [png(digit.numpy()) for digit in digits]
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "500"}
+    with running_service(env) as url:
+        alone = httpx.post(f"{url}/score", files={"file": ("x.png", uploads[0])}, timeout=60).json()["results"][0]
+        before = httpx.get(f"{url}/metrics").text
+        together = asyncio.run(score_many(url, uploads))
+        after = httpx.get(f"{url}/metrics").text
+    calls = 'latent_cnf_batch_requests_count{kind="score"'
+    assert all(r.status_code == 200 for r in together)
+    assert metric(after, calls) - metric(before, calls) < len(uploads), "the uploads were not merged"
+    merged = together[0].json()["results"][0]
+    for field in ("log_likelihood_nats", "elbo_nats", "latent_log_density", "kl_nats", "reconstruction_nats"):
+        assert merged[field] == pytest.approx(alone[field], abs=1e-4), field
+    assert merged["predicted_label"] == alone["predicted_label"] == 7
 
 
 def recovers(url: str, within_s: float = 60) -> bool:
@@ -64,9 +86,10 @@ def test_overload_gets_503_and_504_then_recovers():
         "LATENT_CNF_MODELS": "mnist-final-cond",
         "LATENT_CNF_MAX_QUEUE": "2",
         "LATENT_CNF_MAX_BATCH": "256",
-        "LATENT_CNF_TIMEOUT_S": "1",
+        "LATENT_CNF_TIMEOUT_S": "0.1",
     }
-    heavy = {"n": 256, "solver": {"method": "rk4", "steps": 400}}
+    # 4,000 evaluations over 256 samples: seconds on this CPU, far above the timeout on any machine
+    heavy = {"n": 256, "solver": {"method": "rk4", "steps": 1000}}
     with running_service(env) as url:
         responses = asyncio.run(post_many(url, [dict(heavy, seed=i) for i in range(24)]))
         statuses = [r.status_code for r in responses]
