@@ -93,7 +93,6 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _download(dataset: str, name: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for mirror in MIRRORS[dataset]:
         url = f"{mirror}{name}.gz"
@@ -106,6 +105,7 @@ def _download(dataset: str, name: str, target: Path) -> None:
         if _sha256(gzip.decompress(payload)) != DATASETS[dataset][name]:
             errors.append(f"{url}: checksum mismatch")
             continue
+        target.parent.mkdir(parents=True, exist_ok=True)  # only now: a mistyped --data-dir leaves nothing behind
         target.write_bytes(payload)
         return
     raise DataError(

@@ -5,14 +5,42 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from uvicorn.config import LOG_LEVELS
+
+from .settings import Settings
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m service")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args()
+def settings_help() -> str:
+    """Every setting's variable, default and description, from the Settings model: the help cannot go stale."""
+    prefix = Settings.model_config["env_prefix"]
+    lines = [f"Everything else is set by {prefix}* environment variables:"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        lines += [f"  {prefix}{name.upper()}" + ("" if shown in (None, "") else f" (default: {shown})")]
+        lines += [f"      {field.description}"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the latent-cnf REST API (interactive docs at /docs) with uvicorn, one worker.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's one-variable-per-line layout
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default: %(default)s)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--log-level", default="info", choices=list(LOG_LEVELS), help="uvicorn's log level (default: %(default)s)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     uvicorn.run(
         "service.app:app",
         host=args.host,

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,7 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own copies of their assets: no CDN, works offline
         title="latent-cnf",
         version="0.1.0",
         description="Digits from a VAE whose latent prior is a continuous normalizing flow: "

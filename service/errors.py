@@ -9,6 +9,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import metrics
 
+REQUEST_PARTS = ("body", "query", "path", "header", "cookie")  # the first element of a validation error's loc
+
 
 class ServiceError(Exception):
     """An error with its HTTP status, a stable machine-readable code and a message for people."""
@@ -23,10 +25,17 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def _describe(errors: list[dict]) -> str:
+    """`field: problem`, the field named the same way whether it came in a JSON body, a form or the query string."""
     parts = []
     for error in errors:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+        loc, message = list(error.get("loc", ())), error.get("msg", "invalid")
+        if loc and loc[0] in REQUEST_PARTS:
+            loc = loc[1:]
+        if error.get("type") == "json_invalid":  # its loc holds a character position, not a field
+            parts.append(f"{message} at character {loc[0]}: {error['ctx']['error']}" if loc else message)
+            continue
+        where = ".".join(str(p) for p in loc)
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts) or "invalid request"
 
 

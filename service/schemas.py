@@ -106,7 +106,8 @@ class ModelList(BaseModel):
 
 class Health(BaseModel):
     status: str
-    models: list[str] = []
+    ready: bool = Field(description="every model is loaded and warmed up")
+    models: list[str] = Field(description="models loaded so far")
 
 
 class ErrorDetail(BaseModel):

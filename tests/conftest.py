@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,16 @@ def data_dir() -> Path:
     if not (path / "mnist").exists():
         pytest.fail(f"MNIST IDX files not found in {path}: set LATENT_CNF_DATA")
     return path
+
+
+def run_offline(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` in a new process whose dataset mirrors refuse connections: no download, ever."""
+    code = (
+        "import runpy, sys; from latent_cnf import data; "
+        "data.MIRRORS.update(dict.fromkeys(data.MIRRORS, ('http://127.0.0.1:9/',))); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def idx_bytes(array: torch.Tensor) -> bytes:

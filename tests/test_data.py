@@ -62,6 +62,7 @@ def test_missing_offline_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setitem(data.MIRRORS, "mnist", ("http://127.0.0.1:9/",))
     with pytest.raises(data.DataError, match=str(tmp_path / "mnist")):
         data.load_split("mnist", "test", tmp_path)
+    assert not (tmp_path / "mnist").exists()  # a failed download leaves no folder behind (a mistyped path stays so)
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):

@@ -651,8 +651,11 @@ def test_build_context_holds_the_package_and_its_checkpoints(tmp_path: Path) -> 
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "project.license" not in result.stdout + result.stderr, "setuptools warns about the license field"
     [wheel] = (context / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+    assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
     assert "service/app.py" in names and "latent_cnf/checkpoints.py" in names
     missing = [p for p in shipped if p.endswith((".pt", ".json")) and p not in names]
     assert not missing, f"checkpoint files left out of the wheel: {missing}"

@@ -15,6 +15,8 @@ from train import evaluate
 from train import results as results_table
 from train.metrics.classifier import embed, load_classifier
 
+from .conftest import run_offline
+
 TINY = ["--importance-samples", "2", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
 TINY_OOD = ["--ood-images", "60", "--ood-importance-samples", "1"]
 KEYS = {
@@ -134,3 +136,18 @@ def test_reconstructions_of_a_trained_model_are_legible(data_dir: Path) -> None:
         assert recon.shape == (200, 784) and 0 <= recon.min() and recon.max() <= 1
         _, predicted = embed(judge, recon, 100)
         assert low <= (predicted == labels).double().mean().item() <= high
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--checkpoint", "mnist-final"], "error: mnist/train-images-idx3-ubyte is missing"),
+        (["--checkpoint", "no-such-model"], "error: no checkpoint 'no-such-model'"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], problem: str) -> None:
+    result = run_offline("train.evaluate", *args, "--data-dir", str(tmp_path), "--json", str(tmp_path / "out.json"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(problem)
+    assert not (tmp_path / "out.json").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,16 +32,37 @@ def fashion_item(data_dir) -> bytes:
 def test_readyz_is_503_before_models_are_loaded(tmp_path):
     unstarted = TestClient(create_app(make_settings(tmp_path)))  # no lifespan: nothing loaded
     response = unstarted.get("/readyz")
-    assert response.status_code == 503 and response.json()["status"] == "loading"
-    assert unstarted.get("/healthz").status_code == 200
+    assert response.status_code == 503 and response.json() == {"status": "loading", "ready": False, "models": []}
+    health = unstarted.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok", "ready": False, "models": []}
     refused = unstarted.post("/generate", json={"n": 1})
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
 
 
 def test_health_and_ready(client):
-    assert client.get("/healthz").json() == {"status": "ok", "models": []}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and "mnist-final-cond" in ready["models"]
+    assert ready["status"] == "ready" and ready["ready"] is True and "mnist-final-cond" in ready["models"]
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "ready": True, "models": ready["models"]}
+    assert set(ready["models"]) == {m["name"] for m in client.get("/v1/models").json()["models"]}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_other_hosts(client, page):
+    """An offline machine gets working docs: every script, style sheet and icon comes from the app itself."""
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "://" not in html.text  # no absolute URL, so no CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert any(url.endswith(".js") for url in assets), assets
+    kinds = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+    for url in assets:
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].startswith(kinds[Path(url).suffix]) and len(asset.content) > 1000, url
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_models_metadata(client):

@@ -30,3 +30,24 @@ def test_error_messages_name_the_problem(client):
     assert "n" in client.post("/generate", json={"n": 0}).json()["error"]["message"]
     assert "empty" in client.post("/score", files={"file": ("a.png", b"")}).json()["error"]["message"]
     assert "a.txt" in client.post("/score", files={"file": ("a.txt", b"hi")}).json()["error"]["message"]
+
+
+def test_validation_messages_name_fields_alike_in_body_query_and_form(client):
+    """Only the field's name, wherever it came from: no `body.`, `query.` or JSON positions posing as fields."""
+    responses = {
+        "n: Input should be greater than or equal to 1": client.post("/generate", json={"n": 0}),
+        "solver.steps: Input should be greater than or equal to 1": client.post(
+            "/generate", json={"solver": {"steps": 0}}
+        ),
+        "steps: Input should be greater than or equal to 2": client.get("/trajectory", params={"steps": 1}),
+        "format: Input should be 'png' or 'json'": client.get("/trajectory", params={"format": "gif"}),
+        "importance_samples: Input should be greater than or equal to 1": client.post(
+            "/score", data={"importance_samples": "0"}, files={"file": ("a.png", b"x")}
+        ),
+        "JSON decode error at character 1: Expecting property name enclosed in double quotes": client.post(
+            "/generate", content=b"{n: 1}", headers={"content-type": "application/json"}
+        ),
+    }
+    for message, response in responses.items():
+        assert response.status_code == 422, response.text
+        assert response.json() == {"error": {"code": "invalid_request", "message": message}}

@@ -9,6 +9,8 @@ from train.__main__ import main
 from train.loop import RunOptions, Trainer
 from train.objectives import OBJECTIVES
 
+from .conftest import run_offline
+
 
 def options(tiny_dataset, out, preset="final-cond", **train_overrides) -> RunOptions:
     base = PRESETS[preset]
@@ -164,3 +166,27 @@ def test_kinetic_term_adds_the_weighted_energy_and_logs_it():
         logged.append(out.terms.get("kinetic"))
     assert logged[0] is None and logged[1] > 0
     assert losses[1] == pytest.approx(losses[0] + 0.5 * logged[1], rel=1e-5)
+
+
+def test_cli_says_where_the_run_goes(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(
+        [
+            "--preset", "vae-cnf-prior", "--data-dir", str(tiny_dataset), "--out", str(out), "--max-steps", "1",
+            "--batch-size", "16", "--val-images", "4", "--reference-images", "4",
+        ]
+    )  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"run folder: {out.resolve()}"
+    assert lines[-1] == f"run folder: {out.resolve()}, checkpoint: {(out / 'checkpoint').resolve()}"
+    assert (out / "metrics.jsonl").exists() and (out / "checkpoint" / "card.json").exists()
+
+
+def test_cli_missing_data_is_one_line_without_traceback(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result = run_offline("train", "--preset", "final", "--data-dir", str(empty), "--out", str(tmp_path / "run"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: mnist/train-images-idx3-ubyte is missing") and str(empty / "mnist") in line
+    assert not (empty / "mnist").exists() and not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
-from latent_cnf.data import DATASETS
+from latent_cnf.data import DATASETS, DataError
 from latent_cnf.device import resolve_device
 
 from .loop import RunOptions, Trainer
@@ -107,8 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         val_images=args.val_images,
         reference_images=args.reference_images,
     )
-    metrics = Trainer(options).run()
+    try:
+        trainer = Trainer(options)  # reads the data set
+        print(f"run folder: {options.out.resolve()}", file=sys.stderr)
+        metrics = trainer.run()
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
     print(json.dumps(metrics, indent=2))
+    print(f"run folder: {options.out.resolve()}, checkpoint: {options.checkpoint.resolve()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

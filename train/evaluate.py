@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = evaluate(args)
+    try:
+        results = evaluate(args)
+    except (data.DataError, checkpoints.CheckpointError) as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
     print(table(results))
     out = args.json or Path("runs") / "eval" / f"{Path(str(args.checkpoint)).name}-{results['config_hash']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,10 @@ class RunOptions:
     train_subset: int | None = None
     eval_solver: SolverConfig = EVAL_SOLVER
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.export or self.out / "checkpoint"
+
 
 def git_commit() -> str:
     try:
@@ -228,7 +232,7 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(self.state(), out / f"{STATE_FILE}.tmp")
         (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
-        checkpoints.save(self.model, self.options.export or out / "checkpoint", self.card(metrics))
+        checkpoints.save(self.model, self.options.checkpoint, self.card(metrics))
 
     def card(self, metrics: dict[str, float]) -> dict:
         o = self.options
@@ -309,5 +313,5 @@ class Trainer:
         metrics = metrics or self.validate()
         final = self.card(metrics)
         final["score_reference"] = self.score_reference()
-        checkpoints.save(self.model, o.export or o.out / "checkpoint", final)
+        checkpoints.save(self.model, o.checkpoint, final)
         return metrics

@@ -14,17 +14,19 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    """The process is alive (models may still be loading)."""
-    return Health(status="ok")
+async def healthz(hub: ModelHub = Depends(get_hub)) -> Health:
+    """The process is alive: always 200, with the models loaded so far (more may still be loading)."""
+    return Health(status="ok", ready=hub.ready, models=sorted(hub.models))  # `ready` first: then models is complete
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
     """200 only when every model is loaded and warmed up."""
-    if not hub.ready:
-        return JSONResponse(Health(status="loading").model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return Health(status="ready", models=sorted(hub.models))
+    ready = hub.ready  # read once: the loading thread may flip it while this answers
+    health = Health(status="ready" if ready else "loading", ready=ready, models=sorted(hub.models))
+    if not ready:
+        return JSONResponse(health.model_dump(), status_code=503, headers={"Retry-After": "1"})
+    return health
 
 
 @router.get("/metrics", response_class=Response)
