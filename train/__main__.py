@@ -19,7 +19,7 @@ from latent_cnf.device import resolve_device
 from .loop import RunOptions, Trainer
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="final-cond")
@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference-images", type=int, default=1000, help="test images behind the card's score quantiles"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def parse_sets(

@@ -48,7 +48,7 @@ TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "dev
 SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
     parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the checkpoint card's dataset")
@@ -79,7 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and importance samples")
     parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def seeds(seed: int, stream: int, count: int) -> torch.Tensor:

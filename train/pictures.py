@@ -46,14 +46,18 @@ def project(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 
 
 @torch.no_grad()
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.pictures", description=__doc__)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--out", type=Path, default=Path("docs/pictures"))
-    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
+    parser.add_argument("--out", type=Path, default=Path("docs/pictures"), help="folder for the PNGs (%(default)s)")
+    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
     parser.add_argument("--points", type=int, default=5000, help="latents per scatter")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
     name = latent_cnf.checkpoints.display_name(args.checkpoint)
