@@ -18,17 +18,13 @@ import torch
 import torchode
 from torch import nn
 from torch.nn import functional as F
-from torchdiffeq import odeint
 
+from . import fixed_step
 from .config import FIXED_STEP_METHODS, ModelConfig, SolverConfig
 
 
 class SolverError(RuntimeError):
     """An ODE solve exceeded its NFE budget or produced non-finite values."""
-
-
-class _Abort(Exception):
-    """Raised inside the ODE function; turned into SolverError outside torchdiffeq."""
 
 
 @dataclass
@@ -133,23 +129,18 @@ class HyperDynamics(nn.Module):
         return self.velocity(self.parameters_at(t)[0], z, labels, with_trace)
 
 
-def fixed_grid(times: torch.Tensor, steps: int) -> torch.Tensor:
-    """The step boundaries of a fixed-step solve over the span of `times`."""
-    return torch.linspace(times[0].item(), times[-1].item(), steps + 1, dtype=times.dtype, device=times.device)
-
-
 class EvaluationCounter:
     """Counts batched evaluations of the dynamics and stops a solve that passes its budget."""
 
     def __init__(self, limit: int):
         self.limit, self.calls = limit, 0
 
-    def call(self) -> int:
-        """Record one evaluation; returns its index (the parameter table's row for a fixed-step solve)."""
+    def call(self) -> None:
         if self.calls >= self.limit:
-            raise _Abort(f"ODE solve exceeded max_nfe={self.limit}; loosen the tolerances or use a fixed-step solver")
+            raise SolverError(
+                f"ODE solve exceeded max_nfe={self.limit}; loosen the tolerances or use a fixed-step solver"
+            )
         self.calls += 1
-        return self.calls - 1
 
 
 def _derivatives(dz: torch.Tensor, trace: torch.Tensor | None, kinetic: bool) -> list[torch.Tensor]:
@@ -160,11 +151,6 @@ def _derivatives(dz: torch.Tensor, trace: torch.Tensor | None, kinetic: bool) ->
     if kinetic:
         out.append((dz * dz).sum(-1))
     return out
-
-
-# Evaluation times per step of torchdiffeq's fixed-grid methods, in call order, as fractions of the step
-# (its rk4 is the 3/8 rule: k1..k4 at 0, 1/3, 2/3, 1). A fixed-step solve precomputes the parameters there.
-STAGE_FRACTIONS = {"euler": (0.0,), "midpoint": (0.0, 0.5), "rk4": (0.0, 1 / 3, 2 / 3, 1.0)}
 
 
 @dataclass
@@ -215,10 +201,7 @@ class LatentFlow(nn.Module):
         """Integrate z (and, when asked, the log-density change and kinetic energy) over `times`."""
         counter = EvaluationCounter(solver.max_nfe)
         solve = self._solve_fixed if solver.method in FIXED_STEP_METHODS else self._solve_adaptive
-        try:
-            path, change, energy = solve(z, times.to(z), labels, solver, density, kinetic, counter)
-        except _Abort as error:
-            raise SolverError(str(error)) from None
+        path, change, energy = solve(z, times.to(z), labels, solver, density, kinetic, counter)
         if not torch.isfinite(path).all():
             raise SolverError("ODE solve produced non-finite latents")
         return FlowResult(z=path, log_prob=change, kinetic=energy, nfe=counter.calls)
@@ -233,20 +216,17 @@ class LatentFlow(nn.Module):
         kinetic: bool,
         counter: EvaluationCounter,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """torchdiffeq on exactly `steps` steps. The evaluation times are known in advance and in order, so every
-        stage's parameters come from one hypernetwork call before the solve starts."""
-        grid = fixed_grid(times, solver.steps)
-        fractions = torch.tensor(STAGE_FRACTIONS[solver.method]).to(grid)
-        stage_times = grid[:-1, None] + fractions * (grid[1:] - grid[:-1])[:, None]
-        table = self.dynamics.parameters_at(stage_times.reshape(-1))
+        """Exactly `steps` steps in one loop (fixed_step.py). The evaluation times are known in advance and in
+        order, so every stage's parameters come from one hypernetwork call before the solve starts."""
+        table = self.dynamics.parameters_at(fixed_step.stage_times(times, solver.method, solver.steps))
 
-        def func(t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            dz, trace = self.dynamics.velocity(table[counter.call()], state[0], labels, with_trace=density)
-            return tuple(_derivatives(dz, trace, kinetic))
+        def derivative(call: int, state: list[torch.Tensor]) -> list[torch.Tensor]:
+            counter.call()
+            dz, trace = self.dynamics.velocity(table[call], state[0], labels, with_trace=density)
+            return _derivatives(dz, trace, kinetic)
 
-        state = (z, *(z.new_zeros(len(z)) for _ in range(density + kinetic)))
-        options = {"grid_constructor": lambda func, y0, t: grid}
-        out = odeint(func, state, times, method=solver.method, options=options)
+        state = [z, *(z.new_zeros(len(z)) for _ in range(density + kinetic))]
+        out = fixed_step.integrate(derivative, state, times, solver.method, solver.steps)
         return out[0], out[1][-1] if density else None, out[-1][-1] if kinetic else None
 
     def _solve_adaptive(
@@ -299,7 +279,7 @@ class LatentFlow(nn.Module):
     ) -> FlowResult:
         """Exact log p(z) of latents at t1: integrate back to t0 and add the accumulated trace."""
         solver = solver or SolverConfig()
-        times = torch.tensor([self.t1, self.t0])
+        times = torch.tensor([self.t1, self.t0], dtype=torch.float64)
         result = self._solve(z, times, labels, solver, density=True, kinetic=kinetic)
         z0 = result.z[-1]
         result.log_prob = self.base_log_prob(z0) - result.log_prob
@@ -317,5 +297,5 @@ class LatentFlow(nn.Module):
     ) -> FlowResult:
         """Push base samples forward to t1; `z` holds the latents at `steps` evenly spaced times."""
         solver = solver or SolverConfig()
-        times = torch.linspace(self.t0, self.t1, steps)
+        times = torch.linspace(self.t0, self.t1, steps, dtype=torch.float64)  # cast to the latents' dtype
         return self._solve(z0, times, labels, solver, density=False, kinetic=False)

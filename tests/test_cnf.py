@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from latent_cnf import ModelConfig, SolverConfig, SolverError
+from latent_cnf import ModelConfig, SolverConfig, SolverError, fixed_step
 from latent_cnf.cnf import HyperDynamics, LatentFlow
 
 TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
@@ -71,10 +71,44 @@ def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, cal
 
     result = flow.log_prob(z, labels, solver)
     grid = {"step_size": (flow.t1 - flow.t0) / 7}
-    z0, change = odeint(per_call, (z, z.new_zeros(5)), torch.tensor([flow.t1, flow.t0]), method=method, options=grid)
+    z0, change = odeint(
+        per_call,
+        (z, z.new_zeros(5)),
+        torch.tensor([flow.t1, flow.t0], dtype=torch.float64),
+        method=method,
+        options=grid,
+    )
     assert result.nfe == 7 * calls_per_step
-    torch.testing.assert_close(result.z, z0[-1], atol=1e-8, rtol=0)  # float32 times
-    torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-8, rtol=0)
+    torch.testing.assert_close(result.z, z0[-1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fixed_step_loop_equals_torchdiffeq_without_density_and_between_grid_points(method, conditional):
+    """The plain loop of fixed_step.py is torchdiffeq's solver, to float64 rounding: trajectories at times
+    off the grid (torchdiffeq interpolates linearly there) and the kinetic energy included."""
+    flow = flow_2d(cnf_conditional=conditional)
+    z0 = torch.randn(5, 2, dtype=torch.float64) * flow.base_std
+    labels = torch.arange(5) if conditional else None
+    solver = SolverConfig(method=method, steps=7)
+    times = torch.linspace(flow.t0, flow.t1, 4, dtype=torch.float64)  # 10/3 apart, the grid 10/7: no overlap
+
+    def per_call(t, z):
+        return flow.dynamics(t, z, labels, with_trace=False)[0]
+
+    grid = {"grid_constructor": lambda func, y0, t: fixed_step.fixed_grid(t, 7)}
+    expected = odeint(per_call, z0, times, method=method, options=grid)
+    torch.testing.assert_close(flow.transform(z0, labels, solver, steps=4).z, expected, atol=1e-12, rtol=0)
+    energy = flow.log_prob(z0, labels, solver, kinetic=True).kinetic
+
+    def with_energy(t, state):
+        dz, trace = flow.dynamics(t, state[0], labels)
+        return dz, -trace, (dz * dz).sum(-1)
+
+    backwards = torch.tensor([flow.t1, flow.t0], dtype=torch.float64)
+    state = (z0, z0.new_zeros(5), z0.new_zeros(5))
+    torch.testing.assert_close(energy, -odeint(with_energy, state, backwards, method=method, options=grid)[2][-1])
 
 
 def test_base_density_is_a_buffer():
