@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, SolverConfig
 from .model import LatentCNF
 
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
@@ -57,12 +58,30 @@ def read_card(name_or_path: str | Path) -> dict[str, Any]:
     return json.loads((resolve(name_or_path) / CARD_FILE).read_text())
 
 
+def update_card(name_or_path: str | Path, fields: dict[str, Any]) -> Path:
+    """Merge `fields` into a checkpoint's card (e.g. the calibrated solvers); the weights are not touched."""
+    folder = resolve(name_or_path)
+    card = {**read_card(folder), **fields}
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def card_solvers(card: dict[str, Any]) -> dict[str, SolverConfig]:
+    """The calibrated default solvers a card holds ("sample", "score"), if train.calibrate wrote them."""
+    fields = {f.name for f in dataclasses.fields(SolverConfig)}
+    return {
+        use: SolverConfig(**{k: v for k, v in spec.items() if k in fields})
+        for use, spec in card.get("solvers", {}).items()
+        if use in ("sample", "score")
+    }
+
+
 def sha256(name_or_path: str | Path) -> str:
     return hashlib.sha256((resolve(name_or_path) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentCNF:
-    """A ready model in eval mode on `device`."""
+    """A ready model in eval mode on `device`, with the card's calibrated solvers as its defaults."""
     folder = resolve(name_or_path)
     card = json.loads((folder / CARD_FILE).read_text())
     try:
@@ -83,4 +102,6 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Latent
             f"unexpected {sorted(unexpected)}, wrong shape {sorted(wrong)}"
         )
     model.load_state_dict(state)
+    for use, solver in card_solvers(card).items():
+        setattr(model, f"{use}_solver", solver)
     return model.to(device).eval()

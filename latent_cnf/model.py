@@ -61,6 +61,9 @@ class LatentCNF(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # The solvers used when a call names none; `latent_cnf.load` sets the card's calibrated ones.
+        self.sample_solver: SolverConfig = config.sample_solver
+        self.score_solver: SolverConfig = SolverConfig()
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.prior = build_prior(config)
@@ -130,7 +133,7 @@ class LatentCNF(nn.Module):
         self, z0: torch.Tensor, labels: torch.Tensor | None, solver: SolverConfig | None = None, steps: int = 2
     ) -> Trajectory:
         """Run base noise through the flow and decode it at `steps` evenly spaced times."""
-        solver = solver or self.config.sample_solver
+        solver = solver or self.sample_solver
         result = self.prior.transform(z0, labels, solver, steps)
         latents = result.z
         images = self.decode_images(latents.reshape(-1, latents.shape[-1]))
@@ -182,6 +185,7 @@ class LatentCNF(nn.Module):
         """
         if k < 1:
             raise ValueError("importance_samples must be >= 1")
+        solver = solver or self.score_solver
         x = images.reshape(len(images), -1).to(self.device, torch.float32)
         classes = self.config.score_classes
         chunk = max(1, max_rows // (classes * k))
@@ -204,9 +208,7 @@ class LatentCNF(nn.Module):
             nfe=sum(p["nfe"] for p in parts),
         )
 
-    def _score_chunk(
-        self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig | None, seeds: torch.Tensor
-    ) -> dict:
+    def _score_chunk(self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig, seeds: torch.Tensor) -> dict:
         n, d = len(x), self.config.latent_dim
         labels = torch.arange(classes, device=x.device).repeat(n) if classes > 1 else None
         x_rows = x.repeat_interleave(classes, 0)

@@ -108,8 +108,8 @@ class ModelHub:
             metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
             if self.settings.warmup:
                 with torch.inference_mode():
-                    model.sample(2, seed=0, solver=self.settings.default_solver)
-                    model.score(torch.zeros(1, 28, 28), k=2, solver=self.settings.score_solver)
+                    model.sample(2, seed=0, solver=self.settings.sample_solver(model.sample_solver))
+                    model.score(torch.zeros(1, 28, 28), k=2, solver=self.settings.score_solver(model.score_solver))
             log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
         if self.settings.default_model not in self.models:
             raise RuntimeError(f"default model {self.settings.default_model!r} is not among {sorted(self.models)}")
@@ -124,9 +124,9 @@ class ModelHub:
             raise ServiceError(404, "unknown_model", f"no model {name!r}; served models: {sorted(self.models)}")
         return self.models[name]
 
-    def solver(self, spec: dict[str, Any] | None) -> SolverConfig:
-        """The settings' default solver with the request's fields on top."""
-        base = self.settings.default_solver
+    def solver(self, served: ServedModel, spec: dict[str, Any] | None) -> SolverConfig:
+        """The model's calibrated sampling solver, the settings' overrides, then the request's fields on top."""
+        base = self.settings.sample_solver(served.model.sample_solver)
         if not spec:
             return base
         try:
@@ -192,7 +192,8 @@ class ModelHub:
     def _score(self, served: ServedModel, k: int, jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], int]:
         images = torch.cat([job.payload.images for job in jobs])
         seeds = torch.cat([job.payload.seed + torch.arange(len(job.payload.images)) for job in jobs])
-        score = served.model.score(images, k=k, seed=seeds, solver=self.settings.score_solver)
+        solver = self.settings.score_solver(served.model.score_solver)
+        score = served.model.score(images, k=k, seed=seeds, solver=solver)
         fields = {
             "log_likelihood_nats": score.log_likelihood,
             "elbo_nats": score.elbo,

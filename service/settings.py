@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -32,30 +33,34 @@ class Settings(BaseSettings):
     ood_percentile: float = Field(
         1.0, ge=0, le=100, description="score percentile below which an image is called out of distribution"
     )
-    solver_method: Literal["dopri5", "rk4", "midpoint", "euler"] = Field(
-        "rk4", description="ODE solver when a request names none (see the README for the accuracy trade-off)"
+    solver_method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = Field(
+        None, description="sampling solver when a request names none (default: each checkpoint's calibrated one)"
     )
-    solver_steps: int = Field(32, ge=1, le=1000, description="steps of a fixed-step default solver")
-    solver_rtol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 relative tolerance (also for /score)")
-    solver_atol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance (also for /score)")
+    solver_steps: int | None = Field(
+        None, ge=1, le=1000, description="steps of a fixed-step sampling solver (default: the checkpoint's)"
+    )
+    solver_rtol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 relative tolerance")
+    solver_atol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance")
+    exact_scores: bool = Field(
+        False, description="score with dopri5 at the tolerances above instead of the checkpoint's calibrated solver"
+    )
     max_nfe: int = Field(10_000, ge=1, description="a solve needing more function evaluations fails with 422")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     warmup: bool = Field(True, description="run one sample and one score per model before reporting ready")
 
-    @property
-    def default_solver(self) -> SolverConfig:
-        return SolverConfig(
-            method=self.solver_method,
-            steps=self.solver_steps,
-            rtol=self.solver_rtol,
-            atol=self.solver_atol,
-            max_nfe=self.max_nfe,
-        )
+    def sample_solver(self, calibrated: SolverConfig) -> SolverConfig:
+        """A checkpoint's calibrated sampling solver with what these settings override."""
+        overrides = {"method": self.solver_method, "steps": self.solver_steps}
+        return self._with_limits(calibrated, **{k: v for k, v in overrides.items() if v is not None})
 
-    @property
-    def score_solver(self) -> SolverConfig:
-        """Scores need the exact density, so they always use the adaptive solver."""
-        return SolverConfig(method="dopri5", rtol=self.solver_rtol, atol=self.solver_atol, max_nfe=self.max_nfe)
+    def score_solver(self, calibrated: SolverConfig) -> SolverConfig:
+        """A checkpoint's calibrated scoring solver, or dopri5 when exact scores are asked for."""
+        return self._with_limits(calibrated, **({"method": "dopri5"} if self.exact_scores else {}))
+
+    def _with_limits(self, solver: SolverConfig, **changes: object) -> SolverConfig:
+        return dataclasses.replace(
+            solver, rtol=self.solver_rtol, atol=self.solver_atol, max_nfe=self.max_nfe, **changes
+        )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ async def generate(
     """Draw `n` samples; the same seed and parameters give the same images."""
     served = hub.get(body.model)
     hub.check_label(served, body.label)
-    solver = hub.solver(body.solver.model_dump() if body.solver else None)
+    solver = hub.solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
     path = await hub.submit(
         ("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed, body.temperature)

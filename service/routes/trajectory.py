@@ -37,7 +37,7 @@ async def trajectory(
     served = hub.get(model)
     hub.check_label(served, label)
     seed = fresh_seed(seed)
-    solver = hub.solver(None)
+    solver = hub.solver(served, None)
     path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed, temperature))
     if format == "png":
         return Response(png_bytes(trajectory_strip(path.times, path.images)), media_type="image/png")

@@ -1,0 +1,72 @@
+"""python -m train.calibrate on a small model, and the calibrated solvers every shipped card carries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import latent_cnf
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, checkpoints
+from train import calibrate
+
+TINY = ["--samples", "40", "--reference-images", "64", "--score-images", "4", "--importance-samples", "2"]
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = LatentCNF(dataclasses.replace(PRESETS["final-cond"].model, encoder_hidden=(32,), decoder_hidden=(32,)))
+    return checkpoints.save(model, tmp_path / "small", {"dataset": "mnist"})
+
+
+def test_candidates_are_cheapest_first_and_cover_every_fixed_step_method():
+    costs = [calibrate.nfe(s) for s in calibrate.candidates()]
+    assert costs == sorted(costs) and costs[0] == 2
+    assert {s.method for s in calibrate.candidates()} == {"euler", "midpoint", "rk4"}
+
+
+def test_cheapest_takes_the_first_row_within_every_budget():
+    rows = [
+        {"solver": "euler x 2", "a": 0.5, "b": 0.0},
+        {"solver": "rk4 x 2", "a": 0.1, "b": 0.2},
+        {"solver": "rk4 x 4", "a": 0.1, "b": 0.0},
+    ]
+    assert calibrate.cheapest(rows, {"a": 0.2, "b": 0.1})["solver"] == "rk4 x 4"
+    with pytest.raises(SystemExit, match="no candidate"):
+        calibrate.cheapest(rows, {"a": 0.01})
+
+
+def test_calibration_writes_solvers_the_loaded_model_uses(small_checkpoint, tiny_dataset, capsys):
+    calibrate.main(["--checkpoint", str(small_checkpoint), "--data-dir", str(tiny_dataset), *TINY])
+    card = checkpoints.read_card(small_checkpoint)
+    sample, score = card["solvers"]["sample"], card["solvers"]["score"]
+    assert sample["max_pixel_error"] <= 0.05 and sample["fid_change"] <= 0.005
+    assert score["max_error_nats"] <= 0.02 and score["mean_error_nats"] <= score["max_error_nats"]
+    assert sample["method"] in ("euler", "midpoint", "rk4") and sample["nfe"] >= 2
+    assert card["solvers"]["calibration"]["command"].startswith("python -m train.calibrate --checkpoint")
+    assert len(card["solvers"]["calibration"]["scoring"]) == len(calibrate.candidates())
+    model = latent_cnf.load(small_checkpoint)
+    assert model.sample_solver == SolverConfig(sample["method"], steps=sample["steps"])
+    assert model.score_solver == SolverConfig(score["method"], steps=score["steps"])
+    assert model.sample(3, seed=0).nfe == sample["nfe"]
+    assert "wrote the solvers" in capsys.readouterr().out
+
+
+def test_dry_run_leaves_the_card_alone(small_checkpoint, tiny_dataset):
+    before = checkpoints.read_card(small_checkpoint)
+    calibrate.main(["--checkpoint", str(small_checkpoint), "--data-dir", str(tiny_dataset), *TINY, "--dry-run"])
+    assert checkpoints.read_card(small_checkpoint) == before
+    assert latent_cnf.load(small_checkpoint).score_solver == SolverConfig()  # uncalibrated: exact dopri5
+
+
+@pytest.mark.parametrize("name", latent_cnf.available())
+def test_every_shipped_checkpoint_is_calibrated_within_the_budgets(name):
+    solvers = checkpoints.read_card(name)["solvers"]
+    budgets = solvers["calibration"]["budgets"]
+    assert solvers["sample"]["max_pixel_error"] <= budgets["max_pixel_error"] <= 0.05
+    assert solvers["sample"]["fid_change"] <= budgets["fid_change"] <= 0.01
+    assert solvers["score"]["max_error_nats"] <= budgets["max_score_error_nats"] <= 0.05
+    model = latent_cnf.load(name)
+    assert model.sample_solver.method != "dopri5" and model.score_solver.method != "dopri5"

@@ -1,0 +1,209 @@
+"""python -m train.calibrate: the cheapest fixed-step solvers that stay within an error budget, per checkpoint.
+
+Against a tight reference solve (per-sample dopri5 at rtol = atol = 1e-7), every candidate (euler, midpoint
+and rk4 at 2 to 128 steps) is measured
+- for sampling: on `--samples` base draws (labels from the uniform class prior), the worst pixel error of
+  the decoded images and the relative change of their FID (judge features, against `--reference-images`
+  training images);
+- for scoring: on the first `--score-images` test images (binarized as in train.evaluate), the absolute error
+  of the IWAE bound in nats, with K = `--importance-samples` and the same proposals as the reference.
+The cheapest candidate (fewest function evaluations) within every budget is written to the checkpoint's card
+under "solvers", with its errors, every candidate's errors and this command; `latent_cnf.load` then uses them
+whenever a call names no solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from latent_cnf import SolverConfig, checkpoints, data
+from latent_cnf.config import FIXED_STEP_METHODS
+from latent_cnf.device import resolve_device
+from latent_cnf.fixed_step import STAGE_FRACTIONS
+from latent_cnf.model import LatentCNF
+
+from .evaluate import PROTOCOL_SEED, binarized, random_subset
+from .loop import git_commit
+from .metrics.classifier import embed, load_classifier
+from .metrics.fid import fid
+
+REFERENCE = SolverConfig("dopri5", rtol=1e-7, atol=1e-7, max_nfe=1_000_000)
+STEPS = (2, 4, 8, 16, 32, 64, 128)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
+    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    parser.add_argument("--samples", type=int, default=2000, help="base draws for the sampling errors (%(default)s)")
+    parser.add_argument("--reference-images", type=int, default=10_000, help="training images behind the FID")
+    parser.add_argument("--score-images", type=int, default=100, help="test images for the score errors")
+    parser.add_argument("--importance-samples", type=int, default=16, help="K of the scores compared")
+    parser.add_argument("--max-pixel-error", type=float, default=0.05, help="sampling budget, pixel intensity")
+    parser.add_argument("--max-fid-change", type=float, default=0.005, help="sampling budget, relative FID change")
+    parser.add_argument("--max-score-error", type=float, default=0.02, help="scoring budget, nats per image")
+    parser.add_argument("--dry-run", action="store_true", help="print the table, leave the card as it is")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the base draws and importance samples")
+    return parser
+
+
+def candidates() -> list[SolverConfig]:
+    """Every fixed-step candidate, cheapest first."""
+    solvers = [SolverConfig(method, steps=steps) for method in FIXED_STEP_METHODS for steps in STEPS]
+    return sorted(solvers, key=lambda s: (nfe(s), s.method))
+
+
+def nfe(solver: SolverConfig) -> int:
+    return len(STAGE_FRACTIONS[solver.method]) * solver.steps
+
+
+def name(solver: SolverConfig) -> str:
+    return f"{solver.method} x {solver.steps}"
+
+
+def sampling_errors(
+    model: LatentCNF, judge: torch.nn.Module, train_features: torch.Tensor, args: argparse.Namespace
+) -> list[dict]:
+    """Worst pixel error and relative FID change of each candidate against the reference's samples."""
+    z0, labels = model.draw_base(args.samples, seed=args.seed)
+
+    def images(solver: SolverConfig) -> torch.Tensor:
+        return model.generate(z0, labels, solver).images[-1].reshape(args.samples, -1).cpu()
+
+    def fid_of(pictures: torch.Tensor) -> float:
+        return fid(embed(judge, pictures, 1000)[0].numpy(), train_features.numpy())
+
+    reference = images(REFERENCE)
+    reference_fid = fid_of(reference)
+    rows = []
+    for solver in tqdm(candidates(), desc="sampling candidates", leave=False):
+        pictures = images(solver)
+        rows.append(
+            {
+                "solver": name(solver),
+                "nfe": nfe(solver),
+                "max_pixel_error": float((pictures - reference).abs().max()),
+                "fid_change": abs(fid_of(pictures) - reference_fid) / reference_fid,
+            }
+        )
+    return [{"reference_fid": reference_fid}, *rows]
+
+
+def scoring_errors(model: LatentCNF, test_images: torch.Tensor, args: argparse.Namespace) -> list[dict]:
+    """Worst and mean absolute error of each candidate's IWAE bound against the reference's, same proposals."""
+    x = binarized(test_images[: args.score_images]).to(model.device)
+    seeds = args.seed + torch.arange(len(x))
+
+    def bound(solver: SolverConfig) -> torch.Tensor:
+        return model.score(x, k=args.importance_samples, solver=solver, seed=seeds).log_likelihood.cpu()
+
+    reference = bound(REFERENCE)
+    rows = []
+    for solver in tqdm(candidates(), desc="scoring candidates", leave=False):
+        error = (bound(solver) - reference).abs()
+        rows.append(
+            {
+                "solver": name(solver),
+                "nfe": nfe(solver),
+                "max_error_nats": float(error.max()),
+                "mean_error_nats": float(error.mean()),
+            }
+        )
+    return rows
+
+
+def cheapest(rows: list[dict], within: dict[str, float]) -> dict:
+    """The first row (rows are cheapest first) whose every measured error is within its budget."""
+    for row in rows:
+        if all(row[key] <= limit for key, limit in within.items()):
+            return row
+    raise SystemExit(f"error: no candidate within {within}; the most accurate measured {rows[-1]}")
+
+
+def as_solver(row: dict) -> dict:
+    method, steps = row["solver"].split(" x ")
+    return {"method": method, "steps": int(steps), **{k: v for k, v in row.items() if k != "solver"}}
+
+
+def table(title: str, rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k != "solver"]
+    lines = [f"{title}\n{'solver':<16}" + "".join(f"{k:>18}" for k in keys)]
+    lines += [f"{r['solver']:<16}" + "".join(f"{r[k]:>18.4g}" for k in keys) for r in rows]
+    return "\n".join(lines)
+
+
+def calibrate(args: argparse.Namespace, command: str) -> dict:
+    device = resolve_device(args.device)
+    model = checkpoints.load(args.checkpoint, device)
+    card = checkpoints.read_card(args.checkpoint)
+    dataset = card["dataset"]
+    started = time.perf_counter()
+    train = data.load_split(dataset, "train", args.data_dir)
+    test = data.load_split(dataset, "test", args.data_dir)
+    judge = load_classifier(dataset, device)
+    chosen_train = random_subset(len(train), args.reference_images)
+    train_features = embed(judge, data.to_float(train.images[chosen_train]).reshape(-1, 784), 1000)[0]
+    reference_fid, *sampling = sampling_errors(model, judge, train_features, args)
+    scoring = scoring_errors(model, test.images, args)
+    print(table("sampling (vs dopri5 1e-7, FID change relative)", sampling))
+    print(table("scoring (vs dopri5 1e-7, nats)", scoring))
+    sample = cheapest(sampling, {"max_pixel_error": args.max_pixel_error, "fid_change": args.max_fid_change})
+    score = cheapest(scoring, {"max_error_nats": args.max_score_error})
+    return {
+        "sample": as_solver(sample),
+        "score": as_solver(score),
+        "calibration": {
+            "reference": "dopri5, rtol = atol = 1e-7, step size per sample",
+            "reference_fid": reference_fid["reference_fid"],
+            "budgets": {
+                "max_pixel_error": args.max_pixel_error,
+                "fid_change": args.max_fid_change,
+                "max_score_error_nats": args.max_score_error,
+            },
+            "samples": args.samples,
+            "reference_images": args.reference_images,
+            "score_images": args.score_images,
+            "importance_samples": args.importance_samples,
+            "protocol_seed": PROTOCOL_SEED,
+            "seed": args.seed,
+            "sampling": sampling,
+            "scoring": scoring,
+            "command": command,
+            "git_commit": git_commit(),
+            "date": datetime.date.today().isoformat(),
+            "device": str(device),
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        solvers = calibrate(args, shlex.join(["python", "-m", "train.calibrate", *argv]))
+    except (data.DataError, checkpoints.CheckpointError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for use in ("sample", "score"):
+        print(f"{use}: {solvers[use]['method']} x {solvers[use]['steps']}")
+    if not args.dry_run:
+        folder = checkpoints.update_card(args.checkpoint, {"solvers": solvers})
+        print(f"wrote the solvers to {folder / checkpoints.CARD_FILE}")
+
+
+if __name__ == "__main__":
+    main()
