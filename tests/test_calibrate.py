@@ -27,13 +27,15 @@ def test_candidates_are_cheapest_first_and_cover_every_fixed_step_method():
     assert {s.method for s in calibrate.candidates()} == {"euler", "midpoint", "rk4"}
 
 
-def test_cheapest_takes_the_first_row_within_every_budget():
+def test_cheapest_takes_the_fewest_evaluations_within_every_budget_then_the_smallest_error():
     rows = [
-        {"solver": "euler x 2", "a": 0.5, "b": 0.0},
-        {"solver": "rk4 x 2", "a": 0.1, "b": 0.2},
-        {"solver": "rk4 x 4", "a": 0.1, "b": 0.0},
+        {"solver": "euler x 2", "nfe": 2, "a": 0.5, "b": 0.0},
+        {"solver": "rk4 x 2", "nfe": 8, "a": 0.1, "b": 0.2},
+        {"solver": "rk4 x 4", "nfe": 16, "a": 0.1, "b": 0.0},
     ]
     assert calibrate.cheapest(rows, {"a": 0.2, "b": 0.1})["solver"] == "rk4 x 4"
+    tied = [{"solver": "midpoint x 4", "nfe": 8, "a": 0.1}, {"solver": "rk4 x 2", "nfe": 8, "a": 0.01}]
+    assert calibrate.cheapest(tied, {"a": 0.2})["solver"] == "rk4 x 2"
     with pytest.raises(SystemExit, match="no candidate"):
         calibrate.cheapest(rows, {"a": 0.01})
 

@@ -52,11 +52,13 @@ async def score_many(url: str, uploads: list[bytes]) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post("/score", files={"file": ("x.png", data)}) for data in uploads))
 
 
-def test_a_score_is_the_same_alone_and_merged_with_15_others(data_dir):
-    """/score solves with dopri5: per-sample step control keeps one upload's score free of its batch-mates'."""
+@pytest.mark.parametrize("exact", ["true", "false"])
+def test_a_score_is_the_same_alone_and_merged_with_15_others(data_dir, exact):
+    """With dopri5 (exact scores) per-sample step control, with the calibrated rk4 its fixed steps, keep one
+    upload's score free of its batch-mates'."""
     digits = load_split("mnist", "test", data_dir, download=False).images[:16]
     uploads = [png(digit.numpy()) for digit in digits]
-    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "500"}
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "500", "LATENT_CNF_EXACT_SCORES": exact}
     with running_service(env) as url:
         alone = httpx.post(f"{url}/score", files={"file": ("x.png", uploads[0])}, timeout=60).json()["results"][0]
         before = httpx.get(f"{url}/metrics").text

@@ -125,11 +125,13 @@ def scoring_errors(model: LatentCNF, test_images: torch.Tensor, args: argparse.N
 
 
 def cheapest(rows: list[dict], within: dict[str, float]) -> dict:
-    """The first row (rows are cheapest first) whose every measured error is within its budget."""
-    for row in rows:
-        if all(row[key] <= limit for key, limit in within.items()):
-            return row
-    raise SystemExit(f"error: no candidate within {within}; the most accurate measured {rows[-1]}")
+    """The row with the fewest evaluations whose every measured error is within its budget; at equal cost, the
+    one with the smallest first error."""
+    passing = [row for row in rows if all(row[key] <= limit for key, limit in within.items())]
+    if not passing:
+        raise SystemExit(f"error: no candidate within {within}; the most accurate measured {rows[-1]}")
+    first = next(iter(within))
+    return min(passing, key=lambda row: (row["nfe"], row[first]))
 
 
 def as_solver(row: dict) -> dict:
