@@ -29,17 +29,23 @@ def test_candidates_cover_every_fixed_step_method_and_fall_back_to_dopri5():
     assert calibrate.name(solvers[-1]) == "dopri5 1e-05"
 
 
-def test_cheapest_takes_the_fewest_evaluations_within_every_budget_then_the_smallest_error():
-    rows = [
-        {"solver": "euler x 2", "nfe": 2, "a": 0.5, "b": 0.0},
-        {"solver": "rk4 x 2", "nfe": 8, "a": 0.1, "b": 0.2},
-        {"solver": "rk4 x 4", "nfe": 16, "a": 0.1, "b": 0.0},
-    ]
-    assert calibrate.cheapest(rows, {"a": 0.2, "b": 0.1})["solver"] == "rk4 x 4"
-    tied = [{"solver": "midpoint x 4", "nfe": 8, "a": 0.1}, {"solver": "rk4 x 2", "nfe": 8, "a": 0.01}]
-    assert calibrate.cheapest(tied, {"a": 0.2})["solver"] == "rk4 x 2"
+def rows(*specs: tuple[str, int, float]) -> list[dict]:
+    return [{"solver": n, "nfe": nfe, "a": a, "spec": {"method": n.split()[0]}} for n, nfe, a in specs]
+
+
+def test_cheapest_takes_the_fewest_evaluations_within_budget_then_the_smallest_error():
+    candidates = rows(("euler x 2", 2, 0.5), ("rk4 x 2", 8, 0.3), ("midpoint x 4", 8, 0.1), ("rk4 x 4", 16, 0.01))
+    assert calibrate.cheapest(candidates, {"a": 0.2})["solver"] == "midpoint x 4"
+    assert calibrate.cheapest(candidates, {"a": 0.4})["solver"] == "midpoint x 4"  # equal cost: the smaller error
+    assert calibrate.cheapest(candidates, {"a": 0.05})["solver"] == "rk4 x 4"
     with pytest.raises(SystemExit, match="no candidate"):
-        calibrate.cheapest(rows, {"a": 0.01})
+        calibrate.cheapest(candidates, {"a": 0.001})
+
+
+def test_dopri5_only_when_no_fixed_step_solver_is_within_budget():
+    candidates = rows(("dopri5 1e-05", 40, 0.001), ("rk4 x 16", 64, 0.01), ("rk4 x 32", 128, 0.002))
+    assert calibrate.cheapest(candidates, {"a": 0.02})["solver"] == "rk4 x 16"
+    assert calibrate.cheapest(candidates, {"a": 0.0015})["solver"] == "dopri5 1e-05"
 
 
 def test_calibration_writes_solvers_the_loaded_model_uses(small_checkpoint, tiny_dataset, capsys):

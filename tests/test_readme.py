@@ -22,6 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
+import latent_cnf
+from latent_cnf import SolverConfig, checkpoints
+
 from .conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -204,3 +207,28 @@ def test_quick_evaluation_prints_the_rows_the_readme_shows(data_dir, tmp_path, c
     for line in shown.strip().splitlines():
         name, value = line.split()
         assert_shown(float(value), float(printed[name]), name)
+
+
+def calibration_rows() -> dict[str, list[str]]:
+    section = README[README.index("**Calibrated solvers.**") :]
+    rows = re.findall(r"^\| `([\w-]+)` \|(.*)\|$", section[: section.index("\n\n", section.index("| ---"))], re.M)
+    return {name: [cell.strip() for cell in cells.split("|")] for name, cells in rows}
+
+
+@pytest.mark.parametrize("name", latent_cnf.available())
+def test_calibration_table_matches_the_cards(name):
+    from train.calibrate import name as solver_name
+
+    sample, score = (checkpoints.read_card(name)["solvers"][use] for use in ("sample", "score"))
+
+    def label(entry: dict) -> str:
+        spec = SolverConfig(**{k: entry[k] for k in ("method", "steps", "rtol", "atol")})
+        return f"{solver_name(spec)} ({entry['nfe']})"
+
+    cells = calibration_rows()[name]
+    assert cells[0] == label(sample) and cells[3] == label(score)
+    assert_shown(float(cells[1]), sample["max_pixel_error"], f"{name} pixel error")
+    assert_shown(float(cells[2].rstrip(" %")), 100 * sample["fid_change"], f"{name} FID change")
+    worst, mean = (float(v) for v in cells[4].split(" / "))
+    assert_shown(worst, score["max_error_nats"], f"{name} worst score error")
+    assert_shown(mean, score["mean_error_nats"], f"{name} mean score error")
