@@ -8,8 +8,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import grid, image_pngs, png_bytes
+from latent_cnf.model import Trajectory
 
 from ..dependencies import fresh_seed, get_hub
 from ..inference import ModelHub, SampleJob
@@ -43,12 +45,19 @@ async def generate(
     path = await hub.submit(
         ("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed, body.temperature)
     )
+    return await run_in_threadpool(respond, served.name, body, seed, path, wants_png(request, format))
+
+
+def respond(
+    model: str, body: GenerateRequest, seed: int, path: Trajectory, as_png: bool
+) -> GenerateResponse | Response:
+    """PNG encoding off the event loop and off the inference thread: a worker thread per response."""
     images = path.images[-1]
-    if wants_png(request, format):
+    if as_png:
         columns = math.ceil(math.sqrt(body.n))
         return Response(png_bytes(grid(images, columns)), media_type="image/png")
     return GenerateResponse(
-        model=served.name,
+        model=model,
         n=body.n,
         label=body.label,
         labels=path.labels.tolist() if path.labels is not None else None,

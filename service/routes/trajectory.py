@@ -7,9 +7,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
-from latent_cnf.model import MAX_TEMPERATURE
+from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
 from ..dependencies import fresh_seed, get_hub
 from ..inference import ModelHub, SampleJob
@@ -39,12 +40,19 @@ async def trajectory(
     seed = fresh_seed(seed)
     solver = hub.solver(served, None)
     path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed, temperature))
-    if format == "png":
+    return await run_in_threadpool(respond, served.name, seed, temperature, label, path, format == "png")
+
+
+def respond(
+    model: str, seed: int, temperature: float, label: int | None, path: Trajectory, as_png: bool
+) -> Response | TrajectoryResponse:
+    """PNG encoding off the event loop and off the inference thread."""
+    if as_png:
         return Response(png_bytes(trajectory_strip(path.times, path.images)), media_type="image/png")
     return TrajectoryResponse(
-        model=served.name,
-        n=n,
-        steps=steps,
+        model=model,
+        n=path.latents.shape[1],
+        steps=len(path.times),
         seed=seed,
         temperature=temperature,
         label=label,
