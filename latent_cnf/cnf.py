@@ -154,6 +154,21 @@ def _derivatives(dz: torch.Tensor, trace: torch.Tensor | None, kinetic: bool) ->
 
 
 @dataclass
+class Problem:
+    """One integration: latents over `times`, and what to track beside them."""
+
+    z: torch.Tensor
+    times: torch.Tensor
+    labels: torch.Tensor | None
+    solver: SolverConfig
+    density: bool
+    kinetic: bool
+
+
+Solution = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # path, log-density change, kinetic energy
+
+
+@dataclass
 class FlowResult:
     """Outcome of integrating latents through the flow."""
 
@@ -201,55 +216,38 @@ class LatentFlow(nn.Module):
         """Integrate z (and, when asked, the log-density change and kinetic energy) over `times`."""
         counter = EvaluationCounter(solver.max_nfe)
         solve = self._solve_fixed if solver.method in FIXED_STEP_METHODS else self._solve_adaptive
-        path, change, energy = solve(z, times.to(z), labels, solver, density, kinetic, counter)
+        path, change, energy = solve(Problem(z, times.to(z), labels, solver, density, kinetic), counter)
         if not torch.isfinite(path).all():
             raise SolverError("ODE solve produced non-finite latents")
         return FlowResult(z=path, log_prob=change, kinetic=energy, nfe=counter.calls)
 
-    def _solve_fixed(
-        self,
-        z: torch.Tensor,
-        times: torch.Tensor,
-        labels: torch.Tensor | None,
-        solver: SolverConfig,
-        density: bool,
-        kinetic: bool,
-        counter: EvaluationCounter,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _solve_fixed(self, p: Problem, counter: EvaluationCounter) -> Solution:
         """Exactly `steps` steps in one loop (fixed_step.py). The evaluation times are known in advance and in
         order, so every stage's parameters come from one hypernetwork call before the solve starts."""
-        table = self.dynamics.parameters_at(fixed_step.stage_times(times, solver.method, solver.steps))
+        method, steps = p.solver.method, p.solver.steps
+        table = self.dynamics.parameters_at(fixed_step.stage_times(p.times, method, steps))
 
         def derivative(call: int, state: list[torch.Tensor]) -> list[torch.Tensor]:
             counter.call()
-            dz, trace = self.dynamics.velocity(table[call], state[0], labels, with_trace=density)
-            return _derivatives(dz, trace, kinetic)
+            dz, trace = self.dynamics.velocity(table[call], state[0], p.labels, with_trace=p.density)
+            return _derivatives(dz, trace, p.kinetic)
 
-        state = [z, *(z.new_zeros(len(z)) for _ in range(density + kinetic))]
-        out = fixed_step.integrate(derivative, state, times, solver.method, solver.steps)
-        return out[0], out[1][-1] if density else None, out[-1][-1] if kinetic else None
+        state = [p.z, *(p.z.new_zeros(len(p.z)) for _ in range(p.density + p.kinetic))]
+        out = fixed_step.integrate(derivative, state, p.times, method, steps)
+        return out[0], out[1][-1] if p.density else None, out[-1][-1] if p.kinetic else None
 
-    def _solve_adaptive(
-        self,
-        z: torch.Tensor,
-        times: torch.Tensor,
-        labels: torch.Tensor | None,
-        solver: SolverConfig,
-        density: bool,
-        kinetic: bool,
-        counter: EvaluationCounter,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _solve_adaptive(self, p: Problem, counter: EvaluationCounter) -> Solution:
         """torchode's dopri5 with step-size control per sample: each sample takes the steps its own error
         estimate asks for, so its result is the same alone or in any batch (torchdiffeq shares one step size
         across the batch). It runs in float64: at the usual tolerances (1e-5) float32 rounding, which differs
         with the batch's shape, is a few percent of the error estimate and would flip accept/reject decisions.
         The state is packed as columns [z, d log p, kinetic energy]."""
-        n, d = z.shape
-        dtype, z, times = z.dtype, z.double(), times.double()
+        (n, d), dtype = p.z.shape, p.z.dtype
+        z, times, density, kinetic = p.z.double(), p.times.double(), p.density, p.kinetic
 
         def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             counter.call()
-            params = self.dynamics.row_parameters(t, labels)
+            params = self.dynamics.row_parameters(t, p.labels)
             dz, trace = self.dynamics.row_velocity(params, y[:, :d], with_trace=density)
             return torch.cat([column.reshape(n, -1) for column in _derivatives(dz, trace, kinetic)], dim=1)
 
@@ -259,7 +257,7 @@ class LatentFlow(nn.Module):
             return torch.cat([rms[:, None], error[:, d:].abs()], dim=1).amax(1)
 
         term = torchode.ODETerm(func, with_stats=False)
-        controller = torchode.IntegralController(atol=solver.atol, rtol=solver.rtol, term=term, norm=norm)
+        controller = torchode.IntegralController(atol=p.solver.atol, rtol=p.solver.rtol, term=term, norm=norm)
         integrator = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
         y0 = torch.cat([z, z.new_zeros(n, density + kinetic)], dim=1)
         solution = integrator.solve(torchode.InitialValueProblem(y0=y0, t_eval=times.expand(n, -1)))
