@@ -155,7 +155,7 @@ def test_python_examples_run_as_written(data_dir, monkeypatch):
     assert namespace["samples"].labels.tolist() == [3] * 16
     assert namespace["path"].images.shape == (11, 4, 1, 28, 28)
     assert namespace["score"].log_likelihood.shape == (8,) and (namespace["score"].log_likelihood < 0).all()
-    assert namespace["density"].log_prob.shape == (16,)
+    assert namespace["density"].log_prob.shape == (16,) and namespace["density"].log_prob.requires_grad
 
 
 def test_shipped_example_image_is_the_first_mnist_test_digit(data_dir):
@@ -201,7 +201,7 @@ def test_quick_evaluation_prints_the_rows_the_readme_shows(data_dir, tmp_path, c
     words = shlex.split(command.replace("\\\n", " "))
     words = words[words.index("train.evaluate") + 1 :]
     words[words.index("--data-dir") + 1] = str(data_dir)
-    words[words.index("--json") + 1] = str(tmp_path / "out.json")
+    words += ["--json", str(tmp_path / "out.json")]
     evaluate.main(words)
     printed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines() if line.strip())
     for line in shown.strip().splitlines():

@@ -20,10 +20,14 @@ from .loop import RunOptions, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="final-cond")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="final-cond", help="what to train (--list-presets)"
+    )
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")

@@ -40,13 +40,17 @@ STEPS = (2, 4, 8, 16, 32, 64, 128)
 TOLERANCES = (1e-3, 1e-5)  # dopri5 candidates, for flows no fixed-step solver follows within budget
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, every option with its default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m train.calibrate", description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
     parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--samples", type=int, default=2000, help="base draws for the sampling errors (%(default)s)")
+    parser.add_argument("--samples", type=int, default=2000, help="base draws for the sampling errors")
     parser.add_argument("--reference-images", type=int, default=10_000, help="training images behind the FID")
     parser.add_argument("--score-images", type=int, default=100, help="test images for the score errors")
     parser.add_argument("--importance-samples", type=int, default=16, help="K of the scores compared")
