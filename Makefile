@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-all lint bench install
+.PHONY: serve test test-all lint bench install gpu-bundle
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,17 @@ test-all: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+# For bench/gpu.sh on the lent GPU machine (Python 3.12, torch and torchdiffeq, no network): the wheels it
+# lacks and the MNIST files, in .device/ (gitignored), to carry along. About 15 MiB.
+DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
+GPU_WHEELS := fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn python-multipart \
+	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection
+GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
+
+gpu-bundle:
+	rm -rf .device && mkdir -p .device/wheels .device/data
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .device/wheels $(GPU_WHEELS)
+	cp -r $(DATA)/mnist .device/data/
+	du -sh .device
