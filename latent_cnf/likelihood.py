@@ -11,8 +11,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(x | z) summed over pixels; the sigmoid stays inside the loss for stability."""
-    return -F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
+    """log p(x | z) summed over pixels: x * l - softplus(l), stable for any logit and any target in [0, 1]
+    (grey targets give the cross-entropy). Targets broadcast, so K proposals can share one image row."""
+    return (targets * logits - F.softplus(logits)).sum(-1)
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

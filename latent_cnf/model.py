@@ -220,7 +220,7 @@ class LatentCNF(nn.Module):
         log_q = gaussian_log_density(z, mean.repeat_interleave(k, 0), log_std.repeat_interleave(k, 0))
         prior_labels = labels.repeat_interleave(k) if self.prior.conditional else None
         prior = self.prior.log_prob(z, prior_labels, solver)
-        log_px = bernoulli_log_likelihood(self.decode(z), x_rows.repeat_interleave(k, 0))
+        log_px = bernoulli_log_likelihood(self.decode(z).unflatten(0, (-1, k)), x_rows.unsqueeze(1)).flatten()
         log_w = (log_px + prior.log_prob - log_q).reshape(n, classes, k)
         per_label = iwae_bound(log_w, dim=2)
         best = per_label.argmax(1)

@@ -29,6 +29,23 @@ def test_exact_trace_matches_autograd(labels, dtype, tol):
         torch.testing.assert_close(trace, autograd_trace(dz, z), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("rows", [1, 20, 700, 1000])
+def test_grouped_and_gathered_label_arrangements_give_each_row_its_labels_dynamics(rows):
+    """700 and 1000 rows of mixed labels are grouped by label, 20 gather per row, 1 is one group; every way
+    gives each row what its own label's units say, in the caller's order."""
+    torch.manual_seed(2)
+    dynamics = HyperDynamics(latent_dim=3, width=8, hidden=16, num_labels=10, label_dim=4).double()
+    z = torch.randn(rows, 3, dtype=torch.float64)
+    labels = torch.randint(10, (rows,))
+    p = dynamics.parameters_at(torch.tensor([4.0]))[0]
+    h = torch.tanh(torch.einsum("nkd,nd->nk", p.weight[labels], z) + p.bias[labels])
+    expected_dz = torch.einsum("nk,nkd->nd", h, p.output[labels])
+    expected_trace = ((1 - h * h) * p.unit_trace[labels]).sum(-1)
+    dz, trace = dynamics(torch.tensor(4.0), z, labels)
+    torch.testing.assert_close(dz, expected_dz, atol=1e-12, rtol=0)
+    torch.testing.assert_close(trace, expected_trace, atol=1e-12, rtol=0)
+
+
 def flow_2d(**overrides) -> LatentFlow:
     torch.manual_seed(0)
     return LatentFlow(ModelConfig(latent_dim=2, cnf_width=8, cnf_hidden=16, **overrides)).double()
