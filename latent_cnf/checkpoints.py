@@ -55,7 +55,11 @@ def save(model: LatentCNF, folder: str | Path, card: dict[str, Any]) -> Path:
 
 
 def read_card(name_or_path: str | Path) -> dict[str, Any]:
-    return json.loads((resolve(name_or_path) / CARD_FILE).read_text())
+    path = resolve(name_or_path) / CARD_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a readable JSON card: {error}") from error
 
 
 def update_card(name_or_path: str | Path, fields: dict[str, Any]) -> Path:
@@ -83,7 +87,7 @@ def sha256(name_or_path: str | Path) -> str:
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentCNF:
     """A ready model in eval mode on `device`, with the card's calibrated solvers as its defaults."""
     folder = resolve(name_or_path)
-    card = json.loads((folder / CARD_FILE).read_text())
+    card = read_card(folder)
     try:
         config = ModelConfig.from_dict(card["config"])
     except (KeyError, TypeError, ValueError) as error:

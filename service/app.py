@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from PIL import Image
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors, metrics
@@ -21,6 +23,7 @@ from .routes import generate, health, models, score, trajectory
 from .settings import Settings, get_settings
 
 log = logging.getLogger("latent_cnf.service")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 
 
 class RequestMetrics:
@@ -28,6 +31,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp):
         self.app = app
+        self.templates: list[tuple[re.Pattern, str]] | None = None  # the API's paths, compiled on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,9 +48,20 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")  # set by the router in place
-            metrics.REQUESTS.labels(endpoint=endpoint, method=scope["method"], status=str(status)).inc()
+            endpoint = self.endpoint(scope)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)).inc()
             metrics.REQUEST_SECONDS.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+
+    def endpoint(self, scope: Scope) -> str:
+        """The route template: set by the router, or matched against the API's paths for requests refused before
+        routing (413 on Content-Length); "unmatched" otherwise, so labels stay bounded whatever clients send."""
+        if route := scope.get("route"):
+            return route.path
+        if self.templates is None:
+            paths = scope["app"].openapi()["paths"] if "app" in scope else {}
+            self.templates = [(compile_path(path)[0], path) for path in paths]
+        return next((path for regex, path in self.templates if regex.match(scope["path"])), "unmatched")
 
 
 @asynccontextmanager

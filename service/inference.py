@@ -81,48 +81,69 @@ class ModelHub:
         self.settings = settings
         self.device = str(resolve_device(settings.device))
         self.models: dict[str, ServedModel] = {}
-        self.ready = False
+        self.failed: dict[str, str] = {}  # checkpoint -> why it could not be served
+        self.loading = True
         self.batcher: Batcher | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Every checkpoint was tried and the default model is loaded and warmed up (others may have failed)."""
+        return not self.loading and self.settings.default_model in self.models
+
     def load(self) -> None:
-        """Start the inference thread, load every model, warm each up; only then is the hub `ready`."""
+        """Start the inference thread, then load and warm up every model. A checkpoint that fails is reported
+        (log, metric, /readyz, /v1/models) and the others are served."""
         s = self.settings
         self.batcher = Batcher(self.run_batch, self.device, self.capacity, s.max_wait_ms / 1000, s.max_queue)
-        names = self.settings.models or checkpoints.available()
-        if not names:
-            raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
-        for name in names:
-            started = time.perf_counter()
-            model = latent_cnf.load(name, self.device)
-            card = checkpoints.read_card(name)
-            quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
-            served = ServedModel(
-                name=checkpoints.resolve(name).name,
-                model=model,
-                card=card,
-                sha256=checkpoints.sha256(name),
-                device=self.device,
-                reference=np.asarray(quantiles) if quantiles else None,
-            )
-            self.models[served.name] = served
-            metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
-            if self.settings.warmup:
-                with torch.inference_mode():
-                    model.sample(2, seed=0, solver=self.settings.sample_solver(model.sample_solver))
-                    model.score(torch.zeros(1, 28, 28), k=2, solver=self.settings.score_solver(model.score_solver))
-            log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
-        if self.settings.default_model not in self.models:
-            raise RuntimeError(f"default model {self.settings.default_model!r} is not among {sorted(self.models)}")
-        self.ready = True
-        metrics.READY.set(1)
+        try:
+            names = self.settings.models or checkpoints.available()
+            if not names:
+                raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
+            for name in names:
+                try:
+                    self._load(name)
+                except Exception as error:  # a bad checkpoint must not take the healthy ones down with it
+                    self.failed[checkpoints.display_name(name)] = str(error)
+                    metrics.MODEL_LOAD_FAILED.labels(model=checkpoints.display_name(name)).set(1)
+                    log.error("cannot serve checkpoint %s: %s", name, error)
+        finally:
+            self.loading = False
+            metrics.READY.set(int(self.ready))
+        if not self.ready:
+            log.error("the default model %r is not served; /readyz stays 503", self.settings.default_model)
+
+    def _load(self, name: str) -> None:
+        started = time.perf_counter()
+        model = latent_cnf.load(name, self.device)
+        card = checkpoints.read_card(name)
+        quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
+        served = ServedModel(
+            name=checkpoints.resolve(name).name,
+            model=model,
+            card=card,
+            sha256=checkpoints.sha256(name),
+            device=self.device,
+            reference=np.asarray(quantiles) if quantiles else None,
+        )
+        if self.settings.warmup:
+            with torch.inference_mode():
+                model.sample(2, seed=0, solver=self.settings.sample_solver(model.sample_solver))
+                model.score(torch.zeros(1, 28, 28), k=2, solver=self.settings.score_solver(model.score_solver))
+        self.models[served.name] = served
+        metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
+        log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
 
     def get(self, name: str | None) -> ServedModel:
-        if not self.ready:
-            raise ServiceError(503, "not_ready", "models are still loading", {"Retry-After": "1"})
+        """A loaded model: served as soon as it is warm, whatever the others are doing."""
         name = name or self.settings.default_model
-        if name not in self.models:
-            raise ServiceError(404, "unknown_model", f"no model {name!r}; served models: {sorted(self.models)}")
-        return self.models[name]
+        if name in self.models:
+            return self.models[name]
+        shown = name if len(name) <= 64 else f"{name[:64]}..."
+        if name in self.failed:
+            raise ServiceError(503, "model_unavailable", f"model {shown!r} failed to load: {self.failed[name]}")
+        if self.loading:
+            raise ServiceError(503, "not_ready", "models are still loading", {"Retry-After": "1"})
+        raise ServiceError(404, "unknown_model", f"no model {shown!r}; served models: {sorted(self.models)}")
 
     def solver(self, served: ServedModel, spec: dict[str, Any] | None) -> SolverConfig:
         """The model's calibrated sampling solver, the settings' overrides, then the request's fields on top."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from latent_cnf.model import MAX_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
+MAX_MODEL_NAME = 128
 TEMPERATURE_HELP = "scales the base noise (as in Glow): below 1, more typical samples, less variety"
 
 
@@ -28,7 +29,12 @@ class GenerateRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"n": 4, "label": 3, "seed": 7}, {"n": 16}]}
     )
 
-    model: str | None = Field(None, description="served model name (default: LATENT_CNF_DEFAULT_MODEL)")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        description="served model name (default: LATENT_CNF_DEFAULT_MODEL)",
+    )
     n: int = Field(16, ge=1, le=256, description="number of samples")
     label: int | None = Field(None, ge=0, le=9, description="digit to draw (label-conditioned models only)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted = a fresh one, returned")
@@ -102,12 +108,14 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelInfo]
+    failed: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be served, and why")
 
 
 class Health(BaseModel):
     status: str
-    ready: bool = Field(description="every model is loaded and warmed up")
+    ready: bool = Field(description="the default model is loaded and warmed up")
     models: list[str] = Field(description="models loaded so far")
+    failed: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be served, and why")
 
 
 class ErrorDetail(BaseModel):

@@ -32,9 +32,14 @@ def fashion_item(data_dir) -> bytes:
 def test_readyz_is_503_before_models_are_loaded(tmp_path):
     unstarted = TestClient(create_app(make_settings(tmp_path)))  # no lifespan: nothing loaded
     response = unstarted.get("/readyz")
-    assert response.status_code == 503 and response.json() == {"status": "loading", "ready": False, "models": []}
+    assert response.status_code == 503 and response.json() == {
+        "status": "loading",
+        "ready": False,
+        "models": [],
+        "failed": {},
+    }
     health = unstarted.get("/healthz")
-    assert health.status_code == 200 and health.json() == {"status": "ok", "ready": False, "models": []}
+    assert health.status_code == 200 and health.json() == {"status": "ok", "ready": False, "models": [], "failed": {}}
     refused = unstarted.post("/generate", json={"n": 1})
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
 
@@ -44,7 +49,7 @@ def test_health_and_ready(client):
     assert ready["status"] == "ready" and ready["ready"] is True and "mnist-final-cond" in ready["models"]
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "ready": True, "models": ready["models"]}
+    assert health.json() == {"status": "ok", "ready": True, "models": ready["models"], "failed": {}}
     assert set(ready["models"]) == {m["name"] for m in client.get("/v1/models").json()["models"]}
 
 

@@ -13,22 +13,23 @@ from ..schemas import Health
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
 async def healthz(hub: ModelHub = Depends(get_hub)) -> Health:
     """The process is alive: always 200, with the models loaded so far (more may still be loading)."""
-    return Health(status="ok", ready=hub.ready, models=sorted(hub.models))  # `ready` first: then models is complete
+    return Health(status="ok", ready=hub.ready, models=sorted(hub.models), failed=hub.failed)
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
 async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
-    """200 only when every model is loaded and warmed up."""
+    """200 once the default model is loaded and warmed up; `failed` names checkpoints that could not be served."""
     ready = hub.ready  # read once: the loading thread may flip it while this answers
-    health = Health(status="ready" if ready else "loading", ready=ready, models=sorted(hub.models))
+    status = "ready" if ready else "loading" if hub.loading else "failed"
+    health = Health(status=status, ready=ready, models=sorted(hub.models), failed=hub.failed)
     if not ready:
         return JSONResponse(health.model_dump(), status_code=503, headers={"Retry-After": "1"})
     return health
 
 
-@router.get("/metrics", response_class=Response)
+@router.api_route("/metrics", methods=["GET", "HEAD"], response_class=Response)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

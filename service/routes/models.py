@@ -30,7 +30,7 @@ def describe(served: ServedModel) -> ModelInfo:
 @router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(hub: ModelHub = Depends(get_hub)) -> ModelList:
     default = hub.get(None)
-    return ModelList(default=default.name, models=[describe(m) for m in hub.models.values()])
+    return ModelList(default=default.name, models=[describe(m) for m in hub.models.values()], failed=hub.failed)
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=ERROR_RESPONSES)

@@ -13,7 +13,7 @@ from latent_cnf.images import preprocess_mnist, preprocess_resize
 from ..dependencies import get_hub, get_settings
 from ..errors import ServiceError
 from ..inference import ModelHub, ScoreJob
-from ..schemas import ERROR_RESPONSES, ImageScore, ScoreResponse
+from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, ImageScore, ScoreResponse
 from ..settings import Settings
 from ..uploads import decode_image
 
@@ -30,7 +30,7 @@ def prepare(data: bytes, filename: str, preprocess: str, max_pixels: int) -> tor
 @router.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
 async def score(
     file: list[UploadFile] = File(..., description="one or more images (PNG, JPEG, BMP, GIF, WebP, TIFF)"),
-    model: str | None = Form(None),
+    model: str | None = Form(None, min_length=1, max_length=MAX_MODEL_NAME),
     importance_samples: int = Form(64, ge=1, le=1024, description="K of the IWAE bound"),
     preprocess: Literal["mnist", "resize"] = Form("mnist"),
     hub: ModelHub = Depends(get_hub),

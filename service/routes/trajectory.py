@@ -14,7 +14,7 @@ from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
 from ..dependencies import fresh_seed, get_hub
 from ..inference import ModelHub, SampleJob
-from ..schemas import ERROR_RESPONSES, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
+from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
 
 router = APIRouter(tags=["trajectory"])
 
@@ -30,7 +30,7 @@ async def trajectory(
     seed: int | None = Query(None, ge=0, le=MAX_SEED),
     label: int | None = Query(None, ge=0, le=9),
     temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
-    model: str | None = Query(None),
+    model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
     format: Literal["png", "json"] = Query("png"),
     hub: ModelHub = Depends(get_hub),
 ) -> Response | TrajectoryResponse:
