@@ -89,11 +89,19 @@ class Batcher:
         try:
             return await asyncio.wait_for(job.future, timeout_s)
         except asyncio.TimeoutError:
-            with self._cond:
-                if job in self._jobs:
-                    self._jobs.remove(job)
-                    self._set_depth()
+            self._withdraw(job)
             raise QueueTimeout(f"the request waited more than {timeout_s:g} s") from None
+        except asyncio.CancelledError:  # the caller gave up (its client went away): the job must not run
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: Job) -> None:
+        """Take a job that nobody waits for out of the queue (if the worker has not taken it already; a job
+        taken but not yet run is skipped, since its future is done)."""
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+                self._set_depth()
 
     def _take_batch(self) -> list[Job] | None:
         """Block for a head job, then gather same-key jobs until full or the wait runs out."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,12 @@ class ServedModel:
         if self.reference is None:
             return None
         return float(np.interp(log_likelihood, self.reference, np.linspace(0, 100, len(self.reference))))
+
+
+async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
+    """Return once `condition()` is true, checking every `every_s` seconds."""
+    while not await condition():
+        await asyncio.sleep(every_s)
 
 
 def split_trajectory(path: Trajectory, jobs: Sequence[Job]) -> list[Trajectory]:
@@ -169,10 +176,22 @@ class ModelHub:
                 422, "label_not_supported", f"model {served.name!r} is not label-conditioned: omit 'label'"
             )
 
-    async def submit(self, key: tuple, size: int, payload: Any) -> Any:
-        """Queue a job for the inference thread; queue and solver failures become ServiceErrors."""
+    async def submit(
+        self, key: tuple, size: int, payload: Any, disconnected: Callable[[], Awaitable[bool]] | None = None
+    ) -> Any:
+        """Queue a job for the inference thread; queue and solver failures become ServiceErrors. While it waits,
+        `disconnected` is polled: a job whose client has gone is withdrawn and never runs."""
+        waiting = asyncio.ensure_future(self.batcher.submit(key, size, payload, self.settings.timeout_s))
+        if disconnected is not None:
+            watcher = asyncio.ensure_future(until(disconnected))
+            await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                metrics.ABANDONED.inc()
+                raise ServiceError(499, "client_closed_request", "the client closed the connection before the answer")
         try:
-            return await self.batcher.submit(key, size, payload, self.settings.timeout_s)
+            return await waiting
         except QueueFull as error:
             raise ServiceError(503, "queue_full", str(error), {"Retry-After": "1"}) from None
         except BatcherStopped as error:

@@ -164,7 +164,7 @@ def test_shipped_example_image_is_the_first_mnist_test_digit(data_dir):
     image = Image.open(Path(REPO / "docs" / "examples" / "digit.png"))
     test = load_split("mnist", "test", data_dir, download=False)
     assert test.labels[0] == 7
-    assert torch.equal(torch.from_numpy(np.asarray(image)), test.images[0])
+    assert torch.equal(torch.from_numpy(np.array(image)), test.images[0])
 
 
 def cli_commands() -> list[str]:

@@ -107,3 +107,25 @@ def test_overload_gets_503_and_504_then_recovers():
         text = httpx.get(f"{url}/metrics").text
         assert metric(text, 'latent_cnf_rejected_total{reason="queue_full"}') >= 1
         assert metric(text, 'latent_cnf_rejected_total{reason="timeout"}') >= 1
+
+
+def test_requests_whose_clients_hang_up_are_withdrawn_and_never_run():
+    """Ten heavy requests whose clients give up after 0.5 s: at most the ones already taken run (each takes
+    seconds here and over 0.2 s on any CPU), the rest are withdrawn, and a normal request is served next."""
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_TIMEOUT_S": "120"}
+    heavy = {"n": 256, "solver": {"method": "rk4", "steps": 1000}}
+
+    async def hang_up() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=0.5) as client:
+            calls = (client.post("/generate", json=dict(heavy, seed=i)) for i in range(10))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, httpx.TimeoutException) for r in results)
+
+    with running_service(env) as url:
+        before = httpx.get(f"{url}/metrics").text
+        asyncio.run(hang_up())
+        assert httpx.post(f"{url}/generate", json={"n": 1}, timeout=60).status_code == 200
+        after = httpx.get(f"{url}/metrics").text
+    samples = metric(after, "latent_cnf_samples_generated_total") - metric(before, "latent_cnf_samples_generated_total")
+    abandoned = metric(after, "latent_cnf_abandoned_total") - metric(before, "latent_cnf_abandoned_total")
+    assert samples <= 3 * 256 + 1 and abandoned >= 7, (samples, abandoned)

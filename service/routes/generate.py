@@ -43,7 +43,10 @@ async def generate(
     solver = hub.solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
     path = await hub.submit(
-        ("generate", served.name, solver, 2), body.n, SampleJob(body.n, body.label, seed, body.temperature)
+        ("generate", served.name, solver, 2),
+        body.n,
+        SampleJob(body.n, body.label, seed, body.temperature),
+        request.is_disconnected,
     )
     return await run_in_threadpool(respond, served.name, body, seed, path, wants_png(request, format))
 

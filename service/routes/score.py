@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import preprocess_mnist, preprocess_resize
@@ -29,6 +29,7 @@ def prepare(data: bytes, filename: str, preprocess: str, max_pixels: int) -> tor
 
 @router.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
 async def score(
+    request: Request,
     file: list[UploadFile] = File(..., description="one or more images (PNG, JPEG, BMP, GIF, WebP, TIFF)"),
     model: str | None = Form(None, min_length=1, max_length=MAX_MODEL_NAME),
     importance_samples: int = Form(64, ge=1, le=1024, description="K of the IWAE bound"),
@@ -47,7 +48,8 @@ async def score(
         images.append(await run_in_threadpool(prepare, data, name, preprocess, settings.max_image_pixels))
     batch = torch.stack(images)
     cost = hub.score_rows(served, len(batch), importance_samples)
-    rows = await hub.submit(("score", served.name, importance_samples), cost, ScoreJob(batch, seed=0))
+    job = ScoreJob(batch, seed=0)
+    rows = await hub.submit(("score", served.name, importance_samples), cost, job, request.is_disconnected)
     results = []
     for name, row in zip(names, rows, strict=True):
         percentile = served.percentile(row["log_likelihood_nats"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +25,7 @@ router = APIRouter(tags=["trajectory"])
     responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}}, "description": "PNG strip, or JSON"}},
 )
 async def trajectory(
+    request: Request,
     steps: int = Query(11, ge=2, le=64, description="decoded times from t0 to t1"),
     n: int = Query(1, ge=1, le=16, description="rows (samples)"),
     seed: int | None = Query(None, ge=0, le=MAX_SEED),
@@ -39,7 +40,8 @@ async def trajectory(
     hub.check_label(served, label)
     seed = fresh_seed(seed)
     solver = hub.solver(served, None)
-    path = await hub.submit(("trajectory", served.name, solver, steps), n, SampleJob(n, label, seed, temperature))
+    job = SampleJob(n, label, seed, temperature)
+    path = await hub.submit(("trajectory", served.name, solver, steps), n, job, request.is_disconnected)
     return await run_in_threadpool(respond, served.name, seed, temperature, label, path, format == "png")
 
 
