@@ -19,6 +19,7 @@ print(torch.__version__, torch.cuda.get_device_name())' 2>&1 | tee "$out/device.
 echo "== tests on cuda (the model, calibration and the service; Fashion-MNIST is not carried)"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cnf.py tests/test_model.py tests/test_calibrate.py \
   tests/test_batching.py tests/test_service_api.py tests/test_service_concurrency.py 2>&1 | tee "$out/tests.txt"
+tests_status=$?
 
 echo "== the model alone"
 timeout 180 python3 bench/model.py --device cuda --batch-sizes 1,16,256,4096 --score-batch-sizes 1,16,64 \
@@ -28,3 +29,4 @@ timeout 180 python3 bench/model.py --device cuda --batch-sizes 1,16,256,4096 --s
 echo "== the service"
 timeout 150 python3 bench/service.py --duration 5 --concurrency 1,32 --scenarios healthz,generate-1,generate-64,score \
   --markdown --json "$out/service.json" 2>&1 | tee "$out/service.md"
+exit "$tests_status"  # the benchmarks run whatever the tests said; the status is the tests'

@@ -106,6 +106,10 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Latent
             f"unexpected {sorted(unexpected)}, wrong shape {sorted(wrong)}"
         )
     model.load_state_dict(state)
-    for use, solver in card_solvers(card).items():
+    try:
+        solvers = card_solvers(card)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / CARD_FILE}: invalid solvers: {error}") from error
+    for use, solver in solvers.items():
         setattr(model, f"{use}_solver", solver)
     return model.to(device).eval()

@@ -295,8 +295,8 @@ class LatentFlow(nn.Module):
         integrator = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
         y0 = torch.cat([z, z.new_zeros(n, density + kinetic)], dim=1)
         solution = integrator.solve(torchode.InitialValueProblem(y0=y0, t_eval=times.expand(n, -1)))
-        if (solution.status != torchode.Status.SUCCESS.value).any():
-            raise SolverError("ODE solve failed: the error estimate became non-finite")
+        if failed := sorted(set(solution.status.tolist()) - {torchode.Status.SUCCESS.value}):
+            raise SolverError(f"ODE solve failed: {', '.join(torchode.Status(code).name for code in failed)}")
         ys = solution.ys.transpose(0, 1).to(dtype)  # (times, n, columns)
         change = ys[-1, :, d] if density else None
         energy = ys[-1, :, -1] if kinetic else None

@@ -92,16 +92,19 @@ class Batcher:
             self._withdraw(job)
             raise QueueTimeout(f"the request waited more than {timeout_s:g} s") from None
         except asyncio.CancelledError:  # the caller gave up (its client went away): the job must not run
-            self._withdraw(job)
+            if self._withdraw(job):
+                metrics.ABANDONED.inc()
             raise
 
-    def _withdraw(self, job: Job) -> None:
-        """Take a job that nobody waits for out of the queue (if the worker has not taken it already; a job
-        taken but not yet run is skipped, since its future is done)."""
+    def _withdraw(self, job: Job) -> bool:
+        """Take a job that nobody waits for out of the queue; False if the worker had taken it already (a job
+        taken but not yet run is still skipped, since its future is done)."""
         with self._cond:
-            if job in self._jobs:
-                self._jobs.remove(job)
-                self._set_depth()
+            if job not in self._jobs:
+                return False
+            self._jobs.remove(job)
+            self._set_depth()
+            return True
 
     def _take_batch(self) -> list[Job] | None:
         """Block for a head job, then gather same-key jobs until full or the wait runs out."""
@@ -131,14 +134,20 @@ class Batcher:
             batch = [job for job in batch if not job.future.done()]
             if not batch:
                 continue
-            try:
-                with torch.inference_mode():
-                    results = self.run_batch(batch[0].key, batch)
-                outcomes = [(job, result, None) for job, result in zip(batch, results, strict=True)]
-            except Exception as error:  # handed to every waiter; the route turns it into an HTTP error
-                outcomes = [(job, None, error) for job in batch]
-            for job, result, error in outcomes:
+            for job, result, error in self._run(batch):
                 job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+
+    def _run(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        """(job, result, error) for every job. If a merged call fails (say one request's solve is too stiff),
+        each job runs again alone, so a request never fails for what its batch-mates asked."""
+        try:
+            with torch.inference_mode():
+                results = self.run_batch(batch[0].key, batch)
+            return [(job, result, None) for job, result in zip(batch, results, strict=True)]
+        except Exception as error:  # handed to the waiter; the route turns it into an HTTP error
+            if len(batch) == 1:
+                return [(batch[0], None, error)]
+        return [outcome for job in batch for outcome in self._run([job])]
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the queued jobs, then end the worker thread."""

@@ -66,8 +66,13 @@ class ServedModel:
 
 
 async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
-    """Return once `condition()` is true, checking every `every_s` seconds."""
-    while not await condition():
+    """Return once `condition()` is true, checking every `every_s` seconds; a failing check counts as false."""
+    while True:
+        try:
+            if await condition():
+                return
+        except Exception:  # noqa: BLE001 - a probe that cannot tell is not a disconnect
+            log.debug("disconnect check failed", exc_info=True)
         await asyncio.sleep(every_s)
 
 
@@ -125,7 +130,7 @@ class ModelHub:
         card = checkpoints.read_card(name)
         quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
         served = ServedModel(
-            name=checkpoints.resolve(name).name,
+            name=checkpoints.display_name(checkpoints.resolve(name)),
             model=model,
             card=card,
             sha256=checkpoints.sha256(name),
@@ -180,15 +185,18 @@ class ModelHub:
         self, key: tuple, size: int, payload: Any, disconnected: Callable[[], Awaitable[bool]] | None = None
     ) -> Any:
         """Queue a job for the inference thread; queue and solver failures become ServiceErrors. While it waits,
-        `disconnected` is polled: a job whose client has gone is withdrawn and never runs."""
+        `disconnected` is polled: a job whose client has gone is withdrawn unless it has started."""
         waiting = asyncio.ensure_future(self.batcher.submit(key, size, payload, self.settings.timeout_s))
         if disconnected is not None:
             watcher = asyncio.ensure_future(until(disconnected))
-            await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            watcher.cancel()
-            if not waiting.done():
-                waiting.cancel()
-                metrics.ABANDONED.inc()
+            try:
+                await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this handler is cancelled itself: nothing is left running or polling
+                watcher.cancel()
+                if not waiting.done():
+                    waiting.cancel()
+                    await asyncio.wait({waiting})  # the queue withdraws the job (see Batcher.submit)
+            if waiting.cancelled():
                 raise ServiceError(499, "client_closed_request", "the client closed the connection before the answer")
         try:
             return await waiting

@@ -19,7 +19,9 @@ class SolverSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"method": "rk4", "steps": 16}]})
 
     method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = None
-    steps: int | None = Field(None, ge=1, le=1000, description="steps of a fixed-step method over [t0, t1]")
+    steps: int | None = Field(
+        None, ge=1, le=1000, description="steps of a fixed-step method over [t0, t1] (a trajectory rounds up per frame)"
+    )
     rtol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 relative tolerance")
     atol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance")
 
@@ -106,7 +108,7 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
-    default: str
+    default: str | None = Field(description="the model used when a request names none; null while it is not served")
     models: list[ModelInfo]
     failed: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be served, and why")
 

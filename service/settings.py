@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     solver_steps: int | None = Field(
         None, ge=1, le=1000, description="steps of a fixed-step sampling solver (default: the checkpoint's)"
     )
-    solver_rtol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 relative tolerance")
-    solver_atol: float = Field(1e-5, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance")
+    solver_rtol: float | None = Field(
+        None, ge=1e-8, le=1e-1, description="dopri5 relative tolerance (default: the checkpoint's, else 1e-5)"
+    )
+    solver_atol: float | None = Field(
+        None, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance (default: the checkpoint's, else 1e-5)"
+    )
     exact_scores: bool = Field(
         False, description="score with dopri5 at the tolerances above instead of the checkpoint's calibrated solver"
     )
@@ -50,17 +54,18 @@ class Settings(BaseSettings):
 
     def sample_solver(self, calibrated: SolverConfig) -> SolverConfig:
         """A checkpoint's calibrated sampling solver with what these settings override."""
-        overrides = {"method": self.solver_method, "steps": self.solver_steps}
-        return self._with_limits(calibrated, **{k: v for k, v in overrides.items() if v is not None})
+        return self._override(calibrated, method=self.solver_method, steps=self.solver_steps)
 
     def score_solver(self, calibrated: SolverConfig) -> SolverConfig:
         """A checkpoint's calibrated scoring solver, or dopri5 when exact scores are asked for."""
-        return self._with_limits(calibrated, **({"method": "dopri5"} if self.exact_scores else {}))
+        if self.exact_scores:
+            return self._override(SolverConfig("dopri5"))
+        return self._override(calibrated)
 
-    def _with_limits(self, solver: SolverConfig, **changes: object) -> SolverConfig:
-        return dataclasses.replace(
-            solver, rtol=self.solver_rtol, atol=self.solver_atol, max_nfe=self.max_nfe, **changes
-        )
+    def _override(self, solver: SolverConfig, **changes: object) -> SolverConfig:
+        """The settings that are set, on top of `solver`; the NFE limit always applies."""
+        changes |= {"rtol": self.solver_rtol, "atol": self.solver_atol}
+        return dataclasses.replace(solver, max_nfe=self.max_nfe, **{k: v for k, v in changes.items() if v is not None})
 
     @field_validator("models", mode="before")
     @classmethod

@@ -102,14 +102,15 @@ def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, cal
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
 @pytest.mark.parametrize("conditional", [False, True])
-def test_fixed_step_loop_equals_torchdiffeq_without_density_and_between_grid_points(method, conditional):
-    """The plain loop of fixed_step.py is torchdiffeq's solver, to float64 rounding: trajectories at times
-    off the grid (torchdiffeq interpolates linearly there) and the kinetic energy included."""
+def test_fixed_step_loop_equals_torchdiffeq_without_density_and_at_every_frame(method, conditional):
+    """The plain loop of fixed_step.py is torchdiffeq's solver, to float64 rounding, trajectories and the
+    kinetic energy included; 7 steps over 3 frame intervals become 9, so every frame is a solved state."""
     flow = flow_2d(cnf_conditional=conditional)
     z0 = torch.randn(5, 2, dtype=torch.float64) * flow.base_std
     labels = torch.arange(5) if conditional else None
     solver = SolverConfig(method=method, steps=7)
-    times = torch.linspace(flow.t0, flow.t1, 4, dtype=torch.float64)  # 10/3 apart, the grid 10/7: no overlap
+    times = torch.linspace(flow.t0, flow.t1, 4, dtype=torch.float64)
+    assert len(fixed_step.fixed_grid(times, 7)) == 10 and torch.allclose(fixed_step.fixed_grid(times, 7)[::3], times)
 
     def per_call(t, z):
         return flow.dynamics(t, z, labels, with_trace=False)[0]

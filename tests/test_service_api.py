@@ -110,7 +110,10 @@ def test_generate_temperature_shrinks_the_base_noise(client):
 
     cold_path, warm_path = path(temperature=0.5), path()
     np.testing.assert_allclose(cold_path[0]["latents"], 0.5 * np.array(warm_path[0]["latents"]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(cold["latents"], cold_path[-1]["latents"], atol=1e-4)  # same noise, same solver
+    # same noise; the trajectory's 10 frame intervals round the calibrated rk4 x 4 up to 10 steps
+    same_solver = client.post("/generate", json=request | {"temperature": 0.5, "solver": {"steps": 10}}).json()
+    np.testing.assert_allclose(same_solver["latents"], cold_path[-1]["latents"], atol=1e-4)
+    np.testing.assert_allclose(cold["latents"], cold_path[-1]["latents"], atol=0.05)  # within the calibration
     refused = client.post("/generate", json={"n": 1, "temperature": 0})
     assert refused.status_code == 422 and "temperature" in refused.text
 

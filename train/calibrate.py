@@ -134,7 +134,8 @@ def cheapest(rows: list[dict], within: dict[str, float]) -> dict:
     for kind in (lambda r: r["spec"]["method"] != "dopri5", lambda r: r["spec"]["method"] == "dopri5"):
         if choices := [row for row in passing if kind(row)]:
             return min(choices, key=lambda row: (row["nfe"], row[first]))
-    raise SystemExit(f"error: no candidate within {within}; the most accurate measured {rows[-1]}")
+    best = min(rows, key=lambda row: row[first])
+    raise SystemExit(f"error: no candidate within {within}; the most accurate measured {best}")
 
 
 def as_solver(row: dict) -> dict:

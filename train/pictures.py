@@ -45,7 +45,6 @@ def project(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(x - mean) @ v[:2].T for x in (reference, *others)]
 
 
-@torch.no_grad()
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.pictures", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
@@ -56,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)

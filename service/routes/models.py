@@ -29,8 +29,9 @@ def describe(served: ServedModel) -> ModelInfo:
 
 @router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(hub: ModelHub = Depends(get_hub)) -> ModelList:
-    default = hub.get(None)
-    return ModelList(default=default.name, models=[describe(m) for m in hub.models.values()], failed=hub.failed)
+    served = list(hub.models.values())  # a copy: the loading thread may add models meanwhile
+    default = hub.settings.default_model if hub.settings.default_model in hub.models else None
+    return ModelList(default=default, models=[describe(m) for m in served], failed=dict(hub.failed))
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=ERROR_RESPONSES)
