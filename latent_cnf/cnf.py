@@ -12,6 +12,7 @@ Its Jacobian is 1/width * sum_k (1 - h_k^2) (U_k * sigmoid(G_k)) W_k^T, so the t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -156,8 +157,13 @@ class LabelGroups:
     def sort(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
         return x if self.order is None else x.index_select(dim, self.order)
 
+    @functools.cached_property
+    def inverse(self) -> torch.Tensor | None:
+        """Where each sorted row came from (computed once, however many tensors are unsorted)."""
+        return None if self.order is None else torch.argsort(self.order)
+
     def unsort(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        return x if self.order is None else x.index_select(dim, torch.argsort(self.order))
+        return x if self.inverse is None else x.index_select(dim, self.inverse)
 
 
 class EvaluationCounter:

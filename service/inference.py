@@ -130,7 +130,7 @@ class ModelHub:
         card = checkpoints.read_card(name)
         quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
         served = ServedModel(
-            name=checkpoints.display_name(checkpoints.resolve(name)),
+            name=checkpoints.display_name(name),
             model=model,
             card=card,
             sha256=checkpoints.sha256(name),

@@ -115,7 +115,7 @@ class ModelList(BaseModel):
 
 class Health(BaseModel):
     status: str
-    ready: bool = Field(description="the default model is loaded and warmed up")
+    ready: bool = Field(description="every checkpoint was tried and the default model is loaded and warmed up")
     models: list[str] = Field(description="models loaded so far")
     failed: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be served, and why")
 

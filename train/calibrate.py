@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         solvers = calibrate(args, shlex.join(["python", "-m", "train.calibrate", *argv]))
     except (data.DataError, checkpoints.CheckpointError) as error:
         raise SystemExit(f"error: {error}") from None
-    for use in ("sample", "score"):
-        print(f"{use}: {name(SolverConfig(**{k: solvers[use][k] for k in ('method', 'steps', 'rtol', 'atol')}))}")
+    for use, solver in checkpoints.card_solvers({"solvers": solvers}).items():
+        print(f"{use}: {name(solver)}")
     if not args.dry_run:
         folder = checkpoints.update_card(args.checkpoint, {"solvers": solvers})
         print(f"wrote the solvers to {folder / checkpoints.CARD_FILE}")

@@ -21,7 +21,7 @@ async def healthz(hub: ModelHub = Depends(get_hub)) -> Health:
 
 @router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
 async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
-    """200 once the default model is loaded and warmed up; `failed` names checkpoints that could not be served."""
+    """200 once every checkpoint was tried and the default model is served; `failed` names those that could not be."""
     ready = hub.ready  # read once: the loading thread may flip it while this answers
     status = "ready" if ready else "loading" if hub.loading else "failed"
     health = Health(status=status, ready=ready, models=sorted(hub.models), failed=hub.failed)
