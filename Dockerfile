@@ -52,5 +52,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 
 # One worker: the process owns the device and batches requests itself; scale with replicas, not workers.
 # On SIGTERM uvicorn stops accepting, gives in-flight requests 30 s, then the batcher drains its queue.
-CMD ["uvicorn", "service.app:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", \
-     "--timeout-graceful-shutdown", "30"]
+# `python -m service`, not plain uvicorn: it adds the connection cap and the header and body timeouts
+# (LATENT_CNF_MAX_CONNECTIONS, _HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _KEEP_ALIVE_S; see the README).
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "30"]

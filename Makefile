@@ -33,8 +33,13 @@ lint: $(BIN)/.installed
 # For bench/gpu.sh on the lent GPU machine (Python 3.12, torch and torchdiffeq, no network): the wheels it
 # lacks and the MNIST files, in .device/ (gitignored), to carry along. About 15 MiB.
 DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
-GPU_WHEELS := fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn python-multipart \
-	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection
+GPU_WHEELS := fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn h11 python-multipart \
+	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection \
+	python-json-logger opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions \
+	opentelemetry-instrumentation opentelemetry-instrumentation-asgi opentelemetry-instrumentation-fastapi \
+	opentelemetry-util-http opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common \
+	opentelemetry-exporter-otlp-common opentelemetry-exporter-http-transport opentelemetry-proto protobuf \
+	googleapis-common-protos wrapt asgiref packaging requests urllib3 idna certifi charset-normalizer
 GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
 
 gpu-bundle:

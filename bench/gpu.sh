@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a machine with CUDA and no network (the lent H200 has Python 3.12 with
 # torch and torchdiffeq, not the web stack). Prepare here with `make gpu-bundle` (wheels and MNIST in the
-# gitignored .device/), carry `.device` along, and run `bash bench/gpu.sh` there: about 8 minutes, each step
+# gitignored .device/), carry `.device` along, and run `bash bench/gpu.sh` there: about 9 minutes, each step
 # under its own timeout. The tables go to $OUT (the device tool's folder), else runs/gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,10 @@ echo "== the model alone"
 timeout 180 python3 bench/model.py --device cuda --batch-sizes 1,16,256,4096 --score-batch-sizes 1,16,64 \
   --solvers "calibrated,dopri5 1e-5,rk4 32 steps" --min-time 0.5 --markdown --json "$out/model.json" \
   2>&1 | tee "$out/model.md"
+
+echo "== torch.compile of the fixed-step loop (CUDA graphs), against eager"
+timeout 120 python3 bench/compile.py --device cuda --batch-sizes 1,256 --min-time 0.5 --markdown 2>&1 \
+  | grep -v '^W' | tee "$out/compile.md"
 
 echo "== the service"
 timeout 150 python3 bench/service.py --duration 5 --concurrency 1,32 --scenarios healthz,generate-1,generate-64,score \

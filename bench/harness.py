@@ -55,10 +55,27 @@ def running_server(
     log goes to a file, not a pipe nobody reads, which would block the server once full.
     """
     port = free_port()
-    log = Path(tempfile.mkstemp(prefix="latent-cnf-bench-", suffix=".log")[1])
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     if app_dir is not None:
         command += ["--app-dir", str(app_dir)]
+    with _serving(command, port, env, ready_path, timeout_s) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_service_cli(env: dict[str, str], options: Sequence[str] = (), timeout_s: float = 600) -> Iterator[Server]:
+    """The service as it ships, `python -m service` with its server and connection settings, on a free port."""
+    port = free_port()
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *options]
+    with _serving(command, port, env, "/readyz", timeout_s) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serving(command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float) -> Iterator[Server]:
+    """Runs `command`, logging to a file, and yields once `ready_path` on `port` answers 200; stops it after."""
+    app = " ".join(command[1:4])
+    log = Path(tempfile.mkstemp(prefix="latent-cnf-bench-", suffix=".log")[1])
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log)

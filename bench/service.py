@@ -13,6 +13,7 @@ References, each as requests/s of POST /generate with n = 1 on the same machine 
     python bench/service.py [--duration 10] [--concurrency 1,8,32,128] [--json out.json] [--markdown]
     python bench/service.py --overload [--burst-seconds 5] [--queue 8]   # concurrency 512 on a small queue
     python bench/service.py --soak 10                                      # 10 minutes of mixed traffic
+    python bench/service.py --chaos 60     # normal traffic beside the heaviest valid requests and hang-ups
 
 Every loop ends by itself (fixed durations, a client timeout), and all traffic goes to 127.0.0.1.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import random
@@ -54,6 +56,7 @@ from PIL import Image
 
 SERVICE_APP, NAIVE_APP = "service.app:app", "naive_server:app"
 TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
+CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Scenario:
     path: str
     items: int  # samples (or scored images) per request; 0 for the health check
     body: dict | None = None  # JSON body, or the form fields of an upload
-    upload: bool = False  # multipart with one MNIST test digit as `file`
+    upload: bool = False  # multipart with `items` copies of one MNIST test digit as `file`
 
 
 SCENARIOS = {
@@ -76,11 +79,14 @@ SCENARIOS = {
         Scenario("generate-64", "service", "POST", "/generate", 64, {"n": 64}),
         Scenario("score", "service", "POST", "/score", 1, {"importance_samples": "64"}, upload=True),
         Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
+        Scenario("score-heaviest", "service", "POST", "/score", 16, {"importance_samples": "1024"}, upload=True),
     )
 }
 # Histograms of the service's merged model calls: the batcher's view of a scenario.
 MODEL_METRICS = ("latent_cnf_batch_requests", "latent_cnf_nfe", "latent_cnf_inference_seconds")
 SOAK_MIX = {"generate-1": 4, "generate-64": 2, "score": 2, "trajectory": 1, "healthz": 1}
+# A client that gives up: the heaviest /generate, abandoned after HANG_UP_S.
+HANG_UP_BODY, HANG_UP_S = {"n": 256, "solver": {"method": "rk4", "steps": 1000}}, 0.2
 
 
 @dataclass
@@ -106,7 +112,7 @@ class Load:
         started = time.perf_counter()
         try:
             if scenario.upload:
-                files = {"file": ("digit.png", self.digit, "image/png")}
+                files = [("file", (f"digit{i}.png", self.digit, "image/png")) for i in range(scenario.items)]
                 response = await client.post(url, files=files, data=scenario.body)
             else:
                 response = await client.request(scenario.method, url, json=scenario.body)
@@ -344,6 +350,51 @@ def soak(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
     }
 
 
+def chaos(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+    """Normal traffic (/generate n = 1) next to hostile but valid clients: the heaviest /score requests in a
+    closed loop and clients that send the heaviest /generate and hang up. Reports the normal traffic's
+    latency and errors, what the heavy clients got, and how much abandoned work the service dropped."""
+    with running_server(SERVICE_APP, env) as service:
+        load = Load({"service": service.url}, digit, args.timeout)
+        before = httpx.get(f"{service.url}/metrics").text
+
+        async def hang_ups(seconds: float) -> int:
+            sent, end = 0, time.perf_counter() + seconds
+            async with httpx.AsyncClient(timeout=HANG_UP_S) as client:
+                while time.perf_counter() < end:
+                    with contextlib.suppress(httpx.TimeoutException):
+                        await client.post(f"{service.url}/generate", json=HANG_UP_BODY)
+                    sent += 1
+            return sent
+
+        async def mix() -> tuple[float, int]:
+            normal = load.drive(lambda _: SCENARIOS["generate-1"], args.chaos_normal, args.chaos)
+            heavy = load.drive(lambda _: SCENARIOS["score-heaviest"], args.chaos_heavy, args.chaos)
+            started, _, sent = await asyncio.gather(normal, heavy, hang_ups(args.chaos))
+            return started, sent
+
+        started, hung_up = asyncio.run(mix())
+        after = httpx.get(f"{service.url}/metrics").text
+    ended = started + args.chaos
+    normal = [o for o in load.outcomes if o.scenario == "generate-1"]
+    heavy = [o for o in load.outcomes if o.scenario == "score-heaviest"]
+    return {
+        "seconds": args.chaos,
+        "normal": summarize(normal, started, ended, 1) | {"clients": args.chaos_normal},
+        "heavy": summarize(heavy, started, ended + args.timeout, 16) | {"clients": args.chaos_heavy},
+        "hung_up": hung_up,
+        "abandoned": metric_delta(before, after, "latent_cnf_abandoned_total"),
+        "samples_generated": metric_delta(before, after, "latent_cnf_samples_generated_total"),
+    }
+
+
+def metric_delta(before: str, after: str, name: str) -> float:
+    def value(text: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    return value(after) - value(before)
+
+
 def mib(value: int | None) -> str:
     return fmt(value / MIB if value is not None else None)
 
@@ -402,6 +453,27 @@ def report(kind: str, result: dict, markdown: bool) -> str:
             ["after the burst: /generate, /healthz", f"{r['status_after_burst']}, {r['healthz_after_burst']}"],
         ]
         return render("Overload", ["check", "result"], rows, markdown)
+    if kind == "chaos":
+        rows = [
+            [
+                name,
+                r["clients"],
+                r["ok"],
+                fmt(r["p50_ms"]),
+                fmt(r["p99_ms"]),
+                ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0",
+            ]
+            for name, r in (("/generate n=1 (normal)", result["normal"]), ("/score 16 x K=1024", result["heavy"]))
+        ]
+        columns = ["traffic", "clients", "ok", "p50 ms", "p99 ms", "errors"]
+        text = render(f"Chaos for {result['seconds']:g} s", columns, rows, markdown)
+        summary = [
+            ["normal p99 within 2 s, no errors", "yes" if chaos_met(result) else "NO"],
+            ["heaviest /generate sent and hung up", result["hung_up"]],
+            ["requests dropped unrun (latent_cnf_abandoned_total)", fmt(result["abandoned"], 0)],
+            ["samples generated (normal traffic and hang-ups that ran)", fmt(result["samples_generated"], 0)],
+        ]
+        return text + "\n" + render("Chaos summary", ["measure", "value"], summary, markdown)
     rows = [
         [m["minute"], m["requests"], m["ok"], m["rejected_503"], m["errors"], fmt(m["p50_ms"]), mib(m["rss_bytes"])]
         for m in result["minutes"]
@@ -417,6 +489,11 @@ def report(kind: str, result: dict, markdown: bool) -> str:
         ["VmHWM (MiB)", mib(result["vm_hwm_bytes"])],
     ]
     return text + "\n" + render("Soak summary", ["measure", "value"], summary, markdown)
+
+
+def chaos_met(result: dict) -> bool:
+    normal = result["normal"]
+    return not normal["errors"] and normal["p99_ms"] is not None and normal["p99_ms"] <= CHAOS_P99_S * 1000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -436,6 +513,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue", type=int, default=8, help="LATENT_CNF_MAX_QUEUE of the overload run")
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="run mixed traffic for this long instead")
     parser.add_argument("--soak-concurrency", type=int, default=32)
+    parser.add_argument("--chaos", type=float, metavar="SECONDS", help="run normal next to hostile traffic instead")
+    parser.add_argument("--chaos-normal", type=int, default=4, help="closed-loop /generate n=1 clients of --chaos")
+    parser.add_argument("--chaos-heavy", type=int, default=4, help="closed-loop heaviest /score clients of --chaos")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
     args = parser.parse_args(argv)
@@ -456,8 +536,8 @@ def main(argv: list[str] | None = None) -> None:
         **parse_env(args.env),
     }
     digit = mnist_digit(args.data_dir)
-    kind = "overload" if args.overload else "soak" if args.soak else "throughput"
-    run = {"throughput": throughput, "overload": overload, "soak": soak}[kind]
+    kind = "overload" if args.overload else "soak" if args.soak else "chaos" if args.chaos else "throughput"
+    run = {"throughput": throughput, "overload": overload, "soak": soak, "chaos": chaos}[kind]
     result = run(args, env, digit)
     header = {"kind": kind, "machine": machine(), "settings": env, "args": vars(args) | {"json": str(args.json)}}
     print(report(kind, result, args.markdown))

@@ -34,6 +34,21 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     ),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
 }
+CLASS_NAMES: dict[str, tuple[str, ...]] = {  # label i's name, as the datasets' authors give them
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 IDX_DTYPES = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32}
 VALIDATION_SIZE = 5_000

@@ -37,17 +37,32 @@ class Trajectory:
 
 @dataclass
 class Score:
-    """Per-image log-likelihood bound in nats, and its parts (all shaped (n,))."""
+    """Per-image log-likelihood bound in nats, and its parts (shaped (n,) unless noted)."""
 
     log_likelihood: torch.Tensor  # IWAE bound on log p(x)
     elbo: torch.Tensor
     reconstruction: torch.Tensor  # E_q log p(x|z)
     kl: torch.Tensor  # E_q [log q(z|x) - log p(z)]
     latent_log_density: torch.Tensor  # log p(encoder mean) under the prior
+    decoded_mean: torch.Tensor  # (n, 1, H, W) pixel means decoded from that encoder mean: what the model kept
     label_log_likelihood: torch.Tensor | None  # (n, classes): IWAE bound on log p(x | y), conditional priors
     predicted_label: torch.Tensor | None
     importance_samples: int
     nfe: int
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of base noise rows at weights `t` (shaped (m, 1)): the norm stays near the
+    Gaussian's typical radius, where a straight line would cut through the low-norm middle that the flow
+    rarely saw (White 2016). Exactly `a` at t=0 and `b` at t=1; parallel rows are interpolated linearly."""
+    unit_a, unit_b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    angle = torch.arccos((unit_a * unit_b).sum(-1, keepdim=True).clamp(-1, 1))
+    sin = torch.sin(angle)
+    parallel = sin < 1e-6
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    weight_a = torch.where(parallel, 1 - t, torch.sin((1 - t) * angle) / safe)
+    weight_b = torch.where(parallel, t, torch.sin(t * angle) / safe)
+    return weight_a * a + weight_b * b
 
 
 class LatentCNF(nn.Module):
@@ -202,6 +217,7 @@ class LatentCNF(nn.Module):
             reconstruction=merged["reconstruction"],
             kl=merged["kl"],
             latent_log_density=merged["latent"],
+            decoded_mean=merged["decoded_mean"],
             label_log_likelihood=per_label,
             predicted_label=per_label.argmax(1) if per_label is not None else None,
             importance_samples=k,
@@ -234,5 +250,6 @@ class LatentCNF(nn.Module):
             "reconstruction": log_px.reshape(n, -1).mean(1),
             "kl": (log_q - prior.log_prob).reshape(n, -1).mean(1),
             "latent": latent.log_prob,
+            "decoded_mean": self.decode_images(mean_best),
             "nfe": prior.nfe + latent.nfe,
         }

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import resource
 
 import uvicorn
 from uvicorn.config import LOG_LEVELS
 
-from .settings import Settings
+from .connections import ConnectionLimits, GuardedH11Protocol
+from .request_id import configure_logging
+from .settings import Settings, get_settings
+
+# File handles kept free of connections: a quarter of the limit, at most this many. accept() can take half of
+# them (the listen backlog) in one go before the cap is applied; the rest are the process's own files.
+FD_RESERVE_MAX = 4096
 
 
 def settings_help() -> str:
@@ -36,19 +44,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=list(LOG_LEVELS), help="uvicorn's log level (default: %(default)s)"
     )
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=30,
+        help="seconds in-flight requests get after SIGTERM; stop grace periods must be longer (default: %(default)s)",
+    )
     return parser.parse_args(argv)
+
+
+def connection_limits(settings: Settings) -> tuple[ConnectionLimits, int]:
+    """The connection limits and the listen backlog, both kept inside the process's open-file limit."""
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    reserve = min(files // 4, FD_RESERVE_MAX)
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections or files - reserve,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    return limits, min(2048, reserve // 2)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_format)
+    limits, backlog = connection_limits(settings)
     uvicorn.run(
         "service.app:app",
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # ours, set just above: every line in one format, with request IDs
         workers=1,
-        timeout_graceful_shutdown=30,
-        timeout_keep_alive=30,  # longer than a client's or load balancer's reuse window: no resets under load
+        http=functools.partial(GuardedH11Protocol, limits=limits),  # type: ignore[arg-type]
+        backlog=backlog,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        # Longer than a client's or load balancer's reuse window (no resets under load); idle connections
+        # still make room for new ones at the connection cap.
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -12,14 +12,15 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from opentelemetry.sdk.trace import TracerProvider
 from PIL import Image
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import errors, metrics
+from . import errors, metrics, request_id, tracing
 from .body_limit import BodySizeLimit
 from .inference import ModelHub
-from .routes import generate, health, models, score, trajectory
+from .routes import generate, health, interpolate, models, page, score, trajectory, v2
 from .settings import Settings, get_settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -67,10 +68,11 @@ class RequestMetrics:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    request_id.configure_logging(settings.log_format)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    hub = ModelHub(settings)
+    hub = ModelHub(settings, app.state.tracer)
     app.state.hub = hub
     metrics.READY.set(0)
 
@@ -88,7 +90,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(hub.close)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """The app; traced with `tracer_provider` if given, else to LATENT_CNF_OTLP_ENDPOINT if set."""
     settings = settings or get_settings()
     app = FastAPIOffline(  # /docs and /redoc from the package's own copies of their assets: no CDN, works offline
         title="latent-cnf",
@@ -98,12 +101,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    tracing.instrument(app, settings, tracer_provider)
     app.state.hub = ModelHub(app.state.settings)  # replaced in the lifespan; answers 'not ready' until then
     errors.install(app)
-    for router in (generate.router, score.router, trajectory.router, models.router, health.router):
+    for router in (
+        generate.router,
+        interpolate.router,
+        score.router,
+        trajectory.router,
+        models.router,
+        health.router,
+        v2.router,
+        page.router,
+    ):
         app.include_router(router)
+    app.mount(page.STATIC_URL, page.assets(), name="static")
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(request_id.RequestIdMiddleware)  # outermost of ours: every answer carries the ID
     return app
 
 

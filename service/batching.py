@@ -1,9 +1,12 @@
-"""Dynamic batching: a bounded queue in front of one inference thread per device.
+"""Dynamic batching with cost-aware scheduling: a bounded queue in front of one inference thread per device.
 
-Requests with the same key (model, kind, solver settings) that arrive within `max_wait_s` of each other,
-or while the worker is busy, are merged into one model call whose total `size` stays within
-`capacity(key)`. A job's size is its cost in the unit the capacity counts (samples for sampling, latent
-rows through the flow for scoring), so one merged call never holds the inference thread for long.
+A request arrives as a job of one or more parts, each a piece of work whose cost (in the units of
+service/cost.py) fits one model call. The worker takes a head part, merges the next parts of other jobs with
+the same key (model, kind, solver settings) that arrive within `max_wait_s`, or are already waiting, while the
+call's total cost stays within `capacity(key)`, runs them, and puts jobs with parts left at the back of the
+queue. So a heavy request runs a part at a time between others' work: no call holds the thread longer than
+one capacity's worth, and a cheap request waits for at most the call in progress and one heavy part, because
+cheap and heavy heads take turns whenever both wait.
 """
 
 from __future__ import annotations
@@ -33,17 +36,34 @@ class BatcherStopped(Exception):
     """The service is shutting down."""
 
 
+@dataclass(frozen=True)
+class Part:
+    """One model call's worth of a request, or less: merged with other requests' parts of the same key."""
+
+    cost: int
+    payload: Any
+
+
 @dataclass(eq=False)
 class Job:
     key: Hashable
-    size: int
-    payload: Any
+    parts: Sequence[Part]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    heavy: bool  # costs more than one call's budget: takes turns with cheap jobs rather than queueing with them
+    results: list[Any] = field(default_factory=list)
     enqueued: float = field(default_factory=time.monotonic)
 
+    @property
+    def next(self) -> Part:
+        return self.parts[len(self.results)]
 
-RunBatch = Callable[[Hashable, Sequence[Job]], list[Any]]
+    @property
+    def finished(self) -> bool:
+        return len(self.results) == len(self.parts)
+
+
+RunBatch = Callable[[Hashable, Sequence[Any]], list[Any]]  # (key, payloads) -> one result per payload
 Capacity = Callable[[Hashable], int]
 
 
@@ -57,7 +77,7 @@ def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -
 
 
 class Batcher:
-    """Merges queued jobs by key and runs them on a dedicated thread under torch.inference_mode()."""
+    """Merges queued parts by key and runs them on a dedicated thread under torch.inference_mode()."""
 
     def __init__(self, run_batch: RunBatch, device: str, capacity: Capacity, max_wait_s: float, max_queue: int):
         self.run_batch, self.device = run_batch, device
@@ -65,6 +85,7 @@ class Batcher:
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._last_head_heavy = False
         self._thread = threading.Thread(target=self._work, name=f"inference-{device}", daemon=True)
         self._thread.start()
 
@@ -75,9 +96,13 @@ class Batcher:
     def _set_depth(self) -> None:
         metrics.QUEUE_DEPTH.labels(device=self.device).set(len(self._jobs))
 
-    async def submit(self, key: Hashable, size: int, payload: Any, timeout_s: float) -> Any:
+    async def submit(self, key: Hashable, parts: Sequence[Part], timeout_s: float, heavy: bool = False) -> list[Any]:
+        """Run every part (in order, possibly merged with other requests' parts); one result per part. A
+        heavy job (more than a call's worth of work, in one part or many) takes turns with cheap ones."""
+        if not parts:
+            raise ValueError("a job needs at least one part")
         loop = asyncio.get_running_loop()
-        job = Job(key, size, payload, loop.create_future(), loop)
+        job = Job(key, parts, loop.create_future(), loop, heavy or len(parts) > 1)
         with self._cond:
             if self._stopping:
                 raise BatcherStopped("the service is shutting down")
@@ -91,37 +116,48 @@ class Batcher:
         except asyncio.TimeoutError:
             self._withdraw(job)
             raise QueueTimeout(f"the request waited more than {timeout_s:g} s") from None
-        except asyncio.CancelledError:  # the caller gave up (its client went away): the job must not run
-            if self._withdraw(job):
-                metrics.ABANDONED.inc()
+        except asyncio.CancelledError:  # the caller gave up (its client went away): the job must not run on
+            self._withdraw(job)
             raise
 
-    def _withdraw(self, job: Job) -> bool:
-        """Take a job that nobody waits for out of the queue; False if the worker had taken it already (a job
-        taken but not yet run is still skipped, since its future is done)."""
+    def _withdraw(self, job: Job) -> None:
+        """Take a job that nobody waits for out of the queue. One the worker holds is dropped by the worker
+        before its next part (its future is done), so it is counted there."""
         with self._cond:
             if job not in self._jobs:
-                return False
+                return
             self._jobs.remove(job)
             self._set_depth()
-            return True
+        metrics.ABANDONED.inc()
+
+    def _pick_head(self) -> Job:
+        """The oldest cheap job or the oldest heavy one: they take turns while both kinds wait."""
+        cheap = next((job for job in self._jobs if not job.heavy), None)
+        heavy = next((job for job in self._jobs if job.heavy), None)
+        if cheap is None or (heavy is not None and not self._last_head_heavy):
+            head = heavy
+        else:
+            head = cheap
+        self._last_head_heavy = head.heavy
+        return head
 
     def _take_batch(self) -> list[Job] | None:
-        """Block for a head job, then gather same-key jobs until full or the wait runs out."""
+        """Block for a head job, then gather the next parts of same-key jobs until full or the wait runs out."""
         with self._cond:
             while not self._jobs and not self._stopping:
                 self._cond.wait()
             if not self._jobs:
                 return None
-            head = self._jobs.popleft()
-            batch, total, capacity = [head], head.size, self.capacity(head.key)
+            head = self._pick_head()
+            self._jobs.remove(head)
+            batch, total, capacity = [head], head.next.cost, self.capacity(head.key)
             deadline = time.monotonic() + self.max_wait_s
             while total < capacity:
                 for job in list(self._jobs):
-                    if job.key == head.key and total + job.size <= capacity:
+                    if job.key == head.key and total + job.next.cost <= capacity:
                         self._jobs.remove(job)
                         batch.append(job)
-                        total += job.size
+                        total += job.next.cost
                 remaining = deadline - time.monotonic()
                 if total >= capacity or remaining <= 0 or self._stopping:
                     break
@@ -131,18 +167,32 @@ class Batcher:
 
     def _work(self) -> None:
         while (batch := self._take_batch()) is not None:
-            batch = [job for job in batch if not job.future.done()]
-            if not batch:
+            live = [job for job in batch if not job.future.done()]
+            metrics.ABANDONED.inc(len(batch) - len(live))
+            if not live:
                 continue
-            for job, result, error in self._run(batch):
-                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
+            unfinished = []
+            for job, result, error in self._run(live):
+                if error is not None:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+                    continue
+                job.results.append(result)
+                if job.finished:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, job.results, None)
+                elif job.future.done():  # its caller gave up during this call: the rest never runs
+                    metrics.ABANDONED.inc()
+                else:
+                    unfinished.append(job)
+            with self._cond:  # parts left: to the back of the queue, behind whatever arrived meanwhile
+                self._jobs.extend(unfinished)
+                self._set_depth()
 
     def _run(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
-        """(job, result, error) for every job. If a merged call fails (say one request's solve is too stiff),
-        each job runs again alone, so a request never fails for what its batch-mates asked."""
+        """(job, result of its next part, error) for every job. If a merged call fails (say one request's solve
+        is too stiff), each part runs again alone, so a request never fails for what its batch-mates asked."""
         try:
             with torch.inference_mode():
-                results = self.run_batch(batch[0].key, batch)
+                results = self.run_batch(batch[0].key, [job.next.payload for job in batch])
             return [(job, result, None) for job, result in zip(batch, results, strict=True)]
         except Exception as error:  # handed to the waiter; the route turns it into an HTTP error
             if len(batch) == 1:

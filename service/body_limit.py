@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
+from .errors import error_body
 
 
 class BodyTooLarge(HTTPException):
@@ -32,9 +33,10 @@ class BodySizeLimit:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             if length.isdigit():
                 metrics.REJECTED.labels(reason="payload_too_large").inc()
-                await _respond(send, 413, "payload_too_large", f"request body exceeds the limit of {self.limit} bytes")
+                message = f"request body exceeds the limit of {self.limit} bytes"
+                await _respond(send, scope["path"], 413, "payload_too_large", message)
             else:
-                await _respond(send, 400, "bad_request", "invalid Content-Length header")
+                await _respond(send, scope["path"], 400, "bad_request", "invalid Content-Length header")
             return
         received = 0
 
@@ -50,8 +52,8 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
-async def _respond(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+async def _respond(send: Send, path: str, status: int, code: str, message: str) -> None:
+    body = json.dumps(error_body(path, code, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

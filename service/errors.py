@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: {"error": {"code", "message"}}."""
+"""One JSON error shape for every failure: {"error": {"code", "message"}}; under /v2, the Open Inference
+Protocol's own {"error": "message"}, whichever layer refuses the request."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import metrics
+from . import metrics, request_id
 
 REQUEST_PARTS = ("body", "query", "path", "header", "cookie")  # the first element of a validation error's loc
+V2_ROOT = "/v2"
 
 
 class ServiceError(Exception):
@@ -20,8 +22,17 @@ class ServiceError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_body(path: str, code: str, message: str) -> dict:
+    """The body of an error answer to a request for `path`."""
+    if path == V2_ROOT or path.startswith(f"{V2_ROOT}/"):
+        return {"error": message}
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
 def _describe(errors: list[dict]) -> str:
@@ -44,11 +55,11 @@ def install(app: FastAPI) -> None:
     async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
         if error.status in (413, 503, 504):
             metrics.REJECTED.labels(reason=error.code).inc()
-        return error_response(error.status, error.code, error.message, error.headers)
+        return error_response(request, error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _describe(error.errors()))
+        return error_response(request, 422, "invalid_request", _describe(error.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -57,8 +68,11 @@ def install(app: FastAPI) -> None:
         )
         if error.status_code == 413:
             metrics.REJECTED.labels(reason=code).inc()
-        return error_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+        return error_response(request, error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        return error_response(500, "internal_error", "internal error; see the service log")
+        # answered by the outermost layer, past the request-ID middleware: the ID is added here
+        return error_response(
+            request, 500, "internal_error", "internal error; see the service log", request_id.headers()
+        )

@@ -9,23 +9,27 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from opentelemetry.trace import Tracer
 
 import latent_cnf
-from latent_cnf import SolverError, checkpoints
+from latent_cnf import SolverError, checkpoints, ood, outlier
 from latent_cnf.config import SolverConfig
 from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF, Trajectory
 
 from . import metrics
-from .batching import Batcher, BatcherStopped, Job, QueueFull, QueueTimeout
+from .batching import Batcher, BatcherStopped, Part, QueueFull, QueueTimeout
+from .cost import WorkShape, measured_dopri5_nfe, solve_evaluations
 from .errors import ServiceError
 from .settings import Settings
+from .tracing import DISABLED, ModelCall, record_calls
 
 log = logging.getLogger("latent_cnf.service")
+Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,26 @@ class SampleJob:
 
 
 @dataclass(frozen=True)
-class ScoreJob:
+class BatchKey:
+    """What must be equal for requests to share a model call."""
+
+    kind: Literal["generate", "trajectory", "score"]
+    model: str
+    solver: SolverConfig
+    frames: int = 2  # decoded times of a sampling solve
+    importance_samples: int = 0  # K of a score
+
+
+@dataclass(frozen=True)
+class SampleChunk:
+    z0: torch.Tensor  # (rows, latent_dim) base noise, drawn for the whole request before it was cut
+    labels: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ScoreChunk:
     images: torch.Tensor  # (m, 28, 28) binarized pixels
-    seed: int
+    seeds: torch.Tensor  # (m,) proposal seed of each image: its index in the request
 
 
 @dataclass
@@ -64,6 +85,37 @@ class ServedModel:
             return None
         return float(np.interp(log_likelihood, self.reference, np.linspace(0, 100, len(self.reference))))
 
+    def out_of_distribution(self, images: torch.Tensor, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per scored binary image: the complexity-corrected score, and in_distribution with the reason it is
+        false under the bounds calibrated in the card (null without them; an image without ink is never in).
+        The outlier judge's digit logit is tested only when its shipped weights are those the card was
+        calibrated with; without them that bound is skipped (latent_cnf/ood.py)."""
+        tensor = {
+            key: torch.tensor([row[key] for row in rows])
+            for key in ("log_likelihood_nats", "reconstruction_nats", "latent_log_density")
+        }
+        judge = ood.card_outlier_judge(self.card)
+        values = ood.signals(
+            images,
+            tensor["log_likelihood_nats"],
+            tensor["reconstruction_nats"],
+            tensor["latent_log_density"],
+            outlier.digit_logit(judge, images) if judge is not None else None,
+        )
+        limits = ood.card_bounds(self.card)
+        out = []
+        for i in range(len(rows)):
+            own = {name: float(value[i]) for name, value in values.items()}
+            in_distribution, reason = ood.verdict(own, limits)
+            out.append(
+                {
+                    "complexity_corrected_nats": own["complexity_corrected_nats"],
+                    "in_distribution": in_distribution,
+                    "ood_reason": reason,
+                }
+            )
+        return out
+
 
 async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
     """Return once `condition()` is true, checking every `every_s` seconds; a failing check counts as false."""
@@ -76,21 +128,36 @@ async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) 
         await asyncio.sleep(every_s)
 
 
-def split_trajectory(path: Trajectory, jobs: Sequence[Job]) -> list[Trajectory]:
+def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]:
+    """Cut a merged call's trajectory back into its requests' pieces (sample rows in order)."""
     out, start = [], 0
-    for job in jobs:
-        end = start + job.size
+    for size in sizes:
+        end = start + size
         labels = path.labels[start:end] if path.labels is not None else None
         out.append(Trajectory(path.times, path.latents[:, start:end], path.images[:, start:end], labels, path.nfe))
         start = end
     return out
 
 
+def join_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
+    """The pieces of one request, solved in separate calls, as one trajectory; NFE is the most any part took."""
+    if len(parts) == 1:
+        return parts[0]
+    labels = [part.labels for part in parts]
+    return Trajectory(
+        parts[0].times,
+        torch.cat([part.latents for part in parts], 1),
+        torch.cat([part.images for part in parts], 1),
+        torch.cat(labels) if labels[0] is not None else None,
+        max(part.nfe for part in parts),
+    )
+
+
 class ModelHub:
     """Loads the configured checkpoints onto one device and runs merged requests for them."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, tracer: Tracer = DISABLED):
+        self.settings, self.tracer = settings, tracer
         self.device = str(resolve_device(settings.device))
         self.models: dict[str, ServedModel] = {}
         self.failed: dict[str, str] = {}  # checkpoint -> why it could not be served
@@ -129,6 +196,7 @@ class ModelHub:
         model = latent_cnf.load(name, self.device)
         card = checkpoints.read_card(name)
         quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
+        outlier.shipped()  # loaded once, here rather than on the first /score; a missing file is logged
         served = ServedModel(
             name=checkpoints.display_name(name),
             model=model,
@@ -167,26 +235,100 @@ class ModelHub:
         except ValueError as error:
             raise ServiceError(422, "invalid_solver", str(error)) from None
 
-    def capacity(self, key: tuple) -> int:
-        """Most work merged into one call: samples, or latent rows (images x K x labels) for scoring."""
-        return self.settings.max_score_rows if key[0] == "score" else self.settings.max_batch
-
-    def score_rows(self, served: ServedModel, images: int, importance_samples: int) -> int:
-        """Latent rows one /score request puts through the flow: its cost in the batcher."""
-        return images * importance_samples * served.model.config.score_classes
-
     def check_label(self, served: ServedModel, label: int | None) -> None:
         if label is not None and not served.conditional:
             raise ServiceError(
                 422, "label_not_supported", f"model {served.name!r} is not label-conditioned: omit 'label'"
             )
 
-    async def submit(
-        self, key: tuple, size: int, payload: Any, disconnected: Callable[[], Awaitable[bool]] | None = None
-    ) -> Any:
+    def work_shape(self, key: BatchKey) -> WorkShape:
+        """The cost of one sample (or one scored image) of requests with this key."""
+        served = self.models[key.model]
+        if key.kind == "score":
+            rows = key.importance_samples * served.model.config.score_classes
+            nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.card, "scoring"))
+            return WorkShape(rows=rows + 1, nfe=nfe, decoded=rows)  # + 1: the density at the posterior mean
+        nfe = solve_evaluations(key.solver, key.frames, measured_dopri5_nfe(served.card, "sampling"))
+        return WorkShape(rows=1, nfe=nfe, decoded=key.frames)
+
+    def most_units(self, key: BatchKey) -> int:
+        """Memory cap of one call: samples, or the images whose latent rows (K x labels) fit max_score_rows."""
+        if key.kind == "score":
+            return max(1, self.settings.max_score_rows // (self.work_shape(key).rows - 1))
+        return self.settings.max_batch
+
+    def capacity(self, key: BatchKey) -> int:
+        """Most cost merged into one call: one full part (see service/cost.py)."""
+        shape = self.work_shape(key)
+        return shape.marginal * shape.units_per_part(self.settings.max_call_cost, self.most_units(key))
+
+    def plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
+        """Cut a request of `units` samples or images into parts (each part's payload is the slice of the
+        request it covers) and tell whether it is heavy; refuse it (422) over the per-request budget."""
+        shape = self.work_shape(key)
+        slices = shape.parts(units, self.settings.max_call_cost, self.most_units(key))
+        cost = sum(shape.cost(piece.stop - piece.start) for piece in slices)
+        if cost > self.settings.max_request_cost:
+            raise ServiceError(
+                422,
+                "request_too_costly",
+                f"this request costs {cost:,} units of work, over the limit of {self.settings.max_request_cost:,} "
+                "per request (LATENT_CNF_MAX_REQUEST_COST): ask for fewer samples or images, fewer importance "
+                "samples, or fewer solver steps",
+            )
+        parts = [Part(shape.marginal * (piece.stop - piece.start), piece) for piece in slices]
+        return parts, cost > self.settings.max_call_cost
+
+    async def sample(
+        self,
+        kind: Literal["generate", "trajectory"],
+        served: ServedModel,
+        job: SampleJob,
+        solver: SolverConfig,
+        frames: int,
+        disconnected: Disconnected | None = None,
+    ) -> Trajectory:
+        """Samples decoded at `frames` times, solved in parts that may share calls with other requests."""
+        z0, labels = served.model.draw_base(job.n, job.label, job.seed, job.temperature)
+        return await self.flow(kind, served, z0, labels, solver, frames, disconnected)
+
+    async def flow(
+        self,
+        kind: Literal["generate", "trajectory"],
+        served: ServedModel,
+        z0: torch.Tensor,
+        labels: torch.Tensor | None,
+        solver: SolverConfig,
+        frames: int,
+        disconnected: Disconnected | None = None,
+    ) -> Trajectory:
+        """Explicit base noise (and labels) through the flow, batched like `sample`: for noise no single seed
+        draws, such as an interpolation between two seeds' noise."""
+        key = BatchKey(kind, served.name, solver, frames)
+        parts, heavy = self.plan(key, len(z0))
+        chunks = [
+            Part(p.cost, SampleChunk(z0[p.payload], labels[p.payload] if labels is not None else None)) for p in parts
+        ]
+        return join_trajectories(await self._submit(key, chunks, heavy, disconnected))
+
+    async def score(
+        self, served: ServedModel, images: torch.Tensor, k: int, disconnected: Disconnected | None = None
+    ) -> list[dict[str, Any]]:
+        """One result row per image; image i draws its proposals from seed i, whatever its part or batch."""
+        key = BatchKey("score", served.name, self.settings.score_solver(served.model.score_solver), 2, k)
+        parts, heavy = self.plan(key, len(images))
+        seeds = torch.arange(len(images))
+        chunks = [Part(p.cost, ScoreChunk(images[p.payload], seeds[p.payload])) for p in parts]
+        return [row for rows in await self._submit(key, chunks, heavy, disconnected) for row in rows]
+
+    async def _submit(
+        self, key: BatchKey, parts: list[Part], heavy: bool, disconnected: Disconnected | None
+    ) -> list[Any]:
         """Queue a job for the inference thread; queue and solver failures become ServiceErrors. While it waits,
-        `disconnected` is polled: a job whose client has gone is withdrawn unless it has started."""
-        waiting = asyncio.ensure_future(self.batcher.submit(key, size, payload, self.settings.timeout_s))
+        `disconnected` is polled: a job whose client has gone is withdrawn, or dropped before its next part.
+        Each part comes back with the model call that ran it, traced here, in the request's context."""
+        submitted_ns = time.time_ns()
+        waiting = asyncio.ensure_future(self.batcher.submit(key, parts, self.settings.timeout_s, heavy))
         if disconnected is not None:
             watcher = asyncio.ensure_future(until(disconnected))
             try:
@@ -199,7 +341,7 @@ class ModelHub:
             if waiting.cancelled():
                 raise ServiceError(499, "client_closed_request", "the client closed the connection before the answer")
         try:
-            return await waiting
+            outcomes = await waiting
         except QueueFull as error:
             raise ServiceError(503, "queue_full", str(error), {"Retry-After": "1"}) from None
         except BatcherStopped as error:
@@ -208,40 +350,42 @@ class ModelHub:
             raise ServiceError(504, "timeout", str(error)) from None
         except SolverError as error:
             raise ServiceError(422, "solver_failed", str(error)) from None
+        record_calls(self.tracer, submitted_ns, [call for _, call in outcomes])
+        return [result for result, _ in outcomes]
 
-    def run_batch(self, key: tuple, jobs: Sequence[Job]) -> list[Any]:
-        kind, name = key[0], key[1]
-        served = self.models[name]
-        started = time.perf_counter()
-        if kind == "score":
-            results, nfe = self._score(served, key[2], jobs)
-            size = sum(len(job.payload.images) for job in jobs)
-            metrics.IMAGES_SCORED.labels(model=name).inc(size)
+    def run_batch(self, key: BatchKey, chunks: Sequence[Any]) -> list[tuple[Any, ModelCall]]:
+        """One merged model call: each chunk's result, with the call's times and sizes for its trace."""
+        served = self.models[key.model]
+        started, started_ns = time.perf_counter(), time.time_ns()
+        if key.kind == "score":
+            results, nfe = self._score(served, key, chunks)
+            size = sum(len(chunk.images) for chunk in chunks)
+            metrics.IMAGES_SCORED.labels(model=key.model).inc(size)
         else:
-            results, nfe = self._generate(served, key[2], key[3], jobs)
-            size = sum(job.size for job in jobs)
-            metrics.SAMPLES.labels(model=name).inc(size)
-        metrics.INFERENCE_SECONDS.labels(model=name, kind=kind).observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.labels(model=name, kind=kind).observe(size)
-        metrics.BATCH_REQUESTS.labels(model=name, kind=kind).observe(len(jobs))
-        metrics.NFE.labels(model=name, kind=kind).observe(nfe)
-        return results
+            results, nfe = self._generate(served, key, chunks)
+            size = sum(len(chunk.z0) for chunk in chunks)
+            metrics.SAMPLES.labels(model=key.model).inc(size)
+        metrics.INFERENCE_SECONDS.labels(model=key.model, kind=key.kind).observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.labels(model=key.model, kind=key.kind).observe(size)
+        metrics.BATCH_REQUESTS.labels(model=key.model, kind=key.kind).observe(len(chunks))
+        metrics.NFE.labels(model=key.model, kind=key.kind).observe(nfe)
+        call = ModelCall(key.kind, key.model, size, len(chunks), nfe, started_ns, time.time_ns())
+        return [(result, call) for result in results]
 
     def _generate(
-        self, served: ServedModel, solver: SolverConfig, steps: int, jobs: Sequence[Job]
+        self, served: ServedModel, key: BatchKey, chunks: Sequence[SampleChunk]
     ) -> tuple[list[Trajectory], int]:
-        model = served.model
-        drawn = [model.draw_base(j.payload.n, j.payload.label, j.payload.seed, j.payload.temperature) for j in jobs]
-        z0 = torch.cat([z for z, _ in drawn])
-        labels = torch.cat([y for _, y in drawn]) if served.conditional else None
-        path = model.generate(z0, labels, solver, steps)
-        return split_trajectory(path, jobs), path.nfe
+        z0 = torch.cat([chunk.z0 for chunk in chunks])
+        labels = torch.cat([chunk.labels for chunk in chunks]) if served.conditional else None
+        path = served.model.generate(z0, labels, key.solver, key.frames)
+        return split_trajectory(path, [len(chunk.z0) for chunk in chunks]), path.nfe
 
-    def _score(self, served: ServedModel, k: int, jobs: Sequence[Job]) -> tuple[list[dict[str, Any]], int]:
-        images = torch.cat([job.payload.images for job in jobs])
-        seeds = torch.cat([job.payload.seed + torch.arange(len(job.payload.images)) for job in jobs])
-        solver = self.settings.score_solver(served.model.score_solver)
-        score = served.model.score(images, k=k, seed=seeds, solver=solver)
+    def _score(
+        self, served: ServedModel, key: BatchKey, chunks: Sequence[ScoreChunk]
+    ) -> tuple[list[list[dict[str, Any]]], int]:
+        images = torch.cat([chunk.images for chunk in chunks])
+        seeds = torch.cat([chunk.seeds for chunk in chunks])
+        score = served.model.score(images, k=key.importance_samples, seed=seeds, solver=key.solver)
         fields = {
             "log_likelihood_nats": score.log_likelihood,
             "elbo_nats": score.elbo,
@@ -249,15 +393,20 @@ class ModelHub:
             "kl_nats": score.kl,
             "reconstruction_nats": score.reconstruction,
         }
-        rows = [{key: float(value[i]) for key, value in fields.items()} for i in range(len(images))]
+        rows = [{name: float(value[i]) for name, value in fields.items()} for i in range(len(images))]
+        # With the uniform class prior, p(y | x) = p(x | y) / sum_y' p(x | y'): a softmax of the per-label
+        # bounds, exact up to the bounds' gaps (equal gaps cancel).
+        posterior = score.label_log_likelihood.softmax(1) if score.label_log_likelihood is not None else None
+        reconstructions = score.decoded_mean.cpu()
         for i, row in enumerate(rows):
             row["bits_per_dim"] = -row["log_likelihood_nats"] / (images[i].numel() * math.log(2))
             row["predicted_label"] = int(score.predicted_label[i]) if score.predicted_label is not None else None
+            row["label_probabilities"] = posterior[i].tolist() if posterior is not None else None
+            row["reconstruction"] = reconstructions[i]  # encoded as PNG by the route, off this thread
         out, start = [], 0
-        for job in jobs:
-            end = start + len(job.payload.images)
-            out.append(rows[start:end])
-            start = end
+        for chunk in chunks:
+            out.append(rows[start : start + len(chunk.images)])
+            start += len(chunk.images)
         return out, score.nfe
 
     def close(self) -> None:

@@ -28,7 +28,10 @@ NFE = Histogram("latent_cnf_nfe", "ODE function evaluations per model call", ["m
 SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model"])
 IMAGES_SCORED = Counter("latent_cnf_images_scored", "images scored", ["model"])
 REJECTED = Counter("latent_cnf_rejected", "requests refused, by reason", ["reason"])
-ABANDONED = Counter("latent_cnf_abandoned", "requests withdrawn before they ran: their client had gone")
+ABANDONED = Counter(
+    "latent_cnf_abandoned",
+    "requests dropped before they ran, or between their parts: their client had gone or timed out",
+)
 MODEL_INFO = Gauge("latent_cnf_model_info", "served models (value 1)", ["model", "device", "checkpoint_sha256"])
 READY = Gauge("latent_cnf_ready", "1 once every checkpoint was tried and the default model is served")
 MODEL_LOAD_FAILED = Gauge("latent_cnf_model_load_failed", "checkpoints that could not be served (value 1)", ["model"])

@@ -66,8 +66,25 @@ class ImageScore(BaseModel):
     reconstruction_nats: float
     importance_samples: int
     percentile: float | None = Field(description="percentile of this score among the model's test-set scores")
-    in_distribution: bool | None = Field(description="percentile above LATENT_CNF_OOD_PERCENTILE")
+    complexity_corrected_nats: float = Field(
+        description="log_likelihood_nats + ln 2 x the PNG code length of the binarized image in bits (Serrà et al. "
+        "2020): how much better the model explains the image than a generic compressor; higher = more digit-like"
+    )
+    in_distribution: bool | None = Field(
+        description="every signal within the bounds calibrated in the model's card (null without them); "
+        "an image without ink is never in distribution"
+    )
+    ood_reason: str | None = Field(description="why in_distribution is false: no_ink, or the signal out of bounds")
     predicted_label: int | None = Field(description="argmax over labels of the class-conditional bound")
+    label_probabilities: list[float] | None = Field(
+        description="p(label | image) for labels 0..9 (label-conditioned models): the softmax of the "
+        "class-conditional bounds, Bayes' rule under the uniform class prior, exact up to the bounds' gaps"
+    )
+    input_png: str = Field(description="base64 PNG of the binarized 28x28 image that was scored")
+    reconstruction_png: str = Field(
+        description="base64 PNG of the pixel means decoded from the encoder mean whose density "
+        "latent_log_density is (for a label-conditioned encoder, the best-scoring label's)"
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -94,11 +111,24 @@ class TrajectoryResponse(BaseModel):
     trajectory: list[TrajectoryStep]
 
 
+class InterpolateResponse(BaseModel):
+    model: str
+    seed_a: int
+    seed_b: int
+    t: list[float] = Field(description="the interpolation weights, one per image")
+    label: int | None
+    temperature: float
+    nfe: int
+    images: list[str] = Field(description="base64 PNG of the sample at each t")
+    latents: list[list[float]]
+
+
 class ModelInfo(BaseModel):
     name: str
     dataset: str | None
     preset: str | None
     conditional: bool
+    class_names: list[str] | None = Field(description="name of each label 0..9 in the model's dataset")
     latent_dim: int
     parameters: int
     checkpoint_sha256: str

@@ -22,7 +22,16 @@ class Settings(BaseSettings):
     default_model: str = Field("mnist-final-cond", description="model used when a request names none")
     max_batch: int = Field(256, ge=1, description="most samples merged into one sampling call")
     max_score_rows: int = Field(
-        4096, ge=1, description="most latent rows (images x K x labels) merged into one scoring call"
+        4096, ge=1, description="most latent rows (images x K x labels) in one scoring call; at least one image"
+    )
+    max_call_cost: int = Field(
+        2_000_000,
+        ge=1,
+        description="work units (latent rows x function evaluations; see service/cost.py) in one model call: "
+        "a larger request runs in parts between others' calls (2,000,000 is about 0.3 s on 2 CPU cores)",
+    )
+    max_request_cost: int = Field(
+        32_000_000, ge=1, description="work units one request may cost; above this it gets 422 (about 5 s on 2 cores)"
     )
     max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
     max_queue: int = Field(64, ge=1, description="queued requests before new ones get 503")
@@ -30,8 +39,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(5_000_000, ge=1, description="request bodies above this get 413")
     max_files: int = Field(16, ge=1, description="images per /score request")
     max_image_pixels: int = Field(16_777_216, ge=1, description="decoded images above this many pixels get 413")
-    ood_percentile: float = Field(
-        1.0, ge=0, le=100, description="score percentile below which an image is called out of distribution"
+    max_request_pixels: int = Field(
+        16_777_216, ge=1, description="a /score request whose images have more pixels in all gets 413"
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="images decoded at once over all requests; each holds up to 16 bytes per pixel (WebP)"
     )
     solver_method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = Field(
         None, description="sampling solver when a request names none (default: each checkpoint's calibrated one)"
@@ -51,6 +63,24 @@ class Settings(BaseSettings):
     max_nfe: int = Field(10_000, ge=1, description="a solve needing more function evaluations fails with 422")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     warmup: bool = Field(True, description="run one sample and one score per model before reporting ready")
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="open connections before a new one closes the one waiting longest on its client "
+        "(default: the open-file limit minus a reserve)",
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head not complete by then is closed")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body not complete this long after its head gets 408 and is closed"
+    )
+    keep_alive_s: float = Field(30.0, gt=0, description="an idle connection between requests is closed after this")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line; both carry the request ID"
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); unset = no tracing",
+    )
 
     def sample_solver(self, calibrated: SolverConfig) -> SolverConfig:
         """A checkpoint's calibrated sampling solver with what these settings override."""

@@ -549,8 +549,8 @@ def dockerfile_instruction(word: str) -> str:
 
 def dockerfile_cmd_flags() -> dict[str, Any]:
     command = json.loads(dockerfile_instruction("CMD"))
-    assert command[:2] == ["uvicorn", "service.app:app"]
-    flags = dict(zip(command[2::2], command[3::2], strict=True))
+    assert command[:3] == ["python", "-m", "service"]  # the entry with the connection limits (service/connections.py)
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
     return {k: float(v) if k == "--timeout-graceful-shutdown" else v for k, v in flags.items()}
 
 
@@ -571,7 +571,6 @@ def test_dockerfile_matches_the_app(routes: set[str]) -> None:
     assert flags == {
         "--host": "0.0.0.0",
         "--port": "8000",
-        "--workers": "1",
         "--timeout-graceful-shutdown": 30.0,
     }
     healthcheck = dockerfile_instruction("HEALTHCHECK")
@@ -657,5 +656,7 @@ def test_build_context_holds_the_package_and_its_checkpoints(tmp_path: Path) -> 
     [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
     assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
     assert "service/app.py" in names and "latent_cnf/checkpoints.py" in names
+    page = [f"service/static/{p.name}" for p in (REPO / "service" / "static").iterdir()]
+    assert set(page) <= names, "the demo page's files would miss the image"
     missing = [p for p in shipped if p.endswith((".pt", ".json")) and p not in names]
     assert not missing, f"checkpoint files left out of the wheel: {missing}"

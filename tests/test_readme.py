@@ -31,13 +31,13 @@ README = (REPO / "README.md").read_text()
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
-def blocks(shown_as: str = "json") -> list[tuple[str, str, str | None]]:
-    """(language, code, the `shown_as` block right after it or None) for every fenced block of the README."""
-    found = [(m.group(1), m.group(2), m.start(), m.end()) for m in FENCE.finditer(README)]
+def blocks(shown_as: str = "json", text: str = README) -> list[tuple[str, str, str | None]]:
+    """(language, code, the `shown_as` block right after it or None) for every fenced block of `text`."""
+    found = [(m.group(1), m.group(2), m.start(), m.end()) for m in FENCE.finditer(text)]
     out = []
     for i, (lang, code, _, end) in enumerate(found):
         following = found[i + 1] if i + 1 < len(found) else None
-        adjacent = following and following[0] == shown_as and not README[end : following[2]].strip()
+        adjacent = following and following[0] == shown_as and not text[end : following[2]].strip()
         out.append((lang, code, following[1] if adjacent else None))
     return out
 
@@ -47,9 +47,9 @@ def text_blocks() -> list[tuple[str, str, str | None]]:
     return blocks("text")
 
 
-def curl_examples() -> list[tuple[str, str | None]]:
+def curl_examples(text: str = README) -> list[tuple[str, str | None]]:
     examples = []
-    for lang, code, shown in blocks():
+    for lang, code, shown in blocks(text=text):
         if lang != "sh":
             continue
         commands = [line for line in code.replace("\\\n", " ").splitlines() if line.startswith("curl ")]
@@ -69,7 +69,8 @@ def request_of(command: str) -> dict[str, Any]:
             name, value = words.pop(0).split(":", 1)
             request["headers"][name.strip().lower()] = value.strip()
         elif word == "-d":
-            request["body"] = words.pop(0)
+            body = words.pop(0)  # @path: the file's contents, which the repo must ship
+            request["body"] = (REPO / body[1:]).read_bytes() if body.startswith("@") else body
         elif word == "-F":
             name, value = words.pop(0).split("=", 1)
             if value.startswith("@"):
@@ -127,7 +128,12 @@ def test_the_readme_has_examples_to_check():
 
 
 @pytest.mark.parametrize("command, shown", curl_examples(), ids=lambda value: str(value)[:60])
-def test_curl_example(client, tmp_path, command, shown):
+def test_curl_example(client, command, shown):
+    check_curl_example(client, command, shown)
+
+
+def check_curl_example(client, command: str, shown: str | None) -> None:
+    """The command's answer from the app: a saved PNG, or JSON with every field the document shows."""
     request = request_of(command)
     response = send(client, request)
     if shown is None:  # an image: the README saves it to a file
@@ -140,7 +146,7 @@ def test_curl_example(client, tmp_path, command, shown):
         assert_shown(json.loads(shown), body)
     except AssertionError as error:
         raise AssertionError(
-            f"{error}\nthe README shows an outdated answer to\n{command}\nit is now:\n{json.dumps(body)}"
+            f"{error}\nthe document shows an outdated answer to\n{command}\nit is now:\n{json.dumps(body)}"
         ) from None
 
 

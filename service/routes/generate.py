@@ -42,13 +42,10 @@ async def generate(
     hub.check_label(served, body.label)
     solver = hub.solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
-    path = await hub.submit(
-        ("generate", served.name, solver, 2),
-        body.n,
-        SampleJob(body.n, body.label, seed, body.temperature),
-        request.is_disconnected,
-    )
-    return await run_in_threadpool(respond, served.name, body, seed, path, wants_png(request, format))
+    job = SampleJob(body.n, body.label, seed, body.temperature)
+    path = await hub.sample("generate", served, job, solver, 2, request.is_disconnected)
+    with request.app.state.tracer.start_as_current_span("encode"):
+        return await run_in_threadpool(respond, served.name, body, seed, path, wants_png(request, format))
 
 
 def respond(

@@ -13,13 +13,17 @@ from ..schemas import Health
 router = APIRouter(tags=["operations"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
+@router.head(
+    "/healthz", response_model=Health, include_in_schema=False
+)  # probes that send HEAD: the same answer, without a body
+@router.get("/healthz", response_model=Health)
 async def healthz(hub: ModelHub = Depends(get_hub)) -> Health:
     """The process is alive: always 200, with the models loaded so far (more may still be loading)."""
     return Health(status="ok", ready=hub.ready, models=sorted(hub.models), failed=hub.failed)
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
+@router.head("/readyz", response_model=Health, include_in_schema=False)
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
     """200 once every checkpoint was tried and the default model is served; `failed` names those that could not be."""
     ready = hub.ready  # read once: the loading thread may flip it while this answers
@@ -30,6 +34,7 @@ async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
     return health
 
 
-@router.api_route("/metrics", methods=["GET", "HEAD"], response_class=Response)
+@router.head("/metrics", include_in_schema=False)
+@router.get("/metrics", response_class=Response)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from latent_cnf.data import CLASS_NAMES
+
 from ..dependencies import get_hub
 from ..inference import ModelHub, ServedModel
 from ..schemas import ERROR_RESPONSES, ModelInfo, ModelList
@@ -18,6 +20,7 @@ def describe(served: ServedModel) -> ModelInfo:
         dataset=served.card.get("dataset"),
         preset=served.card.get("preset"),
         conditional=served.conditional,
+        class_names=list(CLASS_NAMES[served.card["dataset"]]) if served.card.get("dataset") in CLASS_NAMES else None,
         latent_dim=served.model.config.latent_dim,
         parameters=served.parameters,
         checkpoint_sha256=served.sha256,

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Literal
 
 import torch
+from anyio import to_thread
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from latent_cnf.images import preprocess_mnist, preprocess_resize
+from latent_cnf.images import image_pngs, preprocess_mnist, preprocess_resize
 
 from ..dependencies import get_hub, get_settings
 from ..errors import ServiceError
-from ..inference import ModelHub, ScoreJob
+from ..inference import ModelHub
 from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, ImageScore, ScoreResponse
 from ..settings import Settings
-from ..uploads import decode_image
+from ..uploads import check_request_pixels, decode_image, decode_limiter
 
 router = APIRouter(tags=["score"])
 PREPROCESSORS = {"mnist": preprocess_mnist, "resize": preprocess_resize}
@@ -25,6 +27,15 @@ def prepare(data: bytes, filename: str, preprocess: str, max_pixels: int) -> tor
     """Decode, make MNIST-like, and binarize at 0.5 (the model is a Bernoulli likelihood of binary pixels)."""
     image = decode_image(data, filename, max_pixels)
     return (PREPROCESSORS[preprocess](image) > 0.5).float()
+
+
+def encode_pictures(batch: torch.Tensor, reconstructions: list[torch.Tensor]) -> list[dict[str, str]]:
+    """What the model saw and what it kept of it, as base64 PNGs: encoded off the event loop."""
+    inputs, kept = image_pngs(batch), image_pngs(torch.stack(reconstructions))
+    return [
+        {"input_png": base64.b64encode(a).decode(), "reconstruction_png": base64.b64encode(b).decode()}
+        for a, b in zip(inputs, kept, strict=True)
+    ]
 
 
 @router.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
@@ -42,23 +53,28 @@ async def score(
     if len(file) > settings.max_files:
         raise ServiceError(422, "too_many_files", f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]
+    uploads = [(await upload.read(), name) for upload, name in zip(file, names, strict=True)]
+    await run_in_threadpool(check_request_pixels, uploads, settings.max_image_pixels, settings.max_request_pixels)
+    limiter = decode_limiter(request.app, settings.max_concurrent_decodes)
     images = []
-    for upload, name in zip(file, names, strict=True):
-        data = await upload.read()
-        images.append(await run_in_threadpool(prepare, data, name, preprocess, settings.max_image_pixels))
+    for data, name in uploads:  # a request waiting for a decoding slot holds no worker thread
+        images.append(
+            await to_thread.run_sync(prepare, data, name, preprocess, settings.max_image_pixels, limiter=limiter)
+        )
     batch = torch.stack(images)
-    cost = hub.score_rows(served, len(batch), importance_samples)
-    job = ScoreJob(batch, seed=0)
-    rows = await hub.submit(("score", served.name, importance_samples), cost, job, request.is_disconnected)
+    rows = await hub.score(served, batch, importance_samples, request.is_disconnected)
     results = []
-    for name, row in zip(names, rows, strict=True):
+    verdicts = served.out_of_distribution(batch, rows)
+    pictures = await run_in_threadpool(encode_pictures, batch, [row.pop("reconstruction") for row in rows])
+    for name, row, verdict, picture in zip(names, rows, verdicts, pictures, strict=True):
         percentile = served.percentile(row["log_likelihood_nats"])
         results.append(
             ImageScore(
                 filename=name,
                 importance_samples=importance_samples,
                 percentile=percentile,
-                in_distribution=None if percentile is None else percentile >= settings.ood_percentile,
+                **picture,
+                **verdict,
                 **row,
             )
         )

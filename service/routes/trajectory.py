@@ -41,8 +41,9 @@ async def trajectory(
     seed = fresh_seed(seed)
     solver = hub.solver(served, None)
     job = SampleJob(n, label, seed, temperature)
-    path = await hub.submit(("trajectory", served.name, solver, steps), n, job, request.is_disconnected)
-    return await run_in_threadpool(respond, served.name, seed, temperature, label, path, format == "png")
+    path = await hub.sample("trajectory", served, job, solver, steps, request.is_disconnected)
+    with request.app.state.tracer.start_as_current_span("encode"):
+        return await run_in_threadpool(respond, served.name, seed, temperature, label, path, format == "png")
 
 
 def respond(

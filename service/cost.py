@@ -1,0 +1,75 @@
+"""What a request costs the inference thread, known before it runs, and how it is cut into parts.
+
+The unit is one latent row through one function evaluation of the flow. A solve of `rows` rows with `nfe`
+evaluations costs nfe x (rows + EVALUATION_OVERHEAD_ROWS): each evaluation has a fixed cost (kernel launches,
+the hypernetwork's parameters) that small batches pay in full. Decoding a row into an image costs
+DECODER_EVALUATIONS units. Measured on the 2-core CPU with mnist-final-cond (bench figures in
+docs/operations.md), one unit is about 0.15 us at any batch size, so costs compare across kinds of request.
+The estimate is deterministic: whether a request is refused never depends on timing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from latent_cnf.config import FIXED_STEP_METHODS, SolverConfig
+from latent_cnf.fixed_step import STAGE_FRACTIONS
+
+EVALUATION_OVERHEAD_ROWS = 1024
+DECODER_EVALUATIONS = 64
+DOPRI5_REFERENCE_TOLERANCE = 1e-5
+DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when a checkpoint's card has no measured value
+
+
+def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int:
+    """Function evaluations of one solve over `frames` evenly spaced times: exact for fixed-step methods (whose
+    steps round up to a multiple of the frame intervals); for dopri5 the NFE measured at 1e-5, scaled by
+    tolerance^(-1/5) as the steps of a fifth-order method grow."""
+    if solver.method in FIXED_STEP_METHODS:
+        intervals = frames - 1
+        return -(-solver.steps // intervals) * intervals * len(STAGE_FRACTIONS[solver.method])
+    ratio = DOPRI5_REFERENCE_TOLERANCE / min(solver.rtol, solver.atol)
+    return max(6, math.ceil(dopri5_nfe * ratio**0.2))
+
+
+def measured_dopri5_nfe(card: Mapping[str, Any], kind: str) -> int:
+    """The NFE of dopri5 at 1e-5 from the card's solver calibration (`kind` is sampling or scoring)."""
+    for entry in card.get("solvers", {}).get("calibration", {}).get(kind, []):
+        spec = entry["spec"]
+        if spec["method"] == "dopri5" and min(spec["rtol"], spec["atol"]) == DOPRI5_REFERENCE_TOLERANCE:
+            return int(entry["nfe"])
+    return DOPRI5_DEFAULT_NFE[kind]
+
+
+@dataclass(frozen=True)
+class WorkShape:
+    """How one unit of a request (a sample, or an image) goes through the model."""
+
+    rows: int  # latent rows through the flow: 1 per sample, K x labels per scored image
+    nfe: int  # function evaluations of its solve
+    decoded: int  # rows decoded into images: frames per sample, K x labels per image
+
+    @property
+    def marginal(self) -> int:
+        """Cost of one more unit in a call that runs anyway."""
+        return self.rows * self.nfe + self.decoded * DECODER_EVALUATIONS
+
+    def cost(self, units: int) -> int:
+        """Cost of a call with `units` units: their marginal costs and the solve's fixed overhead."""
+        return units * self.marginal + self.nfe * EVALUATION_OVERHEAD_ROWS
+
+    def units_per_part(self, call_budget: int, most_units: int) -> int:
+        """Units per part: as many as keep a call within the budget, at least one, at most `most_units` (the
+        memory cap). When the solve's fixed overhead alone passes the budget (thousands of steps), cutting
+        rows cannot bring a call under it and would only repeat the overhead per part: the part is whole."""
+        room = call_budget - self.nfe * EVALUATION_OVERHEAD_ROWS
+        units = room // self.marginal if room > 0 else most_units
+        return max(1, min(most_units, units))
+
+    def parts(self, units: int, call_budget: int, most_units: int) -> list[slice]:
+        """The slices of a request's units that become its parts, in order."""
+        size = self.units_per_part(call_budget, most_units)
+        return [slice(start, min(start + size, units)) for start in range(0, units, size)]

@@ -1,0 +1,134 @@
+"""The Open Inference Protocol (KServe v2 REST) routes, beside the native API and sharing its hub; errors
+answer in the protocol's {"error": "..."} shape (see service/errors.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from .. import request_id
+from ..dependencies import get_hub, get_settings
+from ..inference import ModelHub
+from ..open_inference import (
+    HEADER_LENGTH,
+    ErrorMessage,
+    InferRequest,
+    InferResponse,
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    ServerMetadata,
+    decode_request,
+    encode_response,
+)
+from ..settings import Settings
+from ..v2_models import lookup, run
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorMessage, "description": text}
+    for status, text in {
+        400: "malformed request or tensors",
+        404: "unknown model",
+        413: "body too large",
+        422: "values outside the service's limits",
+        503: "queue full or models loading (see Retry-After)",
+        504: "timed out waiting for the model",
+    }.items()
+}
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its $defs inlined, for a body the route reads itself (raw bytes: the
+    binary extension puts tensors after the JSON)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
+@router.get("", response_model=ServerMetadata)
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name="latent-cnf", version=request.app.version, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", response_model=Live)
+async def live() -> Live:
+    return Live(live=True)
+
+
+@router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
+async def ready(hub: ModelHub = Depends(get_hub)) -> Ready | JSONResponse:
+    """200 when /readyz is; 503 otherwise, with the body saying so (clients read either)."""
+    if not hub.ready:
+        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
+    return Ready(ready=True)
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
+async def model_metadata(name: str, hub: ModelHub = Depends(get_hub)) -> ModelMetadata:
+    """Inputs and outputs of `<model>.generate` or `<model>.score`."""
+    return lookup(hub, name).metadata()
+
+
+@router.get("/models/{name}/ready", response_model=ModelReady, responses=ERRORS)
+async def model_ready(name: str, hub: ModelHub = Depends(get_hub)) -> ModelReady:
+    """200 once the model is loaded and warm; 503 while it loads, 404 for a model that is not served."""
+    return ModelReady(name=lookup(hub, name).name, ready=True)
+
+
+@router.get("/models/{name}/config", response_model=dict[str, Any], responses=ERRORS)
+async def model_config(
+    name: str, hub: ModelHub = Depends(get_hub), settings: Settings = Depends(get_settings)
+) -> dict[str, Any]:
+    """Triton's model configuration (the model_configuration extension), as perf_analyzer asks for it."""
+    return lookup(hub, name).config(settings)
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "JSON; or, when outputs are asked for as binary data, a JSON header of "
+            f"{HEADER_LENGTH} bytes followed by the tensors' raw bytes",
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _schema(InferRequest)},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": f"binary tensor data: a JSON header of {HEADER_LENGTH} bytes, then raw tensors",
+                },
+            },
+        }
+    },
+)
+async def infer(name: str, request: Request, hub: ModelHub = Depends(get_hub)) -> Response:
+    """Sample (`<model>.generate`) or score (`<model>.score`) through the same batcher and limits as
+    /generate and /score; `id` is echoed (default: the request's X-Request-ID)."""
+    model = lookup(hub, name)
+    body, tensors = await run_in_threadpool(decode_request, await request.body(), request.headers.get(HEADER_LENGTH))
+    outputs = await run(model, hub, tensors, request.is_disconnected)
+    with request.app.state.tracer.start_as_current_span("encode"):
+        return await run_in_threadpool(encode_response, body, model.name, outputs, request_id.current())

@@ -1,0 +1,468 @@
+// The demo page: plain JavaScript over the public API (/v1/models, /score, /generate, /trajectory, /interpolate).
+"use strict";
+
+const SCORE_DEBOUNCE_MS = 250; // score once the pen has rested this long: live, without a request per stroke point
+const FLOW_STEPS = 41; // frames of the flow animation (t0 to t1), enough for smooth motion
+const FRAME_MS = 70;
+const INK_WIDTH = 18; // at the canvas' 280 px: MNIST-like stroke width once fitted into 20x20
+
+const $ = (id) => document.getElementById(id);
+const png = (base64) => `data:image/png;base64,${base64}`;
+const state = { models: [], model: null };
+
+/** An API error with the service's code and message, shown to the user as is. */
+class ApiError extends Error {
+  constructor(status, code, message, retryAfter) {
+    super(message);
+    Object.assign(this, { status, code, retryAfter });
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = body?.error ?? {};
+    throw new ApiError(response.status, error.code ?? "http_error", error.message ?? response.statusText,
+      response.headers.get("retry-after"));
+  }
+  return body;
+}
+
+function describeError(error) {
+  if (!(error instanceof ApiError)) return `Could not reach the service: ${error.message}`;
+  const busy = error.status === 503 ? "The service is busy or still loading. " : "";
+  const retry = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
+  return `${busy}${error.message} (HTTP ${error.status}, ${error.code}).${retry}`;
+}
+
+function report(element, error) {
+  if (error?.name === "AbortError") return; // superseded by a newer request: nothing went wrong
+  element.textContent = describeError(error);
+  element.hidden = false;
+}
+
+const clearError = (element) => { element.hidden = true; element.textContent = ""; };
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    for (const item of [].concat(value)) if (item !== null && item !== undefined && item !== "") search.append(key, item);
+  }
+  return search.toString();
+}
+
+// ---- models and labels ----------------------------------------------------------------------------------------
+
+const current = () => state.models.find((m) => m.name === state.model);
+const labelName = (i) => current()?.class_names?.[i] ?? String(i);
+
+function fillLabelSelects() {
+  const model = current();
+  for (const select of document.querySelectorAll(".label-select")) {
+    const previous = select.value;
+    select.replaceChildren();
+    if (select.dataset.none || !model.conditional) {
+      select.append(new Option(model.conditional ? select.dataset.none : "none (unconditional model)", ""));
+    }
+    for (let i = 0; model.conditional && i < 10; i++) {
+      select.append(new Option(labelName(i) === String(i) ? labelName(i) : `${i}: ${labelName(i)}`, String(i)));
+    }
+    select.disabled = !model.conditional;
+    if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+  }
+  if (model.conditional && $("interp-label").value === "") $("interp-label").value = "0";
+}
+
+function selectModel(name) {
+  state.model = name;
+  const model = current();
+  const kind = model.conditional ? "label-conditioned" : "unconditional";
+  $("model-note").textContent = `${model.dataset ?? "unknown data"}, ${kind}, latent dimension ${model.latent_dim}.`;
+  fillLabelSelects();
+  $("probs-note").hidden = model.conditional;
+  $("probs").hidden = !model.conditional;
+  $("grid").replaceChildren();
+  resetFlow();
+  if (!$("flow").hidden) loadFlow();
+  if (drawing.inked) scheduleScore(0);
+  if (!$("interpolate").hidden) loadInterpolation();
+}
+
+async function loadModels() {
+  try {
+    const list = await api("/v1/models");
+    if (!list.models.length) throw new ApiError(503, "not_ready", "no model is served yet: reload in a moment", null);
+    state.models = list.models;
+    const picker = $("model");
+    picker.replaceChildren(...list.models.map((m) => new Option(m.name, m.name)));
+    picker.value = list.default ?? list.models[0]?.name;
+    selectModel(picker.value);
+    clearError($("global-error"));
+  } catch (error) {
+    report($("global-error"), error);
+  }
+}
+
+// ---- tabs -------------------------------------------------------------------------------------------------------
+
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+
+function showTab(tab, focus = false) {
+  for (const other of tabs) {
+    const selected = other === tab;
+    other.setAttribute("aria-selected", String(selected));
+    other.tabIndex = selected ? 0 : -1;
+    $(other.getAttribute("aria-controls")).hidden = !selected;
+  }
+  if (focus) tab.focus();
+  const view = tab.getAttribute("aria-controls");
+  history.replaceState(null, "", `#${view}`);
+  if (view === "interpolate" && state.model && !$("interp-image").getAttribute("src")) loadInterpolation();
+  if (view === "flow" && state.model && !flow.frames.length && !flow.loading) loadFlow();
+}
+
+for (const tab of tabs) {
+  tab.addEventListener("click", () => showTab(tab));
+  tab.addEventListener("keydown", (event) => { // arrow keys move between tabs, as WAI-ARIA's tabs pattern has it
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+    if (step) showTab(tabs[(tabs.indexOf(tab) + step + tabs.length) % tabs.length], true);
+  });
+}
+
+// ---- draw and score ---------------------------------------------------------------------------------------------
+
+const pad = $("pad");
+const ink = pad.getContext("2d");
+const drawing = { active: null, inked: false, timer: null, controller: null, last: null };
+
+function blank() {
+  ink.fillStyle = "#000";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  drawing.inked = false;
+}
+
+function point(event) { // CSS pixels to canvas pixels: the canvas is scaled on narrow screens
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
+}
+
+function stroke(from, to) {
+  ink.strokeStyle = "#fff";
+  ink.lineWidth = INK_WIDTH;
+  ink.lineCap = ink.lineJoin = "round";
+  ink.beginPath();
+  ink.moveTo(...from);
+  ink.lineTo(...to);
+  ink.stroke();
+  drawing.inked = true;
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing.active = event.pointerId;
+  drawing.last = point(event);
+  stroke(drawing.last, drawing.last);
+});
+pad.addEventListener("pointermove", (event) => {
+  if (event.pointerId !== drawing.active) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  for (const e of events.length ? events : [event]) {
+    const next = point(e);
+    stroke(drawing.last, next);
+    drawing.last = next;
+  }
+  scheduleScore();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(type, (event) => {
+    if (event.pointerId !== drawing.active) return;
+    drawing.active = null;
+    scheduleScore();
+  });
+}
+
+$("clear").addEventListener("click", () => {
+  blank();
+  clearTimeout(drawing.timer);
+  drawing.controller?.abort();
+  showScore(null);
+  $("draw-status").textContent = "Draw a digit: it is scored as you draw.";
+});
+
+$("upload").addEventListener("change", () => {
+  const file = $("upload").files[0];
+  if (file) score(file, file.name);
+});
+
+function scheduleScore(delay = SCORE_DEBOUNCE_MS) {
+  clearTimeout(drawing.timer);
+  drawing.timer = setTimeout(() => pad.toBlob((blob) => score(blob, "drawing.png")), delay);
+}
+
+async function score(blob, filename) {
+  drawing.controller?.abort(); // only the newest drawing's score matters
+  const controller = (drawing.controller = new AbortController());
+  const form = new FormData();
+  form.append("file", blob, filename);
+  form.append("model", state.model);
+  $("draw-status").textContent = "Scoring...";
+  try {
+    const body = await api("/score", { method: "POST", body: form, signal: controller.signal });
+    clearError($("draw-error"));
+    showScore(body.results[0]);
+    $("draw-status").textContent = `Scored by ${body.model}.`;
+  } catch (error) {
+    report($("draw-error"), error);
+    if (error.name !== "AbortError") $("draw-status").textContent = "Scoring failed.";
+  }
+}
+
+const fixed = (value, digits) => (value === null || value === undefined ? "-" : value.toFixed(digits));
+
+function showScore(result) {
+  $("score").dataset.scored = result ? "true" : "false";
+  for (const [id, key] of [["input-image", "input_png"], ["reconstruction-image", "reconstruction_png"]]) {
+    if (result) $(id).src = png(result[key]);
+    else $(id).removeAttribute("src");
+  }
+  $("nats").textContent = fixed(result?.log_likelihood_nats, 2);
+  $("bpd").textContent = fixed(result?.bits_per_dim, 4);
+  $("percentile").textContent = result?.percentile == null ? "-" : `${result.percentile.toFixed(1)}`;
+  const verdict = $("verdict");
+  verdict.className = "";
+  if (!result || result.in_distribution === null) verdict.textContent = result ? "not calibrated for this model" : "-";
+  else if (result.in_distribution) { verdict.textContent = "yes"; verdict.className = "verdict-in"; }
+  else { verdict.textContent = `no (${result.ood_reason.replaceAll("_", " ")})`; verdict.className = "verdict-out"; }
+  $("predicted").textContent = result?.predicted_label == null ? "-" : labelName(result.predicted_label);
+  showProbabilities(result?.label_probabilities ?? null);
+}
+
+function showProbabilities(probabilities) {
+  const list = $("probs");
+  list.replaceChildren();
+  if (!probabilities) return;
+  const best = probabilities.indexOf(Math.max(...probabilities));
+  probabilities.forEach((p, label) => {
+    const item = document.createElement("li");
+    item.dataset.label = label;
+    item.dataset.probability = p;
+    item.classList.toggle("top", label === best);
+    const name = document.createElement("span");
+    name.textContent = labelName(label);
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "1");
+    bar.setAttribute("aria-valuenow", p.toFixed(3));
+    bar.setAttribute("aria-label", `p(${labelName(label)})`);
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.display = "block";
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = `${(100 * p).toFixed(p > 0.001 && p < 0.999 ? 1 : 0)} %`;
+    item.append(name, bar, value);
+    list.append(item);
+  });
+}
+
+// ---- generate ---------------------------------------------------------------------------------------------------
+
+const optionalInt = (id) => ($(id).value === "" ? null : Number($(id).value));
+
+$("generate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const request = {
+    model: state.model,
+    n: Number($("gen-count").value),
+    label: optionalInt("gen-label"),
+    seed: optionalInt("gen-seed"),
+    temperature: Number($("gen-temperature").value),
+  };
+  const button = event.submitter ?? $("generate-form").querySelector("button");
+  button.disabled = true;
+  try {
+    const body = await api("/generate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(request),
+    });
+    clearError($("generate-error"));
+    showGrid(body);
+  } catch (error) {
+    report($("generate-error"), error);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+function showGrid(body) {
+  const cells = body.images.map((image, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    const label = body.labels ? `, label ${labelName(body.labels[index])}` : "";
+    button.setAttribute("aria-label", `Sample ${index + 1}${label}: watch its flow`);
+    const img = document.createElement("img");
+    img.src = png(image);
+    img.alt = "";
+    img.width = img.height = 28;
+    img.className = "pixels";
+    button.append(img);
+    button.addEventListener("click", () => {
+      // /trajectory with the same seed, count, label and temperature draws the same noise: row `index` is this sample
+      flow.source = { seed: body.seed, n: body.n, index, label: body.label, temperature: body.temperature };
+      loadFlow();
+      showTab($("tab-flow"));
+    });
+    return button;
+  });
+  $("grid").replaceChildren(...cells);
+}
+
+// ---- watch the flow ---------------------------------------------------------------------------------------------
+
+const flow = { frames: [], times: [], timer: null, source: null, loading: 0, requests: 0 };
+
+function resetFlow() {
+  stopFlow();
+  flow.requests += 1; // drops the answer of a load still under way
+  flow.frames = [];
+  flow.source = null;
+  $("flow-image").removeAttribute("src");
+  $("flow-play").disabled = $("flow-slider").disabled = true;
+}
+
+$("flow-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  flow.source = null; // the form's own label and seed, one sample
+  loadFlow();
+});
+
+async function loadFlow() {
+  stopFlow();
+  const request = ++flow.requests; // a newer request (another sample, model or seed) wins over this one
+  flow.loading += 1;
+  const source = flow.source ?? { seed: optionalInt("flow-seed") ?? 0, n: 1, index: 0, label: optionalInt("flow-label"), temperature: 1 };
+  const params = { format: "json", steps: FLOW_STEPS, model: state.model, ...source };
+  delete params.index;
+  $("flow-source").textContent = flow.source
+    ? `Sample ${source.index + 1} of the grid (seed ${source.seed}, ${source.n} samples).`
+    : `Seed ${source.seed}${source.label === null ? "" : `, label ${labelName(source.label)}`}.`;
+  try {
+    const body = await api(`/trajectory?${query(params)}`);
+    if (request !== flow.requests) return;
+    clearError($("flow-error"));
+    flow.frames = body.trajectory.map((step) => png(step.images[source.index]));
+    flow.times = body.trajectory.map((step) => step.t);
+    const slider = $("flow-slider");
+    slider.max = String(flow.frames.length - 1);
+    slider.disabled = $("flow-play").disabled = false;
+    showFrame(0);
+  } catch (error) {
+    if (request === flow.requests) report($("flow-error"), error);
+  } finally {
+    flow.loading -= 1;
+  }
+}
+
+function showFrame(index) {
+  $("flow-slider").value = String(index);
+  $("flow-image").src = flow.frames[index];
+  $("flow-image").dataset.frame = index;
+  $("flow-time").textContent = `t = ${flow.times[index].toFixed(2)}`;
+  $("flow-slider").setAttribute("aria-valuetext", `t = ${flow.times[index].toFixed(2)}`);
+}
+
+function stopFlow() {
+  clearInterval(flow.timer);
+  flow.timer = null;
+  $("flow-play").textContent = "Play";
+  $("flow-play").setAttribute("aria-pressed", "false");
+}
+
+$("flow-play").addEventListener("click", () => {
+  if (flow.timer) return stopFlow();
+  let index = Number($("flow-slider").value);
+  if (index >= flow.frames.length - 1) index = -1; // at the end: play from the start again
+  $("flow-play").textContent = "Pause";
+  $("flow-play").setAttribute("aria-pressed", "true");
+  flow.timer = setInterval(() => {
+    index += 1;
+    showFrame(index);
+    if (index >= flow.frames.length - 1) stopFlow();
+  }, FRAME_MS);
+});
+
+$("flow-slider").addEventListener("input", () => {
+  stopFlow();
+  showFrame(Number($("flow-slider").value));
+});
+
+// ---- interpolate ------------------------------------------------------------------------------------------------
+
+const interp = { busy: false, pending: null };
+
+function interpParams(t) {
+  return {
+    model: state.model,
+    seed_a: optionalInt("interp-seed-a") ?? 0,
+    seed_b: optionalInt("interp-seed-b") ?? 1,
+    label: optionalInt("interp-label"),
+    t,
+  };
+}
+
+async function loadInterpolation() {
+  try {
+    const ends = await api(`/interpolate?${query(interpParams([0, 1]))}`);
+    clearError($("interp-error"));
+    $("interp-a").src = png(ends.images[0]);
+    $("interp-b").src = png(ends.images[1]);
+  } catch (error) {
+    report($("interp-error"), error);
+  }
+  moveInterpolation();
+}
+
+async function moveInterpolation() {
+  // One request at a time; a slider moved meanwhile asks again for its newest position once this one is back.
+  const t = Number($("interp-slider").value);
+  $("interp-t").textContent = `t = ${t.toFixed(2)}`;
+  if (interp.busy) { interp.pending = t; return; }
+  interp.busy = true;
+  try {
+    const body = await api(`/interpolate?${query(interpParams(t))}`);
+    clearError($("interp-error"));
+    $("interp-image").src = png(body.images[0]);
+    $("interp-image").dataset.t = body.t[0];
+  } catch (error) {
+    report($("interp-error"), error);
+  } finally {
+    interp.busy = false;
+  }
+  if (interp.pending !== null) {
+    interp.pending = null;
+    moveInterpolation();
+  }
+}
+
+$("interp-slider").addEventListener("input", moveInterpolation);
+$("interp-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadInterpolation();
+});
+
+// ---- start ------------------------------------------------------------------------------------------------------
+
+$("model").addEventListener("change", () => selectModel($("model").value));
+blank();
+showScore(null);
+loadModels().then(() => {
+  const tab = tabs.find((t) => `#${t.getAttribute("aria-controls")}` === location.hash);
+  if (tab) showTab(tab);
+});

@@ -1,0 +1,232 @@
+"""The service's operations as Open Inference Protocol models: `<model>.generate` and `<model>.score` for each
+served checkpoint, with named tensors in and out, run by the same hub, batcher and limits as /generate and
+/score. docs/api.md describes the mapping; this module is where it is defined."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from .dependencies import fresh_seed
+from .errors import ServiceError
+from .inference import Disconnected, ModelHub, SampleJob, ServedModel
+from .open_inference import ModelMetadata, TensorMetadata
+from .schemas import MAX_MODEL_NAME, GenerateRequest
+from .settings import Settings
+
+Operation = Literal["generate", "score"]
+OPERATIONS: tuple[Operation, ...] = ("generate", "score")
+PLATFORM = "pytorch"
+IMAGE = (1, 28, 28)
+DEFAULT_IMPORTANCE_SAMPLES = 64  # as POST /score
+MAX_IMPORTANCE_SAMPLES = 1024
+# Score outputs and the field of hub.score's rows each one carries, all FP64 [m].
+SCORE_FIELDS = {
+    "LOG_LIKELIHOOD": "log_likelihood_nats",
+    "BITS_PER_DIM": "bits_per_dim",
+    "ELBO": "elbo_nats",
+    "KL": "kl_nats",
+    "RECONSTRUCTION": "reconstruction_nats",
+    "LATENT_LOG_DENSITY": "latent_log_density",
+}
+# Sampling inputs and the GenerateRequest field each one sets: the same validation and limits as /generate.
+GENERATE_FIELDS = {"N": "n", "LABEL": "label", "SEED": "seed", "TEMPERATURE": "temperature"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class V2Model:
+    """One operation of one served checkpoint."""
+
+    name: str
+    served: ServedModel
+    operation: Operation
+
+    @property
+    def inputs(self) -> list[Tensor]:
+        if self.operation == "score":
+            return [Tensor("IMAGES", "FP32", (-1, *IMAGE)), Tensor("IMPORTANCE_SAMPLES", "INT32", (1,), True)]
+        label = [Tensor("LABEL", "INT32", (1,), True)] if self.served.conditional else []
+        return [
+            Tensor("N", "INT32", (1,)),
+            *label,
+            Tensor("SEED", "INT64", (1,), True),
+            Tensor("TEMPERATURE", "FP32", (1,), True),
+        ]
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        conditional = self.served.conditional
+        if self.operation == "score":
+            return [
+                *(Tensor(name, "FP64", (-1,)) for name in SCORE_FIELDS),
+                *([Tensor("PREDICTED_LABEL", "INT32", (-1,))] if conditional else []),
+                *([Tensor("PERCENTILE", "FP64", (-1,))] if self.served.reference is not None else []),
+            ]
+        return [
+            Tensor("IMAGES", "FP32", (-1, *IMAGE)),
+            Tensor("LATENTS", "FP32", (-1, self.served.model.config.latent_dim)),
+            *([Tensor("LABELS", "INT32", (-1,))] if conditional else []),
+            Tensor("SEED", "INT64", (1,)),
+            Tensor("NFE", "INT32", (1,)),
+        ]
+
+    def metadata(self) -> ModelMetadata:
+        def describe(tensors: Sequence[Tensor]) -> list[TensorMetadata]:
+            return [TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in tensors]
+
+        return ModelMetadata(
+            name=self.name,
+            versions=["1"],
+            platform=PLATFORM,
+            inputs=describe(self.inputs),
+            outputs=describe(self.outputs),
+        )
+
+    def config(self, settings: Settings) -> dict[str, Any]:
+        """Triton's model configuration (the model_configuration extension) as perf_analyzer reads it. No
+        batch dimension (max_batch_size 0): N and the image count are the request's size, and the service
+        merges requests itself, which `parameters` states since Triton's dynamic_batching would not fit."""
+        return {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": "latent-cnf",
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": 0,
+            "input": [
+                {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape), "optional": t.optional}
+                for t in self.inputs
+            ],
+            "output": [
+                {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape)} for t in self.outputs
+            ],
+            "instance_group": [
+                {"name": self.name, "kind": "KIND_CPU" if self.served.device == "cpu" else "KIND_GPU", "count": 1}
+            ],
+            "parameters": {
+                "batching": {
+                    "string_value": f"requests merged by the service: at most {settings.max_wait_ms:g} ms wait, "
+                    f"{settings.max_queue} queued, {settings.timeout_s:g} s timeout"
+                }
+            },
+        }
+
+
+def lookup(hub: ModelHub, name: str) -> V2Model:
+    """`<served model>.<operation>`; unknown operations 404 like unknown models, loading ones 503."""
+    base, _, operation = name.rpartition(".")
+    if operation not in OPERATIONS or not base:
+        shown = name if len(name) <= MAX_MODEL_NAME else f"{name[:MAX_MODEL_NAME]}..."
+        raise ServiceError(404, "unknown_model", f"no model {shown!r}; models are named <model>.generate or .score")
+    return V2Model(name, hub.get(base), operation)  # type: ignore[arg-type]
+
+
+def _scalar(tensors: dict[str, np.ndarray], name: str) -> int | float | None:
+    if name not in tensors:
+        return None
+    if tensors[name].size != 1:
+        raise ServiceError(400, "invalid_request", f"input {name!r} must hold one element")
+    return tensors[name].reshape(-1)[0].item()
+
+
+def _check_inputs(model: V2Model, tensors: dict[str, np.ndarray]) -> None:
+    """Every required input given and nothing else; each of its declared kind (integer or floating point)."""
+    declared = {t.name: t for t in model.inputs}
+    unknown = sorted(set(tensors) - set(declared))
+    if unknown:
+        raise ServiceError(400, "invalid_request", f"unknown inputs {unknown}; {model.name} takes {sorted(declared)}")
+    for tensor in declared.values():
+        if tensor.name not in tensors:
+            if not tensor.optional:
+                raise ServiceError(400, "invalid_request", f"input {tensor.name!r} is required")
+            continue
+        kind = tensors[tensor.name].dtype.kind
+        wanted = "f" if tensor.datatype.startswith("FP") else "iu"
+        if kind not in wanted:
+            raise ServiceError(
+                400, "invalid_request", f"input {tensor.name!r} must be {tensor.datatype} (or another of its kind)"
+            )
+
+
+async def run(
+    model: V2Model, hub: ModelHub, tensors: dict[str, np.ndarray], disconnected: Disconnected
+) -> dict[str, tuple[str, np.ndarray]]:
+    """The model's outputs, (datatype, array) by name, for these input tensors."""
+    _check_inputs(model, tensors)
+    if model.operation == "score":
+        outputs = await _score(model, hub, tensors, disconnected)
+    else:
+        outputs = await _generate(model, hub, tensors, disconnected)
+    return {tensor.name: outputs[tensor.name] for tensor in model.outputs}  # in the metadata's order
+
+
+async def _generate(
+    model: V2Model, hub: ModelHub, tensors: dict[str, np.ndarray], disconnected: Disconnected
+) -> dict[str, tuple[str, np.ndarray]]:
+    """As POST /generate: the same validation, seed handling and batched sampling call."""
+    fields = {field: _scalar(tensors, name) for name, field in GENERATE_FIELDS.items() if name in tensors}
+    try:
+        body = GenerateRequest(**fields)
+    except ValidationError as error:
+        names = {field: name for name, field in GENERATE_FIELDS.items()}
+        message = "; ".join(f"input {names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors())
+        raise ServiceError(422, "invalid_request", message) from None
+    served = model.served
+    hub.check_label(served, body.label)
+    seed = fresh_seed(body.seed)
+    job = SampleJob(body.n, body.label, seed, body.temperature)
+    path = await hub.sample("generate", served, job, hub.solver(served, None), 2, disconnected)
+    outputs = {
+        "IMAGES": ("FP32", path.images[-1].cpu().numpy()),
+        "LATENTS": ("FP32", path.latents[-1].cpu().numpy()),
+        "SEED": ("INT64", np.array([seed])),
+        "NFE": ("INT32", np.array([path.nfe])),
+    }
+    if path.labels is not None:
+        outputs["LABELS"] = ("INT32", path.labels.cpu().numpy())
+    return outputs
+
+
+def binarize(images: np.ndarray) -> torch.Tensor:
+    """(m, 28, 28) or (m, 1, 28, 28) intensities in [0, 1] -> (m, 28, 28) pixels binarized at 0.5, as /score
+    binarizes an upload after its preprocessing (none here: the tensor is taken as the 28x28 image)."""
+    if images.ndim not in (3, 4) or images.shape[-2:] != IMAGE[1:] or (images.ndim == 4 and images.shape[1] != 1):
+        raise ServiceError(400, "invalid_request", f"IMAGES must be [m, 28, 28] or [m, 1, 28, 28], not {images.shape}")
+    if not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 1:
+        raise ServiceError(400, "invalid_request", "IMAGES must hold intensities in [0, 1]")
+    pixels = torch.from_numpy(np.array(images, np.float32)).reshape(-1, *IMAGE[1:])
+    return (pixels > 0.5).float()
+
+
+async def _score(
+    model: V2Model, hub: ModelHub, tensors: dict[str, np.ndarray], disconnected: Disconnected
+) -> dict[str, tuple[str, np.ndarray]]:
+    """As POST /score for images already 28x28: the same limits, proposal seeds and batched scoring call."""
+    settings = hub.settings
+    images = binarize(tensors["IMAGES"])
+    if not 1 <= len(images) <= settings.max_files:
+        raise ServiceError(422, "too_many_files", f"1 to {settings.max_files} images per request, got {len(images)}")
+    k = _scalar(tensors, "IMPORTANCE_SAMPLES")
+    k = DEFAULT_IMPORTANCE_SAMPLES if k is None else int(k)
+    if not 1 <= k <= MAX_IMPORTANCE_SAMPLES:
+        raise ServiceError(422, "invalid_request", f"input IMPORTANCE_SAMPLES: must be 1 to {MAX_IMPORTANCE_SAMPLES}")
+    rows = await hub.score(model.served, images, k, disconnected)
+    outputs = {name: ("FP64", np.array([row[field] for row in rows])) for name, field in SCORE_FIELDS.items()}
+    if model.served.conditional:
+        outputs["PREDICTED_LABEL"] = ("INT32", np.array([row["predicted_label"] for row in rows]))
+    if model.served.reference is not None:
+        percentiles = [model.served.percentile(row["log_likelihood_nats"]) for row in rows]
+        outputs["PERCENTILE"] = ("FP64", np.array(percentiles))
+    return outputs

@@ -1,0 +1,158 @@
+"""Issue #14: idle and slow connections are closed in time, the connection cap keeps /healthz answering, and a
+413 reaches a client that is still sending its body. A short version of bench/slow_clients.py, against the
+server as it ships (`python -m service`) with small limits so each case takes about a second."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from bench.harness import free_port, running_service_cli
+from service.connections import ConnectionLimits, GuardedH11Protocol
+
+LIMITS = {"LATENT_CNF_HEADER_TIMEOUT_S": "1", "LATENT_CNF_BODY_TIMEOUT_S": "2", "LATENT_CNF_MAX_CONNECTIONS": "40"}
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_WARMUP": "false", "LATENT_CNF_THREADS": "1", **LIMITS}
+    with running_service_cli(env, timeout_s=120) as server:
+        yield server.url
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def closed_after(sock: socket.socket, dripped: bytes = b"", every_s: float = 0.2) -> tuple[float, bytes]:
+    """Seconds until the server closes `sock` (dripping `dripped` a byte at a time meanwhile; 10 s at most),
+    and what it sent."""
+    started, received = time.monotonic(), b""
+    sock.settimeout(every_s)
+    for i in range(int(10 / every_s)):
+        if dripped:
+            try:
+                sock.sendall(dripped[i % len(dripped) : i % len(dripped) + 1])
+            except OSError:
+                break
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return time.monotonic() - started, received
+
+
+def healthz_s(url: str) -> float:
+    started = time.perf_counter()
+    assert httpx.get(f"{url}/healthz", timeout=5, headers={"connection": "close"}).status_code == 200
+    return time.perf_counter() - started
+
+
+def test_idle_and_header_dripping_connections_are_closed_after_the_header_timeout(url: str) -> None:
+    idle, drip = connect(url), connect(url)
+    assert closed_after(idle)[0] < 2.5
+    seconds, received = closed_after(drip, b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    assert seconds < 2.5 and received == b""
+
+
+def test_a_body_that_never_ends_gets_408_and_is_closed(url: str) -> None:
+    sock = connect(url)
+    sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n")
+    sock.sendall(b"Content-Length: 100000\r\n\r\n--b\r\n")
+    seconds, received = closed_after(sock, b"b")
+    assert 1.5 < seconds < 4
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def test_over_the_connection_cap_the_longest_waiting_are_closed_and_healthz_answers(url: str) -> None:
+    idle = [connect(url) for _ in range(60)]  # 20 over the cap of 40
+    assert all(healthz_s(url) < 1 for _ in range(5))
+    time.sleep(0.2)
+    closed = []
+    for sock in idle:
+        sock.settimeout(0.01)
+        try:
+            closed.append(sock.recv(1) == b"")
+        except TimeoutError:
+            closed.append(False)
+        except OSError:
+            closed.append(True)
+        sock.close()
+    assert sum(closed[:25]) >= 20 and not any(closed[-10:])  # the oldest made room; the newest are still open
+
+
+def test_413_reaches_a_client_that_is_still_sending_its_body(url: str) -> None:
+    """The 413 is sent from Content-Length at once; the server reads and discards the rest, so a client that
+    writes its whole body before reading (most do) gets the answer, not a reset or a broken pipe."""
+    size = 50_000_000
+    sock = connect(url)
+    sock.sendall(
+        f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n".encode()
+    )
+    chunk = b"\0" * 1_000_000
+    for _ in range(size // len(chunk)):
+        sock.sendall(chunk)  # raises BrokenPipeError or ConnectionResetError if the server closed early
+    sock.settimeout(5)
+    received = b""
+    while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < 20:
+        received += sock.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(body[: int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])])["error"]["code"] == (
+        "payload_too_large"
+    )
+
+
+def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() -> None:
+    """Connections whose requests the app is working on are never closed to make room: a new one is refused."""
+
+    async def slow_app(scope: dict, receive: Callable, send: Callable) -> None:
+        await asyncio.sleep(3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    limits = ConnectionLimits(max_connections=2, header_timeout_s=5, body_timeout_s=5)
+    port = free_port()
+    config = uvicorn.Config(
+        slow_app,
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        http=functools.partial(GuardedH11Protocol, limits=limits),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        busy = [connect(f"http://127.0.0.1:{port}") for _ in range(2)]
+        for sock in busy:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)
+        started = time.monotonic()
+        _, received = closed_after(connect(f"http://127.0.0.1:{port}"))
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert time.monotonic() - started < 1
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head
+        assert json.loads(body)["error"]["code"] == "overloaded"
+        assert all(b"done" in closed_after(sock)[1] for sock in busy)  # the busy ones were left alone
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,168 @@
+"""python -m train.outlier_judge: train the outlier-exposure judge of latent_cnf/outlier.py (Hendrycks et al.
+2019), and measure how it generalizes to kinds of non-digits it never saw.
+
+Positives: MNIST's 'fit' split (train minus the validation images the OOD bounds are calibrated on, so the
+bounds and the test rates stay held out). Negatives: train/ood_set.py's non-digits drawn with a training seed
+(default 1; train.ood_calibrate measures seed 0) and Fashion-MNIST train images. Every image goes the service's
+way (PNG -> preprocess_mnist -> binarize at 0.5). The cross-entropy weights digits, generated non-digits and
+clothes 1/2, 1/4, 1/4 in all, whatever their counts.
+
+`--leave-one-out SIGNALS` (a file of `train.ood_calibrate --save-signals`) retrains once per category without
+that category's negatives, recalibrates the digit-logit bound on the same validation digits inside the same
+union-bound budget, and measures that category's false acceptance (evaluation seed) under the whole rule and
+under the judge's bound alone. Blank images are left out of it: the rule rejects them for having no ink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from latent_cnf import data, ood, outlier
+
+from . import ood_calibrate, ood_set
+
+
+def served(pngs: list[bytes]) -> torch.Tensor:
+    """Binarized 28x28 images (n, 28, 28) as /score sees the uploads."""
+    return torch.stack([ood_calibrate.served_image(p) for p in pngs])
+
+
+def exposure(data_dir: Path | None, per_category: int, seed: int) -> dict[str, torch.Tensor | list[str]]:
+    """The served images: digits, generated non-digits (with their categories) and clothes."""
+    generated = list(ood_set.generate(per_category, seed))
+    return {
+        "digits": served(ood_calibrate.digit_pngs(data.load_split(outlier.DATASET, "fit", data_dir).images)),
+        "generated": served([p for _, p in generated]),
+        "categories": [c for c, _ in generated],
+        "clothes": served(ood_calibrate.digit_pngs(data.load_split("fashion-mnist", "train", data_dir).images)),
+    }
+
+
+def training_set(
+    images: dict[str, torch.Tensor | list[str]], leave_out: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
+    """(images, is-digit targets, loss weights summing to 1, counts), without the `leave_out` category."""
+    kept = torch.tensor([c != leave_out for c in images["categories"]])
+    digits, generated, clothes = images["digits"], images["generated"][kept], images["clothes"]
+    parts = ((digits, 1.0, 0.5), (generated, 0.0, 0.25), (clothes, 0.0, 0.25))
+    x = torch.cat([p for p, _, _ in parts])
+    y = torch.cat([torch.full((len(p),), target) for p, target, _ in parts])
+    w = torch.cat([torch.full((len(p),), share / len(p)) for p, _, share in parts])
+    return x, y, w, {"digits": len(digits), "generated_non_digits": len(generated), "fashion_mnist": len(clothes)}
+
+
+def train(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, epochs: int, batch_size: int, lr: float, seed: int
+) -> outlier.OutlierJudge:
+    """Adam with a cosine schedule on the weighted binary cross-entropy; the last epoch's weights are kept."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    judge = outlier.OutlierJudge()
+    optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
+    steps = epochs * -(-len(x) // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    judge.train()
+    with tqdm(total=steps, desc="outlier judge", unit="step", leave=False) as bar:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch_size):
+                index = order[start : start + batch_size]
+                losses = F.binary_cross_entropy_with_logits(judge(x[index]), y[index], reduction="none")
+                loss = (losses * w[index]).sum() * len(x) / len(index)  # unbiased for the weighted mean
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    return judge.eval()
+
+
+def leave_one_out(args: argparse.Namespace) -> dict:
+    """Per category: its false acceptance (evaluation seed) by a judge trained without its negatives."""
+    saved = torch.load(args.leave_one_out, weights_only=True)
+    val = data.load_split(outlier.DATASET, "val", args.data_dir).images[: len(saved["val"]["ink_pixels"])]
+    val_x = served(ood_calibrate.digit_pngs(val))
+    categories = saved["categories"]
+    per_category = len(categories) // len(ood_set.CATEGORIES)
+    ood_x = served([p for _, p in ood_set.generate(per_category, saved["ood_seed"])])
+    images = exposure(args.data_dir, args.per_category, args.seed)
+    out = {}
+    for category in ood_set.CATEGORIES:
+        if category == "blank":
+            continue
+        started = time.perf_counter()
+        x, y, w, _ = training_set(images, leave_out=category)
+        judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
+        val_values = saved["val"] | {"digit_logit": outlier.digit_logit(judge, val_x)}
+        ood_values = saved["ood"] | {"digit_logit": outlier.digit_logit(judge, ood_x)}
+        bounds = ood.bounds(val_values, saved["false_rejection"])
+        index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+        alone = {"digit_logit": bounds["digit_logit"]}
+        out[category] = {
+            "false_acceptance": ood_calibrate.rate(ood_values, bounds, index),
+            "judge_bound_alone": ood_calibrate.rate(ood_values, alone, index),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        print(f"{category:<12}{out[category]}", flush=True)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.outlier_judge", description=__doc__)
+    parser.add_argument(
+        "--data-dir", type=Path, help="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)"
+    )
+    parser.add_argument("--per-category", type=int, default=2500, help="generated non-digits per category")
+    parser.add_argument("--seed", type=int, default=1, help="training seed (non-digits and weights); not 0")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=outlier.WEIGHTS, help="weights file; its card is the .json beside")
+    parser.add_argument(
+        "--leave-one-out", type=Path, metavar="SIGNALS", help="write <out>-loco.json instead of training the judge"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.seed == 0:
+        raise SystemExit("error: seed 0 draws the evaluation non-digits of train.ood_calibrate; use another")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "-m", "train.outlier_judge", *argv])
+    started = time.perf_counter()
+    settings = {k: getattr(args, k) for k in ("per_category", "seed", "epochs", "batch_size", "lr")}
+    if args.leave_one_out:
+        report = {"categories": leave_one_out(args), **settings, "signals": str(args.leave_one_out)}
+        path = args.out.with_name(f"{args.out.stem}-loco.json")
+    else:
+        x, y, w, counts = training_set(exposure(args.data_dir, args.per_category, args.seed))
+        judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().contiguous() for k, v in judge.state_dict().items()}, args.out)
+        raw = args.out.read_bytes()
+        parameters = sum(p.numel() for p in judge.parameters())
+        report = {**counts, **settings, "parameters": parameters, "bytes": len(raw)}
+        report["sha256"] = hashlib.sha256(raw).hexdigest()
+        path = args.out.with_suffix(".json")
+    report |= {"command": command, "torch": torch.__version__, "wall_time_s": round(time.perf_counter() - started, 1)}
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
