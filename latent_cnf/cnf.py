@@ -11,7 +11,6 @@ Its Jacobian is 1/width * sum_k (1 - h_k^2) (U_k * sigmoid(G_k)) W_k^T, so the t
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -99,10 +98,14 @@ class HyperDynamics(nn.Module):
         p: UnitParameters, z: torch.Tensor, groups: LabelGroups, with_trace: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """f and its trace for rows arranged as `groups` says: each label's units as two dense products over
-        that label's rows, or each row with its own label's parameters."""
+        that label's rows, or every label's units on every row, each row keeping its own label's result."""
         if groups.labels is not None:
-            rows = UnitParameters(*(getattr(p, f.name)[groups.labels] for f in dataclasses.fields(p)))
-            return HyperDynamics.row_velocity(rows, z, with_trace)
+            labels, width, d = p.weight.shape
+            h = torch.tanh(torch.addmm(p.bias.reshape(-1), z, p.weight.reshape(labels * width, d).T))
+            h = h.view(len(z), labels, width)
+            rows = torch.arange(len(z), device=z.device)
+            dz = torch.bmm(h.transpose(0, 1), p.output)[groups.labels, rows]
+            return dz, ((1 - h * h) * p.unit_trace).sum(-1)[rows, groups.labels] if with_trace else None
         dz, trace = [], []
         for label, rows in enumerate(z.split(groups.counts)):
             if len(rows):
@@ -133,14 +136,15 @@ class HyperDynamics(nn.Module):
 class LabelGroups:
     """How a label-conditioned solve meets its rows' labels. With many rows per label (scoring: K x 10 rows
     per image) the rows are sorted by label once per solve and each label's units run as dense products on
-    that label's rows alone; with few (a small sampling batch of mixed labels), each row gathers its label's
-    parameters instead, since ten tiny products cost more than one gather."""
+    that label's rows alone; with few (a small sampling batch of mixed labels), every label's units run on
+    every row as two dense products and each row keeps its own label's result: ten times the arithmetic of
+    a tiny problem costs less than ten tiny products, or than gathering a parameter set per row."""
 
     order: torch.Tensor | None  # rows by label (stable), or None: rows stay in the given order
     counts: list[int]  # rows per label, in label order (one count: a single group)
-    labels: torch.Tensor | None = None  # set when parameters are gathered per row instead
+    labels: torch.Tensor | None = None  # set when every label runs on every row instead
 
-    MIN_ROWS_PER_LABEL = 64  # where grouping overtakes gathering on a 2-core CPU (10 labels, width 32)
+    MIN_ROWS_PER_LABEL = 32  # where grouping overtakes every-label-on-every-row on a 2-core CPU (10 labels, width 32)
 
     @classmethod
     def of(cls, labels: torch.Tensor | None, rows: int, conditional: bool) -> LabelGroups:

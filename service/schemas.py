@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -159,9 +159,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
+def error_responses(body: type[BaseModel], changes: dict[int, str | None] | None = None) -> dict[int | str, Any]:
+    """OpenAPI `responses` for the error statuses the routes share, in the error shape `body`; `changes` gives
+    other descriptions, or None to leave a status out."""
+    texts = {
         400: "malformed request body",
         404: "unknown model",
         413: "body or image too large",
@@ -169,5 +170,8 @@ ERROR_RESPONSES = {
         422: "invalid parameters or image",
         503: "queue full or models loading (see Retry-After)",
         504: "timed out waiting for the model",
-    }.items()
-}
+    } | (changes or {})
+    return {status: {"model": body, "description": text} for status, text in texts.items() if text}
+
+
+ERROR_RESPONSES = error_responses(ErrorBody)

@@ -240,3 +240,19 @@ def test_conditional_flow_needs_labels():
     flow = LatentFlow(ModelConfig(cnf_conditional=True))
     with pytest.raises(ValueError, match="labels"):
         flow.log_prob(torch.randn(2, 8))
+
+
+@pytest.mark.slow  # compiling takes seconds to minutes on a CPU (bench/compile.py measures it)
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_compiled_fixed_step_loop_agrees_with_the_eager_one(conditional, monkeypatch):
+    """bench/compile.py times `fixed_step.integrate` under torch.compile; this checks it computes the same thing:
+    samples, trajectories and densities, float32, to compiled kernels' reordering of float arithmetic."""
+    flow = flow_2d(cnf_conditional=conditional).float()
+    z0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * flow.base_std
+    labels = torch.arange(6) % 3 if conditional else None
+    solver = SolverConfig(method="rk4", steps=4)
+    eager = flow.transform(z0, labels, solver, steps=3).z, flow.log_prob(z0, labels, solver).log_prob
+    monkeypatch.setattr(fixed_step, "integrate", torch.compile(fixed_step.integrate, dynamic=True))
+    compiled = flow.transform(z0, labels, solver, steps=3).z, flow.log_prob(z0, labels, solver).log_prob
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

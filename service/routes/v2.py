@@ -26,22 +26,16 @@ from ..open_inference import (
     decode_request,
     encode_response,
 )
+from ..schemas import error_responses
 from ..settings import Settings
 from ..v2_models import lookup, run
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorMessage, "description": text}
-    for status, text in {
-        400: "malformed request or tensors",
-        404: "unknown model",
-        413: "body too large",
-        422: "values outside the service's limits",
-        503: "queue full or models loading (see Retry-After)",
-        504: "timed out waiting for the model",
-    }.items()
-}
+ERRORS = error_responses(
+    ErrorMessage,
+    {400: "malformed request or tensors", 413: "body too large", 415: None, 422: "values outside the service's limits"},
+)
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
