@@ -25,21 +25,22 @@ log = logging.getLogger(__name__)
 
 
 class OutlierJudge(nn.Module):
-    """Two small conv blocks and a 32-unit layer (~29k parameters): the images are binary and centred already."""
+    """Two small conv blocks and a 64-unit layer (114k parameters, ~0.45 MB): the images are binary and
+    centred already. In a trial a half-as-wide one let through several times as many glyphs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 8, 5, padding=2),
+            nn.Conv2d(1, 16, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 5, padding=2),
+            nn.Conv2d(16, 32, 5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * 7 * 7, 32),
+            nn.Linear(32 * 7 * 7, 64),
             nn.ReLU(),
-            nn.Linear(32, 1),
+            nn.Linear(64, 1),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

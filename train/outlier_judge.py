@@ -4,13 +4,14 @@
 Positives: MNIST's 'fit' split (train minus the validation images the OOD bounds are calibrated on, so the
 bounds and the test rates stay held out). Negatives: train/ood_set.py's non-digits drawn with a training seed
 (default 1; train.ood_calibrate measures seed 0) and Fashion-MNIST train images. Every image goes the service's
-way (PNG -> preprocess_mnist -> binarize at 0.5). The cross-entropy weights digits, generated non-digits and
-clothes 1/2, 1/4, 1/4 in all, whatever their counts.
+way (PNG -> preprocess_mnist -> binarize at 0.5). In the cross-entropy digits weigh 1/2 in all, generated
+non-digits `--generated-share` and clothes the rest, whatever their counts: clothes are easy to tell apart.
 
 `--leave-one-out SIGNALS` (a file of `train.ood_calibrate --save-signals`) retrains once per category without
-that category's negatives, recalibrates the digit-logit bound on the same validation digits inside the same
-union-bound budget, and measures that category's false acceptance (evaluation seed) under the whole rule and
-under the judge's bound alone. Blank images are left out of it: the rule rejects them for having no ink.
+that category's negatives (and once with all of them, for comparison), recalibrates the digit-logit bound on
+the same validation digits inside the same union-bound budget, and measures each category's false acceptance
+(evaluation seed) under the whole rule and under the judge's bound alone. Blank images are not left out in
+turn: the rule rejects them for having no ink.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def exposure(data_dir: Path | None, per_category: int, seed: int) -> dict[str, t
 
 
 def training_set(
-    images: dict[str, torch.Tensor | list[str]], leave_out: str | None = None
+    images: dict[str, torch.Tensor | list[str]], generated_share: float, leave_out: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
     """(images, is-digit targets, loss weights summing to 1, counts), without the `leave_out` category."""
     kept = torch.tensor([c != leave_out for c in images["categories"]])
     digits, generated, clothes = images["digits"], images["generated"][kept], images["clothes"]
-    parts = ((digits, 1.0, 0.5), (generated, 0.0, 0.25), (clothes, 0.0, 0.25))
+    parts = ((digits, 1.0, 0.5), (generated, 0.0, generated_share), (clothes, 0.0, 0.5 - generated_share))
     x = torch.cat([p for p, _, _ in parts])
     y = torch.cat([torch.full((len(p),), target) for p, target, _ in parts])
     w = torch.cat([torch.full((len(p),), share / len(p)) for p, _, share in parts])
@@ -89,7 +90,8 @@ def train(
 
 
 def leave_one_out(args: argparse.Namespace) -> dict:
-    """Per category: its false acceptance (evaluation seed) by a judge trained without its negatives."""
+    """Per left-out category ("none": the same recipe with every category), the false acceptance of each
+    category (evaluation seed): the diagonal says how the judge generalizes to a kind it never saw."""
     saved = torch.load(args.leave_one_out, weights_only=True)
     val = data.load_split(outlier.DATASET, "val", args.data_dir).images[: len(saved["val"]["ink_pixels"])]
     val_x = served(ood_calibrate.digit_pngs(val))
@@ -98,23 +100,22 @@ def leave_one_out(args: argparse.Namespace) -> dict:
     ood_x = served([p for _, p in ood_set.generate(per_category, saved["ood_seed"])])
     images = exposure(args.data_dir, args.per_category, args.seed)
     out = {}
-    for category in ood_set.CATEGORIES:
-        if category == "blank":
-            continue
+    for left_out in ("none", *(c for c in ood_set.CATEGORIES if c != "blank")):
         started = time.perf_counter()
-        x, y, w, _ = training_set(images, leave_out=category)
+        x, y, w, _ = training_set(images, args.generated_share, None if left_out == "none" else left_out)
         judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
         val_values = saved["val"] | {"digit_logit": outlier.digit_logit(judge, val_x)}
         ood_values = saved["ood"] | {"digit_logit": outlier.digit_logit(judge, ood_x)}
         bounds = ood.bounds(val_values, saved["false_rejection"])
-        index = torch.tensor([i for i, c in enumerate(categories) if c == category])
         alone = {"digit_logit": bounds["digit_logit"]}
-        out[category] = {
-            "false_acceptance": ood_calibrate.rate(ood_values, bounds, index),
-            "judge_bound_alone": ood_calibrate.rate(ood_values, alone, index),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        print(f"{category:<12}{out[category]}", flush=True)
+        out[left_out] = {"seconds": round(time.perf_counter() - started, 1)}
+        for category in ood_set.CATEGORIES:
+            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+            out[left_out][category] = {
+                "false_acceptance": ood_calibrate.rate(ood_values, bounds, index),
+                "judge_bound_alone": ood_calibrate.rate(ood_values, alone, index),
+            }
+        print(f"left out {left_out}: {out[left_out]}", flush=True)
     return out
 
 
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--per-category", type=int, default=2500, help="generated non-digits per category")
     parser.add_argument("--seed", type=int, default=1, help="training seed (non-digits and weights); not 0")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--generated-share", type=float, default=0.4, help="of the loss; digits weigh 0.5")
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -145,12 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     command = shlex.join(["python", "-m", "train.outlier_judge", *argv])
     started = time.perf_counter()
-    settings = {k: getattr(args, k) for k in ("per_category", "seed", "epochs", "batch_size", "lr")}
+    settings = {k: getattr(args, k) for k in ("per_category", "generated_share", "seed", "epochs", "batch_size", "lr")}
     if args.leave_one_out:
-        report = {"categories": leave_one_out(args), **settings, "signals": str(args.leave_one_out)}
+        report = {"left_out": leave_one_out(args), **settings, "signals": str(args.leave_one_out)}
         path = args.out.with_name(f"{args.out.stem}-loco.json")
     else:
-        x, y, w, counts = training_set(exposure(args.data_dir, args.per_category, args.seed))
+        x, y, w, counts = training_set(exposure(args.data_dir, args.per_category, args.seed), args.generated_share)
         judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().contiguous() for k, v in judge.state_dict().items()}, args.out)
