@@ -61,7 +61,7 @@ def test_calibration_writes_solvers_the_loaded_model_uses(small_checkpoint, tiny
     assert model.sample_solver == SolverConfig(sample["method"], steps=sample["steps"])
     assert model.score_solver == SolverConfig(score["method"], steps=score["steps"])
     assert model.sample(3, seed=0).nfe == sample["nfe"]
-    assert "wrote the solvers" in capsys.readouterr().out
+    assert "wrote solvers to" in capsys.readouterr().out
 
 
 def test_dry_run_leaves_the_card_alone(small_checkpoint, tiny_dataset):

@@ -16,11 +16,7 @@ whenever a call names no solver.
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -30,8 +26,9 @@ from latent_cnf.config import FIXED_STEP_METHODS
 from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF
 
+from . import card_writer
+from .card_writer import provenance
 from .evaluate import PROTOCOL_SEED, binarized, random_subset
-from .loop import git_commit
 from .metrics.classifier import embed, load_classifier
 from .metrics.fid import fid
 
@@ -45,11 +42,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.calibrate", description=__doc__, formatter_class=HelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    parser = card_writer.parser("train.calibrate", __doc__, formatter_class=HelpFormatter)
     parser.add_argument("--samples", type=int, default=2000, help="base draws for the sampling errors")
     parser.add_argument("--reference-images", type=int, default=10_000, help="training images behind the FID")
     parser.add_argument("--score-images", type=int, default=100, help="test images for the score errors")
@@ -57,9 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixel-error", type=float, default=0.05, help="sampling budget, pixel intensity")
     parser.add_argument("--max-fid-change", type=float, default=0.005, help="sampling budget, relative FID change")
     parser.add_argument("--max-score-error", type=float, default=0.02, help="scoring budget, nats per image")
-    parser.add_argument("--dry-run", action="store_true", help="print the table, leave the card as it is")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the base draws and importance samples")
     return parser
 
@@ -186,29 +176,18 @@ def calibrate(args: argparse.Namespace, command: str) -> dict:
             "seed": args.seed,
             "sampling": sampling,
             "scoring": scoring,
-            "command": command,
-            "git_commit": git_commit(),
-            "date": datetime.date.today().isoformat(),
-            "device": str(device),
-            "seconds": round(time.perf_counter() - started, 1),
-        },
+        }
+        | provenance(command, device, started),
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        solvers = calibrate(args, shlex.join(["python", "-m", "train.calibrate", *argv]))
-    except (data.DataError, checkpoints.CheckpointError) as error:
-        raise SystemExit(f"error: {error}") from None
+def report(solvers: dict) -> None:
     for use, solver in checkpoints.card_solvers({"solvers": solvers}).items():
         print(f"{use}: {name(solver)}")
-    if not args.dry_run:
-        folder = checkpoints.update_card(args.checkpoint, {"solvers": solvers})
-        print(f"wrote the solvers to {folder / checkpoints.CARD_FILE}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    card_writer.run("train.calibrate", build_parser(), calibrate, report, "solvers", argv)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,7 @@ writers), and at 3 % the bounds accepted only 96.4 % of mnist-final-cond's test 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -32,14 +29,12 @@ from latent_cnf.device import resolve_device
 from latent_cnf.images import preprocess_mnist
 from latent_cnf.model import LatentCNF
 
-from . import ood_set
-from .loop import git_commit
+from . import card_writer, ood_set
+from .card_writer import provenance
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.ood_calibrate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    parser = card_writer.parser("train.ood_calibrate", __doc__)
     parser.add_argument("--calibration-images", type=int, default=5000, help="validation images behind the bounds")
     parser.add_argument("--test-images", type=int, default=10_000, help="test images behind the acceptance rate")
     parser.add_argument("--ood-per-category", type=int, default=200, help="generated non-digits per category")
@@ -49,12 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated non-digits")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--outlier-judge", type=Path, default=outlier.WEIGHTS, help="outlier judge weights")
     parser.add_argument("--no-outlier-judge", action="store_true", help="leave the digit logit out of the rule")
     parser.add_argument("--save-signals", type=Path, help="write the measured signals here (torch.save)")
-    parser.add_argument("--dry-run", action="store_true", help="print the rates, leave the card as it is")
     return parser
 
 
@@ -129,29 +121,17 @@ def calibrate(args: argparse.Namespace, command: str) -> dict:
         "ood_per_category": args.ood_per_category,
         "ood_seed": args.seed,
         "ood_false_acceptance": {**per_category, "all": rate(out_values, bounds)},
-        "command": command,
-        "git_commit": git_commit(),
-        "date": datetime.date.today().isoformat(),
-        "device": str(device),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    } | provenance(command, device, started)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        reference = calibrate(args, shlex.join(["python", "-m", "train.ood_calibrate", *argv]))
-    except (data.DataError, checkpoints.CheckpointError) as error:
-        raise SystemExit(f"error: {error}") from None
+def report(reference: dict) -> None:
     print(f"test acceptance {reference['test_acceptance']:.4f}")
     for category, share in reference["ood_false_acceptance"].items():
         print(f"false acceptance {category:<12}{share:.4f}")
-    if not args.dry_run:
-        folder = checkpoints.update_card(args.checkpoint, {"ood_reference": reference})
-        print(f"wrote ood_reference to {folder / checkpoints.CARD_FILE}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    card_writer.run("train.ood_calibrate", build_parser(), calibrate, report, "ood_reference", argv)
 
 
 if __name__ == "__main__":
