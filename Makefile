@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-all lint bench install gpu-bundle
+.PHONY: serve test test-all lint bench install gpu-bundle evaluate-gpus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: $(BIN)/.installed
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
+
+# The full likelihood protocol (train/evaluate.py at its defaults) on the NPROC GPUs of this machine: the IWAE
+# scores and the samples are shared out over the processes, the JSON is that of one process
+# (docs/operations.md, "Training on several GPUs or nodes"). Writes runs/eval/<checkpoint>-<config hash>.json.
+CHECKPOINT ?= mnist-final-cond
+NPROC ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+
+evaluate-gpus: $(BIN)/.installed
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m train.evaluate --checkpoint $(CHECKPOINT) --device cuda
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

@@ -100,7 +100,7 @@ class ModelConfig:
 class TrainConfig:
     """The objective and optimisation of one training run (see train/objectives.py for the losses)."""
 
-    objective: Literal["ae_cnf", "vae_cnf", "vae_cnf_prior"] = "vae_cnf_prior"
+    objective: Literal["ae_cnf", "vae_cnf", "vae_cnf_prior", "flow_matching"] = "vae_cnf_prior"
     recon_weight: float = 3.0
     kl_weight: float = 0.1
     cnf_weight: float = 0.0
@@ -125,6 +125,10 @@ class TrainConfig:
     max_solver_gap_nats: float | None = 0.2  # refine the training solver beyond this (see train/loop.py)
     max_train_steps_per_solve: int = 128
     min_train_steps_per_solve: int = 8
+    # A shipped checkpoint ("{dataset}" is filled in) whose encoder and decoder are loaded and kept fixed: only
+    # the prior trains. None: everything trains from the seed.
+    frozen_autoencoder: str | None = None
+    ot_pairing: bool = True  # flow matching: pair base draws with latents by minibatch optimal transport
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,6 +168,20 @@ _FINAL_COND_TRAIN = dataclasses.replace(
     kinetic_weight=0.05,
     lr_schedule="cosine",
     lr_final=1e-5,
+)
+# The flow-matching prior (issue 19): final-cond's model, its shipped encoder and decoder reused frozen (the
+# same encoder/decoder budget, exactly), and the label-conditioned prior fitted by conditional flow matching
+# to their posterior samples with minibatch OT pairing (train/flow_matching.py): one velocity evaluation per
+# latent and step, no ODE solve, so no solver-gap guard or kinetic term. The hypernetwork dynamics keep the
+# closed-form trace, so the prior's exact log-density is computed as for the maximum-likelihood prior.
+_FM_COND_TRAIN = dataclasses.replace(
+    _FINAL_COND_TRAIN,
+    objective="flow_matching",
+    frozen_autoencoder="{dataset}-final-cond",
+    kl_warmup_steps=0,
+    kinetic_weight=0.0,
+    max_solver_gap_nats=None,
+    epochs=30,
 )
 _LARGE_MODEL = ModelConfig(
     latent_dim=32,
@@ -222,6 +240,13 @@ PRESETS: dict[str, Preset] = {
             "sample(n, label=y) draws digit y",
             _FINAL_COND_MODEL,
             _FINAL_COND_TRAIN,
+        ),
+        Preset(
+            "fm-cond",
+            "final-cond's encoder and decoder (shipped, frozen) with the label-conditioned CNF prior fitted by "
+            "conditional flow matching with minibatch OT pairing: few-step sampling, exact log-density kept",
+            _FINAL_COND_MODEL,
+            _FM_COND_TRAIN,
         ),
         Preset(
             "large",

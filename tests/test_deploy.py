@@ -4,6 +4,7 @@
 - a real Prometheus scrapes the real service, and every PromQL expression of every dashboard panel returns data;
 - the compose files and Grafana provisioning parse, agree with each other, and mount only what exists;
 - the Kubernetes manifests validate against the Kubernetes schemas and probe routes the app serves;
+- the training Job validates too, and its torchrun and `python -m train` arguments parse and agree with it;
 - the Dockerfile lints clean, its build context holds the package with its checkpoints, and it agrees with the app.
 
 A check whose tool is missing is skipped with the reason locally, and fails under CI (CI=true), where
@@ -44,6 +45,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "latent-cnf.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "latent-cnf.yml"
 K8S = DEPLOY / "k8s"
+TRAIN_JOB = K8S / "train-job.yaml"
 ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
 JOB = "latent-cnf"
 UPLOAD_LIMIT = 20_000  # small, so the test can trigger a 413 cheaply
@@ -470,18 +472,28 @@ def test_compose_config_merges_the_cpu_override() -> None:
 # --- Kubernetes -------------------------------------------------------------------------------------------
 
 
-def manifests() -> dict[str, dict]:
-    return {doc["kind"]: doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())}
+def manifests(path: Path | None = None) -> dict[str, dict]:
+    """The serving manifests by kind (the training Job, applied on its own, is not one of them), or `path`'s."""
+    paths = [path] if path else [p for p in sorted(K8S.glob("*.yaml")) if p != TRAIN_JOB]
+    return {doc["kind"]: doc for p in paths for doc in yaml.safe_load_all(p.read_text())}
 
 
-def test_k8s_manifests_validate_against_the_schemas() -> None:
+@pytest.mark.parametrize(
+    ("path", "kinds"),
+    [
+        (None, {"Deployment", "Service", "HorizontalPodAutoscaler"}),
+        (TRAIN_JOB, {"Service", "PersistentVolumeClaim", "Job"}),
+    ],
+    ids=["serving", "training"],
+)
+def test_k8s_manifests_validate_against_the_schemas(path: Path | None, kinds: set[str]) -> None:
     try:
         import kubernetes_validate
     except ImportError:
         kubernetes_validate = None
     need(kubernetes_validate, "kubernetes-validate is missing (dev extra)")
-    docs = manifests()
-    assert set(docs) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    docs = manifests(path)
+    assert set(docs) == kinds
     # The oldest and the newest Kubernetes the package has schemas for; strict rejects misspelt fields.
     for version in ("1.25.0", kubernetes_validate.latest_version()):
         for kind, doc in docs.items():
@@ -489,6 +501,45 @@ def test_k8s_manifests_validate_against_the_schemas() -> None:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as error:
                 pytest.fail(f"{kind} is invalid for Kubernetes {version}: {error.message} at {list(error.path)}")
+
+
+def test_train_job_runs_torchrun_across_its_pods() -> None:
+    """One pod per node rank, pod 0 reachable by the name torchrun is given, the checkpoint on the claim."""
+    from torch.distributed.run import get_args_parser
+
+    from latent_cnf import PRESETS
+    from train.__main__ import build_parser
+
+    docs = manifests(TRAIN_JOB)
+    service, claim, job = docs["Service"], docs["PersistentVolumeClaim"], docs["Job"]
+    pod = job["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == ["torchrun"]
+    # Kubernetes expands $(NODE_RANK) from the container's env: the pod's completion index.
+    assert "--node_rank=$(NODE_RANK)" in container["args"]
+    launcher = get_args_parser().parse_args([a.replace("$(NODE_RANK)", "0") for a in container["args"]])
+    assert (launcher.module, launcher.training_script) == (True, "train")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(launcher.nnodes)
+    assert int(launcher.nproc_per_node) == container["resources"]["limits"]["nvidia.com/gpu"]
+    env = {e["name"]: e for e in container["env"]}
+    index = env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # Indexed Job pods are named <job>-<index> and resolve under their subdomain, the headless Service.
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert launcher.master_addr == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert launcher.master_port == service["spec"]["ports"][0]["port"]
+    train = build_parser().parse_args(launcher.training_script_args)
+    assert train.preset in PRESETS and train.resume
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    [runs] = [name for name, v in volumes.items() if "persistentVolumeClaim" in v]
+    assert volumes[runs]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert Path(train.out).is_relative_to(mounts[runs])  # state and checkpoint outlive the pods
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # every rank reads the state on --resume
+    assert pod["spec"]["securityContext"]["fsGroup"] == int(dockerfile_instruction("USER"))
 
 
 def test_k8s_manifests_match_the_app(routes: set[str], settings_env: set[str]) -> None:

@@ -1,4 +1,9 @@
-"""python -m train: train a preset and export a checkpoint (weights + config + model card)."""
+"""python -m train: train a preset and export a checkpoint (weights + config + model card).
+
+Under `torchrun --nproc_per_node=N -m train ...` (or --nnodes with a rendezvous) the run is data-parallel:
+--batch-size stays the global batch, split evenly over the N processes, and the learning rate, the epochs and
+the steps per epoch are those of one process, so N changes the wall time and not the run (docs/operations.md).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ import torch
 
 from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
 from latent_cnf.data import DATASETS, DataError
-from latent_cnf.device import resolve_device
 
+from . import distributed
 from .loop import RunOptions, Trainer
 
 
@@ -30,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
-    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    parser.add_argument(
+        "--batch-size", type=int, help="override the preset's batch size (the global batch under torchrun)"
+    )
     parser.add_argument("--lr", type=float, help="override the preset's learning rate")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, help="override the preset's seed")
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         out=args.out or Path("runs") / f"{args.preset}-{args.dataset}",
         export=args.export,
-        device=resolve_device(args.device),
+        device=distributed.setup(args.device),
         max_steps=args.max_steps,
         resume=args.resume,
         command=shlex.join(["python", "-m", "train", *(sys.argv[1:] if argv is None else argv)]),
@@ -115,12 +122,18 @@ def main(argv: list[str] | None = None) -> None:
         val_images=args.val_images,
         reference_images=args.reference_images,
     )
+    reporter = distributed.is_main()  # rank 0 alone reports; asked now, before the process group is gone
     try:
         trainer = Trainer(options)  # reads the data set
-        print(f"run folder: {options.out.resolve()}", file=sys.stderr)
+        if reporter:
+            print(f"run folder: {options.out.resolve()}", file=sys.stderr)
         metrics = trainer.run()
     except DataError as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
+    finally:
+        distributed.teardown()
+    if not reporter:
+        return
     print(json.dumps(metrics, indent=2))
     print(f"run folder: {options.out.resolve()}, checkpoint: {options.checkpoint.resolve()}", file=sys.stderr)
 

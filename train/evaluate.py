@@ -20,11 +20,15 @@ Cost: scoring dominates, ~K x classes latent rows per image through an adaptive 
 images and each outlier set; K=1000 on the full sets is a GPU job (on one CPU core: ~16 s per image).
 Data-side randomness (binarization, noise images, reference subsets) is fixed by PROTOCOL_SEED; `--seed` only
 drives the model's randomness (sampling noise, importance samples).
+Under `torchrun --nproc_per_node=N -m train.evaluate ...` the expensive parts, the IWAE scores and the sample
+generation, are shared out by chunks of --batch-size (each chunk with its own seeds, as in one process) and
+gathered; the rest runs on every rank and rank 0 writes the JSON, which is that of one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -34,9 +38,9 @@ import torch
 from tqdm import tqdm
 
 from latent_cnf import SolverConfig, checkpoints, data
-from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF
 
+from . import distributed
 from .metrics.classifier import embed, load_classifier
 from .metrics.fid import fid
 from .metrics.ood import auroc, complexity_bits, complexity_corrected
@@ -79,8 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and importance samples")
+    parser.add_argument(
+        "--sample-solver",
+        type=sample_solver,
+        default=PROTOCOL_SOLVER,
+        metavar="METHOD:STEPS",
+        help="fixed-step solver of the samples, e.g. rk4:2 (FID at few function evaluations; default dopri5)",
+    )
     parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
     return parser
+
+
+def sample_solver(text: str) -> SolverConfig:
+    """METHOD:STEPS of a fixed-step solver (rk4:2, midpoint:4, euler:8)."""
+    method, _, steps = text.partition(":")
+    try:
+        return SolverConfig(method, steps=int(steps))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:STEPS, e.g. rk4:2 ({error})") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,16 +133,21 @@ def random_subset(n: int, size: int | None) -> torch.Tensor:
 def score(
     model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, image_seeds: torch.Tensor, desc: str
 ) -> dict:
-    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk.
+    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk, each rank
+    scoring its block of the chunks.
 
     Each image has its own proposal seed, so the numbers do not depend on the batch size.
     """
+    starts = range(0, len(images), batch_size)
     parts = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+    for start in tqdm(
+        starts[distributed.shard(len(starts))], desc=desc, leave=False, disable=not distributed.is_main()
+    ):
         end = start + batch_size
         s = model.score(images[start:end], k=k, seed=image_seeds[start:end], solver=PROTOCOL_SOLVER)
         parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.latent_log_density.cpu()))
-    log_likelihood, elbo, latent = (torch.cat(p) for p in zip(*parts, strict=True))
+    mine = [torch.cat(p) for p in zip(*parts, strict=True)] if parts else [torch.empty(0)] * 3
+    log_likelihood, elbo, latent = (distributed.gather_rows(t) for t in mine)
     return {"log_likelihood": log_likelihood, "elbo": elbo, "latent": latent}
 
 
@@ -140,29 +165,38 @@ def reconstructions(model: LatentCNF, images: torch.Tensor, labels: torch.Tensor
 
 @torch.no_grad()
 def generate(
-    model: LatentCNF, n: int, batch_size: int, seed: int, temperature: float = 1.0
+    model: LatentCNF,
+    n: int,
+    batch_size: int,
+    seed: int,
+    temperature: float = 1.0,
+    solver: SolverConfig = PROTOCOL_SOLVER,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call).
 
-    Each call draws its noise from its own seed, so samples depend on the batch size (as adaptive solves do).
+    Each call draws its noise from its own seed, so samples depend on the batch size (as adaptive solves do);
+    each rank generates its block of the calls.
     """
     labels = torch.arange(n) % model.config.num_classes if model.prior.conditional else None
-    images, nfe = [], []
+    images, nfe = [torch.empty(0, model.config.data_dim)], []
     starts = range(0, n, batch_size)
+    mine = distributed.shard(len(starts))
     for start, chunk_seed in zip(
-        tqdm(starts, desc="sampling", leave=False), seeds(seed, SAMPLE_STREAM, len(starts)).tolist(), strict=True
+        tqdm(starts[mine], desc="sampling", leave=False, disable=not distributed.is_main()),
+        seeds(seed, SAMPLE_STREAM, len(starts)).tolist()[mine],
+        strict=True,
     ):
         size = min(batch_size, n - start)
         label = labels[start : start + size] if labels is not None else None
-        samples = model.sample(size, label=label, seed=chunk_seed, temperature=temperature, solver=PROTOCOL_SOLVER)
+        samples = model.sample(size, label=label, seed=chunk_seed, temperature=temperature, solver=solver)
         images.append(samples.images.reshape(size, -1).cpu())
         nfe.append(samples.nfe)
-    return torch.cat(images), labels, float(np.mean(nfe))
+    return distributed.gather_rows(torch.cat(images)), labels, float(np.mean(distributed.gather(nfe)))
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     start_time = time.perf_counter()
-    device = resolve_device(args.device)
+    device = distributed.setup(args.device)
     model = checkpoints.load(args.checkpoint, device)
     card = checkpoints.read_card(args.checkpoint)
     dataset = args.dataset or card.get("dataset")
@@ -171,18 +205,25 @@ def evaluate(args: argparse.Namespace) -> dict:
     judge = load_classifier(dataset, device)
     fbs = args.feature_batch_size
 
-    train = data.load_split(dataset, "train", args.data_dir)
+    def bar(desc: str) -> str | None:
+        return desc if distributed.is_main() else None  # progress bars on rank 0 only
+
+    with distributed.local_leader_first():  # one download per node, not one per process
+        train = data.load_split(dataset, "train", args.data_dir)
+        test = data.load_split(dataset, "test", args.data_dir)
+        other_test = data.load_split(OTHER_DATASET[dataset], "test", args.data_dir)
     reference = data.to_float(train.images[random_subset(len(train), args.reference_images)])
-    reference_features, _ = embed(judge, reference, fbs, desc="judge: training images")
-    test = data.load_split(dataset, "test", args.data_dir)
+    reference_features, _ = embed(judge, reference, fbs, desc=bar("judge: training images"))
     test_images = test.images[: args.test_images]
-    test_features, _ = embed(judge, data.to_float(test_images), fbs, desc="judge: test images")
+    test_features, _ = embed(judge, data.to_float(test_images), fbs, desc=bar("judge: test images"))
 
     real_subset = reference_features[random_subset(len(reference_features), args.num_samples)]
 
     def sample_quality(temperature: float) -> dict:
-        samples, labels, nfe = generate(model, args.num_samples, args.batch_size, args.seed, temperature)
-        features, predicted = embed(judge, samples, fbs, desc=f"judge: samples at temperature {temperature:g}")
+        samples, labels, nfe = generate(
+            model, args.num_samples, args.batch_size, args.seed, temperature, args.sample_solver
+        )
+        features, predicted = embed(judge, samples, fbs, desc=bar(f"judge: samples at temperature {temperature:g}"))
         precision, recall = precision_recall(real_subset, features, args.neighbours, fbs)
         return {
             "fid": fid(features, reference_features),
@@ -195,16 +236,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     quality = sample_quality(1.0)
     test_labels = test.labels[: args.test_images]
     recon = reconstructions(model, test_images, test_labels, args.batch_size)
-    _, recon_predicted = embed(judge, recon, fbs, desc="judge: reconstructions")
+    _, recon_predicted = embed(judge, recon, fbs, desc=bar("judge: reconstructions"))
     recon_accuracy = (recon_predicted == test_labels).double().mean().item()
 
     k, bs = args.importance_samples, args.batch_size
     x_test = binarized(test.images)[: args.test_images]
     inliers = score(model, x_test, k, bs, seeds(args.seed, TEST_STREAM, len(x_test)), "scoring test images")
     n_ood = min(args.ood_images or len(x_test), len(x_test))
-    other = data.load_split(OTHER_DATASET[dataset], "test", args.data_dir)
     outlier_sets = {
-        OTHER_DATASET[dataset]: binarized(other.images)[:n_ood],
+        OTHER_DATASET[dataset]: binarized(other_test.images)[:n_ood],
         "noise": binarized(noise_images(len(test)))[:n_ood],
     }
     k_ood = args.ood_importance_samples or k
@@ -238,6 +278,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "importance_samples": k,
         "ood_importance_samples": k_ood,
         "num_samples": args.num_samples,
+        "sample_solver": dataclasses.asdict(args.sample_solver),
         "test_images": len(x_test),
         "ood_images": n_ood,
         "reference_images": len(reference),
@@ -268,8 +309,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     try:
         results = evaluate(args)
+        reporter = distributed.is_main()  # asked before the process group is gone
     except (data.DataError, checkpoints.CheckpointError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
+    finally:
+        distributed.teardown()
+    if not reporter:
+        return
     print(table(results))
     out = args.json or Path("runs") / "eval" / f"{Path(str(args.checkpoint)).name}-{results['config_hash']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from latent_cnf.images import png_bytes, trajectory_strip
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
 
+from . import distributed
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss
 
 STATE_FILE = "state.pt"
@@ -66,7 +67,9 @@ class Trainer:
         self.cfg = options.preset.train
         torch.manual_seed(self.cfg.seed)
         self.model = LatentCNF(options.preset.model).to(options.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        self.frozen = self.freeze_autoencoder()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=self.cfg.lr)
         self.disc = None
         if self.cfg.adversarial:
             self.disc = PatchDiscriminator(self.cfg.disc_channels, self.cfg.disc_leaky).to(options.device)
@@ -75,13 +78,24 @@ class Trainer:
         self.elapsed = 0.0
         self.sessions: list[dict] = []  # one entry per invocation: command, commit, first step
         self.objective = OBJECTIVES[self.cfg.objective]
-        fit = data.load_split(options.dataset, "fit", options.data_dir)
+        # Under torchrun: gradients averaged over the ranks, each rank drawing its own noise (rank 0 keeps the
+        # single-process stream). A wrapper only when distributed: one process runs what it always ran.
+        self.objective_step = distributed.data_parallel(
+            distributed.InForward(self.model, self.objective), options.device
+        )
+        self.disc_step = distributed.data_parallel(self.disc, options.device) if self.disc is not None else None
+        if distributed.rank() > 0:
+            torch.manual_seed(distributed.rank_seed(self.cfg.seed))
+        with distributed.local_leader_first():  # one download per node, not one per process
+            fit = data.load_split(options.dataset, "fit", options.data_dir)
+            val = data.load_split(options.dataset, "val", options.data_dir)
         if options.train_subset:
             fit = fit.subset(torch.arange(min(options.train_subset, len(fit))))
         self.train_x = data.to_float(fit.images).to(options.device)
         self.train_y = fit.labels.to(options.device)
-        val = data.load_split(options.dataset, "val", options.data_dir)
         val = val.subset(torch.arange(min(options.val_images, len(val))))
+        if min(len(val), options.reference_images) < distributed.world_size():
+            raise SystemExit("--val-images and --reference-images must be at least the number of processes")
         generator = torch.Generator().manual_seed(0)
         self.val_x = data.binarize(data.to_float(val.images), generator).to(options.device)
         self.val_y = val.labels.to(options.device)
@@ -89,6 +103,23 @@ class Trainer:
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
         if options.max_steps is not None:
             self.total_steps = min(self.total_steps, options.max_steps)
+
+    def freeze_autoencoder(self) -> dict[str, str] | None:
+        """Load the encoder and decoder of `frozen_autoencoder` and keep them fixed, so that only the prior
+        trains; what the card records of them (None when everything trains)."""
+        if self.cfg.frozen_autoencoder is None:
+            return None
+        if self.cfg.objective == "flow_matching" and self.cfg.adversarial:
+            raise SystemExit("flow matching decodes nothing: it cannot train with the discriminator")
+        name = self.cfg.frozen_autoencoder.format(dataset=self.options.dataset)
+        source = checkpoints.load(name, self.options.device)
+        for part in ("encoder", "decoder"):
+            try:
+                getattr(self.model, part).load_state_dict(getattr(source, part).state_dict())
+            except RuntimeError as error:
+                raise SystemExit(f"{name}'s {part} does not fit this model: {error}") from None
+            getattr(self.model, part).requires_grad_(False)
+        return {"checkpoint": name, "sha256": checkpoints.sha256(name)}
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """The permutation of an epoch depends only on (seed, epoch), so any step can be resumed."""
@@ -102,16 +133,19 @@ class Trainer:
     def solver_gaps(self) -> tuple[float, float | None]:
         """Mean |log p_train - log p_exact| over validation latents at the training step count and at half of
         it (None below the floor). A flow trained with too coarse a fixed step learns to exploit the
-        discretisation (Ott et al. 2021, "ResNet after all?"): its training density drifts from the ODE's."""
-        labels = self.val_y if self.model.config.encoder_conditional else None
-        z, _ = self.model.encode(self.val_x, labels)
-        prior_labels = self.val_y if self.model.prior.conditional else None
+        discretisation (Ott et al. 2021, "ResNet after all?"): its training density drifts from the ODE's.
+        Each rank integrates its block of the latents; the mean is over all of them."""
+        part = distributed.shard(len(self.val_x))
+        val_x, val_y = self.val_x[part], self.val_y[part]
+        labels = val_y if self.model.config.encoder_conditional else None
+        z, _ = self.model.encode(val_x, labels)
+        prior_labels = val_y if self.model.prior.conditional else None
         exact = self.model.prior.log_prob(z, prior_labels, self.options.eval_solver).log_prob
         solver = self.cfg.train_solver
 
         def gap(steps: int) -> float:
             coarse = self.model.prior.log_prob(z, prior_labels, dataclasses.replace(solver, steps=steps)).log_prob
-            return (coarse - exact).abs().mean().item()
+            return distributed.gather_rows((coarse - exact).abs()).mean().item()
 
         half = solver.steps // 2
         return gap(solver.steps), gap(half) if half >= self.cfg.min_train_steps_per_solve else None
@@ -142,18 +176,29 @@ class Trainer:
         return self.cfg.lr_final + 0.5 * (self.cfg.lr - self.cfg.lr_final) * (1 + math.cos(math.pi * progress))
 
     def train_step(self) -> dict[str, float]:
+        """One optimiser step on the global batch of `batch_size` rows; under torchrun each rank takes its block
+        of it, and its loss, a mean over its rows, is weighted by its rows' share so that DDP's average of the
+        gradients is the gradient of the mean over the whole batch, as in one process."""
         index = self.batch_indices(self.step)
-        x, labels = self.train_x[index], self.train_y[index]
+        mine = index[distributed.shard(len(index))]
+        share = len(mine) / len(index)
+        weight = share * distributed.world_size()
+        if len(mine) == 0:  # a last batch smaller than the world: join the all-reduce with weight 0
+            mine = index[:1]
+        x, labels = self.train_x[mine], self.train_y[mine]
         target = data.binarize(x) if self.cfg.binarize else x
         self.model.train()
-        out = self.objective(self.model, target, labels, self.cfg, self.step)
+        if self.frozen:  # no dropout either: the prior fits the posterior that scoring and sampling see
+            self.model.encoder.eval()
+            self.model.decoder.eval()
+        out = self.objective_step(target, labels, self.cfg, self.step)
         terms = dict(out.terms, nfe=out.nfe)
         loss = out.loss
         if self.disc is not None:
             fake = torch.sigmoid(out.logits)
-            d_loss = self.cfg.disc_weight * discriminator_loss(self.disc, x, fake)
+            d_loss = self.cfg.disc_weight * discriminator_loss(self.disc_step, x, fake)
             self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
+            (weight * d_loss).backward()
             self.disc_optimizer.step()
             adversarial, matching = adversarial_losses(self.disc, x, fake)
             loss = loss + self.cfg.adv_weight * adversarial + self.cfg.feature_match_weight * matching
@@ -161,25 +206,36 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (weight * loss).backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return dict(terms, loss=loss.item(), lr=self.optimizer.param_groups[0]["lr"])
+        terms = distributed.weighted_mean(dict(terms, loss=loss.item()), share)  # the global batch's means
+        return terms | {"lr": self.optimizer.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def score_rows(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(IWAE bound, ELBO, latent log-density) per image, image i seeded with i: each rank scores its block,
+        so the numbers do not depend on how many processes share the work."""
+        self.model.eval()
+        part = distributed.shard(len(images))
+        seeds = torch.arange(len(images))[part]
+        score = self.model.score(images[part], k=k, solver=self.options.eval_solver, seed=seeds)
+        parts = (score.log_likelihood, score.elbo, score.latent_log_density)
+        return tuple(distributed.gather_rows(t) for t in parts)
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        self.model.eval()
-        score = self.model.score(self.val_x, k=self.options.val_importance_samples, solver=self.options.eval_solver)
+        iwae, elbo, latent = self.score_rows(self.val_x, self.options.val_importance_samples)
         gap, half_gap = self.solver_gaps()
         coarser = {} if half_gap is None else {"val_solver_gap_half_steps_nats": half_gap}
         return coarser | {
             "val_solver_gap_nats": gap,
             "train_solver_steps": self.cfg.train_solver.steps,
-            "val_iwae_nats": score.log_likelihood.mean().item(),
-            "val_elbo_nats": score.elbo.mean().item(),
-            "val_latent_nll_nats": -score.latent_log_density.mean().item(),
+            "val_iwae_nats": iwae.mean().item(),
+            "val_elbo_nats": elbo.mean().item(),
+            "val_latent_nll_nats": -latent.mean().item(),
             "val_importance_samples": self.options.val_importance_samples,
         }
 
@@ -194,6 +250,8 @@ class Trainer:
         return png_bytes(trajectory_strip(path.times, path.images))
 
     def state(self) -> dict:
+        """Everything a resume needs, on every rank (each rank's random state is gathered: call on all)."""
+        rngs = distributed.gather([torch.get_rng_state()])
         state = {
             "model": self.model.state_dict(),
             "model_config": self.model.config.to_json(),
@@ -202,7 +260,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "sessions": self.sessions,
             "train_solver_steps": self.cfg.train_solver.steps,
-            "rng": torch.get_rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
@@ -223,14 +282,24 @@ class Trainer:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.sessions = state.get("sessions", [])  # runs begun before sessions were recorded have none
-        steps = int(state["train_solver_steps"])
+        self.set_train_solver_steps(int(state["train_solver_steps"]))
+        rngs = state.get("rng_ranks", [state["rng"]])  # runs begun before distributed training have one
+        if len(rngs) == distributed.world_size() or distributed.rank() == 0:
+            torch.set_rng_state(rngs[distributed.rank()].cpu())
+        else:  # resumed with another number of processes: rank 0 continues its stream, the others start anew
+            torch.manual_seed(distributed.rank_seed(self.cfg.seed, self.step))
+
+    def set_train_solver_steps(self, steps: int) -> None:
         self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(self.cfg.train_solver, steps=steps))
-        torch.set_rng_state(state["rng"].cpu())
 
     def save(self, metrics: dict[str, float]) -> None:
+        """Rank 0 writes the state and checkpoint; every rank calls this (the state gathers from all)."""
+        state = self.state()
+        if not distributed.is_main():
+            return
         out = self.options.out
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state(), out / f"{STATE_FILE}.tmp")
+        torch.save(state, out / f"{STATE_FILE}.tmp")
         (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
         checkpoints.save(self.model, self.options.checkpoint, self.card(metrics))
 
@@ -251,21 +320,22 @@ class Trainer:
             "train_images": len(self.train_x),
             "wall_time_s": round(self.elapsed, 1),
             "device": str(o.device),
+            "world_size": distributed.world_size(),
+            "backend": distributed.backend(),
             "torch": torch.__version__,
             "validation": metrics,
+            **({"frozen_autoencoder": self.frozen} if self.frozen else {}),
         }
 
     @torch.no_grad()
     def score_reference(self) -> dict:
         """Test-set score quantiles, the reference behind the service's `percentile`."""
         o = self.options
-        test = data.load_split(o.dataset, "test", o.data_dir)
+        with distributed.local_leader_first():
+            test = data.load_split(o.dataset, "test", o.data_dir)
         images = data.to_float(test.images[: o.reference_images])
-        self.model.eval()
-        score = self.model.score(
-            (images > 0.5).float(), k=o.reference_importance_samples, solver=self.options.eval_solver
-        )
-        quantiles = torch.quantile(score.log_likelihood.cpu(), torch.linspace(0, 1, 101))
+        log_likelihood, _, _ = self.score_rows((images > 0.5).float(), o.reference_importance_samples)
+        quantiles = torch.quantile(log_likelihood.cpu(), torch.linspace(0, 1, 101))
         return {
             "binarization": "threshold 0.5",
             "images": len(images),
@@ -277,12 +347,30 @@ class Trainer:
         o = self.options
         if o.resume and (o.out / STATE_FILE).exists():
             self.load_state(o.out / STATE_FILE)
-            print(f"resumed from {o.out / STATE_FILE} at step {self.step}", file=sys.stderr)
-        self.sessions.append({"command": o.command, "git_commit": git_commit(), "from_step": self.step})
-        o.out.mkdir(parents=True, exist_ok=True)
-        log = (o.out / "metrics.jsonl").open("a")
+            if distributed.is_main():
+                print(f"resumed from {o.out / STATE_FILE} at step {self.step}", file=sys.stderr)
+        self.sessions.append(
+            {
+                "command": o.command,
+                "git_commit": git_commit(),
+                "from_step": self.step,
+                "world_size": distributed.world_size(),
+                "backend": distributed.backend(),
+            }
+        )
+        main = distributed.is_main()  # the only rank that writes: logs, pictures, state, checkpoint
+        if main:
+            o.out.mkdir(parents=True, exist_ok=True)
+        log = (o.out / "metrics.jsonl").open("a") if main else None
         metrics: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=o.preset.name, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=o.preset.name,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not main,
+        )
         while self.step < self.total_steps:
             start = time.perf_counter()
             terms = self.train_step()
@@ -299,19 +387,30 @@ class Trainer:
                     "step": self.step,
                     "epoch": round(epoch, 3),
                     "wall_time_s": round(self.elapsed, 1),
+                    "world_size": distributed.world_size(),
+                    "backend": distributed.backend(),
                     **terms,
                     **metrics,
                 }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                (o.out / f"trajectory-epoch{math.ceil(epoch):03d}.png").write_bytes(self.trajectory_png())
-                self.adapt_train_solver(metrics["val_solver_gap_nats"], metrics.get("val_solver_gap_half_steps_nats"))
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    (o.out / f"trajectory-epoch{math.ceil(epoch):03d}.png").write_bytes(self.trajectory_png())
+                    gaps = metrics["val_solver_gap_nats"], metrics.get("val_solver_gap_half_steps_nats")
+                    self.adapt_train_solver(*gaps)
+                # Rank 0 decides and the others follow: one decision, so every rank integrates the same way.
+                steps = distributed.broadcast(self.cfg.train_solver.steps)
+                if steps != self.cfg.train_solver.steps:
+                    self.set_train_solver_steps(steps)
                 self.save(metrics)
-                bar.write(json.dumps(record))
+                if log is not None:
+                    bar.write(json.dumps(record))
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         metrics = metrics or self.validate()
         final = self.card(metrics)
         final["score_reference"] = self.score_reference()
-        checkpoints.save(self.model, o.checkpoint, final)
+        if main:
+            checkpoints.save(self.model, o.checkpoint, final)
         return metrics

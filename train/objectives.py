@@ -13,12 +13,14 @@ from latent_cnf.likelihood import bernoulli_log_likelihood, gaussian_entropy, kl
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
 
+from .flow_matching import flow_matching_loss
+
 
 @dataclass
 class Objective:
     loss: torch.Tensor
     terms: dict[str, float]
-    logits: torch.Tensor  # reconstructions, for the discriminator
+    logits: torch.Tensor | None  # reconstructions, for the discriminator; None when nothing is decoded
     nfe: int
 
 
@@ -75,10 +77,22 @@ def vae_cnf_prior(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: 
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
+def flow_matching(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+    """The prior alone, by conditional flow matching on posterior samples of the encoder (frozen: no
+    gradient reaches it); one velocity evaluation per latent, nothing decoded."""
+    with torch.no_grad():
+        mean, log_std = model.encode(x, labels if model.config.encoder_conditional else None)
+        z = mean + torch.exp(log_std) * torch.randn_like(mean)
+    prior_labels = labels if model.prior.conditional else None
+    loss = flow_matching_loss(model.prior, z, prior_labels, ot=cfg.ot_pairing)
+    return Objective(loss, {"flow_matching": loss.item()}, None, 1)
+
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "ae_cnf": ae_cnf,
     "vae_cnf": vae_cnf,
     "vae_cnf_prior": vae_cnf_prior,
+    "flow_matching": flow_matching,
 }
 
 
