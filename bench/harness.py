@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +73,26 @@ def running_service_cli(env: dict[str, str], options: Sequence[str] = (), timeou
 
 
 @contextlib.contextmanager
+def running_script(script: Path, env: dict[str, str], ready_path: str, timeout_s: float = 600) -> Iterator[Server]:
+    """`python SCRIPT --port P` (a server that is not a uvicorn app, such as a framework's launcher) on a free
+    port, yielded once `ready_path` answers 200."""
+    port = free_port()
+    with _serving([sys.executable, str(script), "--port", str(port)], port, env, ready_path, timeout_s) as server:
+        yield server
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a framework's worker processes), as far as psutil is installed."""
+    try:
+        import psutil
+    except ImportError:
+        return [pid]
+    with contextlib.suppress(psutil.Error):
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    return [pid]
+
+
+@contextlib.contextmanager
 def _serving(command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float) -> Iterator[Server]:
     """Runs `command`, logging to a file, and yields once `ready_path` on `port` answers 200; stops it after."""
     app = " ".join(command[1:4])
@@ -92,12 +113,16 @@ def _serving(command: list[str], port: int, env: dict[str, str], ready_path: str
             time.sleep(0.2)
         yield server
     finally:
+        children = process_tree(process.pid)[1:]  # a launcher's workers outlive it when it is terminated
         process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def _proc_status_kib(pid: int, field: str) -> int | None:

@@ -1,14 +1,18 @@
 """Load test of the service on loopback, against two references measured in the same run.
 
-Starts the real service (uvicorn, one worker, as deployed) and the naive server of bench/naive_server.py on
-free 127.0.0.1 ports, then drives them with closed-loop asyncio clients: at each concurrency C, C clients
-send their next request as soon as the last one is answered, for a fixed time after a short warm-up.
-Reported per scenario: successful requests/s, samples (or scored images)/s, p50/p95/p99 latency of the
-successful requests, and every other outcome by status (or by client error name).
+Starts the real service (uvicorn, one worker, as deployed), the naive server of bench/naive_server.py and
+the LitServe peer of bench/litserve_peer.py on free 127.0.0.1 ports. The throughput mode drives them with
+wrk (C, one thread, bench/wrk_report.lua: fresh seeds, multipart uploads): at each concurrency C, C
+connections send their next request as soon as the last one is answered, for a fixed time after a warm-up
+run. Reported per scenario: successful requests/s, samples (or scored images)/s, p50/p95/p99 latency (wrk's,
+of all responses), errors by kind, and the CPU share of wrk and of the server, which shows whether the load
+generator was the limit. The overload, soak and chaos modes keep the closed-loop asyncio client: they check
+every response's status and headers, mix scenarios per request, or hang up on purpose.
 
 References, each as requests/s of POST /generate with n = 1 on the same machine in the same run:
-  (a) GET /healthz of the same app: the HTTP stack's own ceiling (uvicorn + FastAPI + this client);
-  (b) the naive server: one model call per request from a `def` endpoint, no batching.
+  (a) GET /healthz of the same app: the HTTP stack's own ceiling (uvicorn + FastAPI);
+  (b) the naive server: one model call per request from a `def` endpoint, no batching;
+  (c) the peer: LitServe's dynamic batching around the same checkpoint and sampler.
 
     python bench/service.py [--duration 10] [--concurrency 1,8,32,128] [--json out.json] [--markdown]
     python bench/service.py --overload [--burst-seconds 5] [--queue 8]   # concurrency 512 on a small queue
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import random
@@ -37,24 +42,28 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import wrk_load
 from harness import (
     BENCH,
     MIB,
     MemorySampler,
+    cpu_seconds,
     data_dir,
     fmt,
     int_list,
     machine,
     parse_env,
     peak_rss_bytes,
+    process_tree,
     render,
     rss_bytes,
+    running_script,
     running_server,
     wait_idle,
 )
 from PIL import Image
 
-SERVICE_APP, NAIVE_APP = "service.app:app", "naive_server:app"
+SERVICE_APP, NAIVE_APP, PEER_SCRIPT = "service.app:app", "naive_server:app", BENCH / "litserve_peer.py"
 TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
 CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 
@@ -62,7 +71,7 @@ CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    target: str  # "service" or "naive"
+    target: str  # "service", "naive" or "peer"
     method: str
     path: str
     items: int  # samples (or scored images) per request; 0 for the health check
@@ -76,6 +85,7 @@ SCENARIOS = {
         Scenario("healthz", "service", "GET", "/healthz", 0),
         Scenario("generate-1", "service", "POST", "/generate", 1, {"n": 1}),
         Scenario("naive-generate-1", "naive", "POST", "/generate", 1, {"n": 1}),
+        Scenario("peer-generate-1", "peer", "POST", "/predict", 1, {"n": 1}),
         Scenario("generate-64", "service", "POST", "/generate", 64, {"n": 64}),
         Scenario("score", "service", "POST", "/score", 1, {"importance_samples": "64"}, upload=True),
         Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
@@ -205,48 +215,75 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def request_body(scenario: Scenario, digit: bytes) -> wrk_load.Body | None:
+    """What wrk sends: httpx's own multipart encoding of an upload, or the JSON body with a fresh seed each."""
+    if scenario.upload:
+        files = [("file", (f"digit{i}.png", digit, "image/png")) for i in range(scenario.items)]
+        request = httpx.Request("POST", "http://bench", files=files, data=scenario.body)
+        return wrk_load.Body(request.headers["content-type"], request.read())
+    if scenario.body is None:
+        return None
+    text = json.dumps(scenario.body | {"seed": "SEED"}).replace('"SEED"', wrk_load.SEED)
+    return wrk_load.Body("application/json", text.encode())
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
 def throughput(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
-    """Every scenario at every concurrency; scenarios interleaved per concurrency so drift hits all alike."""
+    """Every scenario at every concurrency, driven by wrk; scenarios interleaved per concurrency so drift hits
+    all alike. The naive server and the peer start only if a chosen scenario needs them; idle, they cost no CPU."""
     results: list[dict] = []
-    with running_server(SERVICE_APP, env) as service, running_server(NAIVE_APP, env, app_dir=BENCH) as naive:
-        load = Load({"service": service.url, "naive": naive.url}, digit, args.timeout)
+    targets = {SCENARIOS[name].target for name in args.scenarios}
+    with contextlib.ExitStack() as stack:
+        servers = {"service": stack.enter_context(running_server(SERVICE_APP, env))}
+        if "naive" in targets:
+            servers["naive"] = stack.enter_context(running_server(NAIVE_APP, env, app_dir=BENCH))
+        if "peer" in targets:
+            servers["peer"] = stack.enter_context(running_script(PEER_SCRIPT, env, ready_path="/health"))
+        service = servers["service"]
         for concurrency in args.concurrency:
             for name in args.scenarios:
                 scenario = SCENARIOS[name]
-                load.outcomes = []
+                server, body = servers[scenario.target], request_body(scenario, digit)
+                url = server.url + scenario.path
+                drive = functools.partial(wrk_load.run, url, scenario.method, body, concurrency, timeout_s=args.timeout)
                 before = model_calls(service.url)
-                started = asyncio.run(load.drive(lambda _, s=scenario: s, concurrency, args.warmup + args.duration))
-                elapsed = time.perf_counter() - started
-                start = started + args.warmup
-                row = {"scenario": name, "concurrency": concurrency}
-                row.update(summarize(load.outcomes, start, start + args.duration, scenario.items))
-                if scenario.target == "service":  # over the whole drive, warm-up and tail included
-                    row.update(batching(before, model_calls(service.url), elapsed))
-                row["settle_seconds"] = wait_idle((service if scenario.target == "service" else naive).pid)
+                started = time.perf_counter()
+                if args.warmup > 0:
+                    drive(args.warmup)
+                cpu_before, measured = tree_cpu_seconds(server.pid), time.perf_counter()
+                row = {"scenario": name, "concurrency": concurrency} | drive(args.duration)
+                server_cpu = tree_cpu_seconds(server.pid) - cpu_before
+                row["server_core_share"] = server_cpu / (time.perf_counter() - measured)
+                row["items_per_s"] = row["ok_per_s"] * scenario.items if scenario.items else None
+                if scenario.target == "service":  # over the whole drive, warm-up included
+                    row.update(batching(before, model_calls(service.url), time.perf_counter() - started))
+                row["settle_seconds"] = wait_idle(server.pid)
                 results.append(row)
-                log(f"{name:>18s} c={concurrency:<4d} {row['ok_per_s']:9.1f} ok/s  p50 {fmt(row['p50_ms'])} ms")
-        rss = {"service": rss_bytes(service.pid), "naive": rss_bytes(naive.pid)}
+                log(
+                    f"{name:>18s} c={concurrency:<4d} {row['ok_per_s']:9.1f} ok/s  p50 {fmt(row['p50_ms'])} ms"
+                    f"  wrk {row['wrk_core_share']:.0%} of a core, server {row['server_core_share']:.0%}"
+                )
+        rss = {name: sum(filter(None, map(rss_bytes, process_tree(s.pid)))) for name, s in servers.items()}
     return {"rows": results, "references": references(results), "rss_bytes_after": rss}
 
 
 def references(rows: list[dict]) -> dict:
-    """/generate n=1 against the health check and the naive server, per concurrency, and the three targets."""
+    """/generate n=1 against the health check, the naive server and the peer, per concurrency; the three targets."""
     by = {(r["scenario"], r["concurrency"]): r for r in rows}
     ratios = []
     for concurrency in sorted({c for _, c in by}):
-        ours, ceiling, naive = (by.get((s, concurrency)) for s in ("generate-1", "healthz", "naive-generate-1"))
+        ours = by.get(("generate-1", concurrency))
         if ours is None:
             continue
-        ratios.append(
-            {
-                "concurrency": concurrency,
-                "ours_per_s": ours["ok_per_s"],
-                "naive_per_s": naive["ok_per_s"] if naive else None,
-                "healthz_per_s": ceiling["ok_per_s"] if ceiling else None,
-                "vs_naive": ours["ok_per_s"] / naive["ok_per_s"] if naive and naive["ok_per_s"] else None,
-                "vs_healthz": ours["ok_per_s"] / ceiling["ok_per_s"] if ceiling and ceiling["ok_per_s"] else None,
-            }
-        )
+        row = {"concurrency": concurrency, "ours_per_s": ours["ok_per_s"]}
+        for key, scenario in (("naive", "naive-generate-1"), ("peer", "peer-generate-1"), ("healthz", "healthz")):
+            other = by.get((scenario, concurrency))
+            row[f"{key}_per_s"] = other["ok_per_s"] if other else None
+            row[f"vs_{key}"] = ours["ok_per_s"] / other["ok_per_s"] if other and other["ok_per_s"] else None
+        ratios.append(row)
     at = {r["concurrency"]: r for r in ratios}
     target, single = at.get(TARGET_CONCURRENCY, {}), by.get(("generate-1", 1))
     tail = single["p99_ms"] / single["p50_ms"] if single and single["p50_ms"] else None
@@ -413,12 +450,15 @@ def report(kind: str, result: dict, markdown: bool) -> str:
                 fmt(r.get("requests_per_call")),
                 fmt(r.get("nfe_per_call"), 0),
                 fmt(r["inference_busy"] * 100 if r.get("inference_busy") is not None else None, 0),
+                fmt(r["server_core_share"] * 100, 0),
+                fmt(r["wrk_core_share"] * 100, 0),
                 ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0",
             ]
             for r in result["rows"]
         ]
         columns = ["scenario", "concurrency", "ok req/s", "samples/s", "p50 ms", "p95 ms", "p99 ms"]
-        columns += ["requests per model call", "NFE per call", "inference busy %", "errors"]
+        columns += ["requests per model call", "NFE per call", "inference busy %", "server CPU %", "wrk CPU %"]
+        columns += ["errors"]
         text = render("Throughput and latency", columns, rows, markdown)
         ratios = [
             [
@@ -426,12 +466,15 @@ def report(kind: str, result: dict, markdown: bool) -> str:
                 fmt(r["ours_per_s"]),
                 fmt(r["naive_per_s"]),
                 fmt(r["vs_naive"], 2),
+                fmt(r["peer_per_s"]),
+                fmt(r["vs_peer"], 2),
                 fmt(r["healthz_per_s"]),
                 fmt(r["vs_healthz"], 2),
             ]
             for r in result["references"]["ratios"]
         ]
-        columns = ["concurrency", "ours req/s", "naive req/s", "ours / naive", "/healthz req/s", "ours / /healthz"]
+        columns = ["concurrency", "ours req/s", "naive req/s", "ours / naive", "LitServe req/s", "ours / LitServe"]
+        columns += ["/healthz req/s", "ours / /healthz"]
         text += "\n" + render("/generate n=1 against the references", columns, ratios, markdown)
         targets = [
             [t["target"], t["goal"], fmt(t["measured"], 2), {True: "met", False: "NOT met", None: "-"}[t["met"]]]
@@ -509,7 +552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overload", action="store_true", help="run the overload burst instead")
     parser.add_argument("--burst-seconds", type=float, default=5.0)
     parser.add_argument("--burst-concurrency", type=int, default=512)
-    parser.add_argument("--burst-scenario", default="generate-64", choices=[s for s in SCENARIOS if "naive" not in s])
+    parser.add_argument(
+        "--burst-scenario", default="generate-64", choices=[s for s, v in SCENARIOS.items() if v.target == "service"]
+    )
     parser.add_argument("--queue", type=int, default=8, help="LATENT_CNF_MAX_QUEUE of the overload run")
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="run mixed traffic for this long instead")
     parser.add_argument("--soak-concurrency", type=int, default=32)
