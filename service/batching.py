@@ -184,7 +184,11 @@ class Batcher:
                 else:
                     unfinished.append(job)
             with self._cond:  # parts left: to the back of the queue, behind whatever arrived meanwhile
-                self._jobs.extend(unfinished)
+                for job in unfinished:
+                    if job.future.done():  # given up while its part ran: _withdraw found nothing to take
+                        metrics.ABANDONED.inc()
+                    else:
+                        self._jobs.append(job)
                 self._set_depth()
 
     def _run(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:

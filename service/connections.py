@@ -106,7 +106,9 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.conn.their_state is h11.SEND_BODY and self.cycle is not None and not self.cycle.response_started:
             self.transport.write(SLOW_BODY)
-        self.transport.close()
+            self.transport.close()  # the 408 is small: it leaves with the close
+        else:
+            self.transport.abort()  # nothing to say: free the handle now, whatever the client's receive window
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest on its client, to make room for a new one."""
@@ -114,6 +116,6 @@ class GuardedH11Protocol(H11Protocol):
             oldest, _ = self.limits.waiting.popitem(last=False)
             if oldest is not self and not oldest.transport.is_closing():
                 oldest._stop_waiting()
-                oldest.transport.close()
+                oldest.transport.abort()  # close() would keep the socket until its unread answer drained
                 return True
         return False

@@ -22,6 +22,11 @@ EVALUATION_OVERHEAD_ROWS = 1024
 DECODER_EVALUATIONS = 64
 DOPRI5_REFERENCE_TOLERANCE = 1e-5
 DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when a checkpoint's card has no measured value
+# An adaptive solve steps every row on its own clock, so it runs the hypernetwork once per row and evaluation
+# (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
+# units. Fitted to mnist-large (811k parameters: 256 samples at dopri5 1e-8 took 7.1 s on the 2-core CPU,
+# ~220 units a row-evaluation); it underestimates the small hypernetworks (28k: ~30 measured, 9 charged).
+HYPERNETWORK_PARAMETERS_PER_UNIT = 3_700
 
 
 def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int:
@@ -33,6 +38,14 @@ def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int
         return -(-solver.steps // intervals) * intervals * len(STAGE_FRACTIONS[solver.method])
     ratio = DOPRI5_REFERENCE_TOLERANCE / min(solver.rtol, solver.atol)
     return max(6, math.ceil(dopri5_nfe * ratio**0.2))
+
+
+def row_evaluation_units(solver: SolverConfig, hypernetwork_parameters: int) -> int:
+    """What one row through one evaluation costs: one unit with a shared parameter table (fixed steps), more
+    when an adaptive solve computes every row's parameters itself."""
+    if solver.method in FIXED_STEP_METHODS:
+        return 1
+    return 1 + math.ceil(hypernetwork_parameters / HYPERNETWORK_PARAMETERS_PER_UNIT)
 
 
 def measured_dopri5_nfe(card: Mapping[str, Any], kind: str) -> int:
@@ -51,11 +64,12 @@ class WorkShape:
     rows: int  # latent rows through the flow: 1 per sample, K x labels per scored image
     nfe: int  # function evaluations of its solve
     decoded: int  # rows decoded into images: frames per sample, K x labels per image
+    row_units: int = 1  # cost of one row through one evaluation (see row_evaluation_units)
 
     @property
     def marginal(self) -> int:
         """Cost of one more unit in a call that runs anyway."""
-        return self.rows * self.nfe + self.decoded * DECODER_EVALUATIONS
+        return self.rows * self.nfe * self.row_units + self.decoded * DECODER_EVALUATIONS
 
     def cost(self, units: int) -> int:
         """Cost of a call with `units` units: their marginal costs and the solve's fixed overhead."""

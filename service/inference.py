@@ -23,7 +23,7 @@ from latent_cnf.model import LatentCNF, Trajectory
 
 from . import metrics
 from .batching import Batcher, BatcherStopped, Part, QueueFull, QueueTimeout
-from .cost import WorkShape, measured_dopri5_nfe, solve_evaluations
+from .cost import WorkShape, measured_dopri5_nfe, row_evaluation_units, solve_evaluations
 from .errors import ServiceError
 from .settings import Settings
 from .tracing import DISABLED, ModelCall, record_calls
@@ -244,12 +244,15 @@ class ModelHub:
     def work_shape(self, key: BatchKey) -> WorkShape:
         """The cost of one sample (or one scored image) of requests with this key."""
         served = self.models[key.model]
+        hyper = sum(p.numel() for p in served.model.prior.dynamics.parameters())
+        row_units = row_evaluation_units(key.solver, hyper)
         if key.kind == "score":
             rows = key.importance_samples * served.model.config.score_classes
             nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.card, "scoring"))
-            return WorkShape(rows=rows + 1, nfe=nfe, decoded=rows)  # + 1: the density at the posterior mean
+            # + 1 row: the density at the posterior mean
+            return WorkShape(rows=rows + 1, nfe=nfe, decoded=rows, row_units=row_units)
         nfe = solve_evaluations(key.solver, key.frames, measured_dopri5_nfe(served.card, "sampling"))
-        return WorkShape(rows=1, nfe=nfe, decoded=key.frames)
+        return WorkShape(rows=1, nfe=nfe, decoded=key.frames, row_units=row_units)
 
     def most_units(self, key: BatchKey) -> int:
         """Memory cap of one call: samples, or the images whose latent rows (K x labels) fit max_score_rows."""

@@ -161,10 +161,20 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
                 raise _invalid(f"input {tensor.name!r}: data is not an array of {tensor.datatype}") from None
             if array.size != count:
                 raise _invalid(f"input {tensor.name!r}: {array.size} elements for shape {tensor.shape}")
-        tensors[tensor.name] = array.reshape(tensor.shape)
+        try:
+            tensors[tensor.name] = array.reshape(tensor.shape)
+        except ValueError:  # e.g. an empty tensor with a dimension numpy cannot hold
+            raise _invalid(f"input {tensor.name!r}: shape {tensor.shape} is not a shape of {count} elements") from None
     if offset != len(body):
         raise _invalid(f"{len(body) - offset} bytes of binary data belong to no input")
     return request, tensors
+
+
+def check_outputs(request: InferRequest, names: list[str]) -> None:
+    """400 for a requested output the model does not have: checked before inference runs, and again on encoding."""
+    unknown = sorted({o.name for o in request.outputs or []} - set(names))
+    if unknown:
+        raise _invalid(f"no outputs named {unknown}; this model has {sorted(names)}")
 
 
 def encode_response(
@@ -174,9 +184,7 @@ def encode_response(
     The response `id` is the request's, else the request ID of the X-Request-ID header."""
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
     wanted = {o.name: bool((o.parameters or {}).get("binary_data", binary_default)) for o in request.outputs or []}
-    unknown = sorted(set(wanted) - set(outputs))
-    if unknown:
-        raise _invalid(f"no outputs named {unknown}; this model has {sorted(outputs)}")
+    check_outputs(request, list(outputs))
     chosen = wanted or dict.fromkeys(outputs, binary_default)
     described, chunks = [], []
     for name, binary in chosen.items():

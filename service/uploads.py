@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 
 from anyio import CapacityLimiter
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from starlette.applications import Starlette
 
 from .errors import ServiceError
@@ -16,6 +16,8 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # Decoded images are shrunk to fit this box before preprocessing, which only needs 28x28: a digit a tenth of the
 # picture wide still spans 100 pixels, five times the 20x20 box MNIST fits it into. Smaller images are untouched.
 WORKING_SIZE = (1024, 1024)
+# Opening a PNG inflates its text chunks before any pixel (64 MB by default); no upload needs text here.
+PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = 64 * 1024
 
 
 def decode_limiter(app: Starlette, total: int) -> CapacityLimiter:

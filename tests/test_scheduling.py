@@ -20,6 +20,7 @@ from service.cost import (
     EVALUATION_OVERHEAD_ROWS,
     WorkShape,
     measured_dopri5_nfe,
+    row_evaluation_units,
     solve_evaluations,
 )
 from service.settings import Settings
@@ -149,3 +150,14 @@ def test_scoring_seeds_follow_the_image_index_in_the_request() -> None:
     whole = model.score(x, k=4, seed=torch.arange(4))
     tail = model.score(x[2:], k=4, seed=torch.arange(2, 4))
     torch.testing.assert_close(tail.log_likelihood, whole.log_likelihood[2:], atol=1e-4, rtol=0)
+
+
+def test_an_adaptive_solve_pays_for_its_per_row_hypernetwork(client) -> None:
+    """dopri5 computes every row's parameters itself: the big hypernetwork of mnist-large makes a request that
+    a fixed-step solve would pass cost tens of times more, so it is refused before it runs."""
+    assert row_evaluation_units(SolverConfig("rk4"), 811_328) == 1
+    assert row_evaluation_units(SolverConfig("dopri5"), 27_856) < row_evaluation_units(SolverConfig("dopri5"), 811_328)
+    body = {"model": "mnist-large", "n": 256, "solver": {"method": "dopri5", "rtol": 1e-8, "atol": 1e-8}}
+    refused = client.post("/generate", json=body)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "request_too_costly"
+    assert client.post("/generate", json=body | {"solver": {"method": "rk4", "steps": 64}}).status_code == 200

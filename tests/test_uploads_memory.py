@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import service.routes.score as score_route
 from latent_cnf import data
@@ -104,3 +104,14 @@ def test_no_more_images_are_decoded_at_once_than_the_cap(client, monkeypatch):
         answers = list(pool.map(lambda _: client.post("/score", files={"file": ("x.png", upload)}), range(requests)))
     assert [a.status_code for a in answers] == [200] * requests
     assert most == cap
+
+
+def test_a_png_whose_text_chunks_inflate_past_the_small_limit_is_refused_before_its_pixels(client) -> None:
+    """Pillow inflates text chunks when it opens a PNG (64 MB by default); the service allows 64 KB."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * 1_000_000, zip=True)
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, format="PNG", pnginfo=info)
+    assert len(buffer.getvalue()) < 20_000  # a small upload ...
+    response = client.post("/score", files={"file": ("text.png", buffer.getvalue())})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "corrupt_image"  # ... refused

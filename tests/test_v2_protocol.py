@@ -264,3 +264,12 @@ def test_v2_requests_are_counted_under_their_route_template(client):
 def test_response_id_defaults_to_the_request_id(client):
     response = client.post(GENERATE, json={"inputs": [scalar("N", "INT32", 1)]}, headers={"X-Request-ID": "req-42"})
     assert response.headers["X-Request-ID"] == "req-42" and response.json()["id"] == "req-42"
+
+
+def test_impossible_shapes_and_unknown_outputs_are_400_not_500(client) -> None:
+    empty = {"inputs": [{"name": "IMAGES", "shape": [0, 10**30], "datatype": "FP32", "data": []}]}
+    response = client.post("/v2/models/mnist-final-cond.score/infer", json=empty)
+    assert response.status_code == 400 and "shape" in response.json()["error"]
+    bogus = {"inputs": [{"name": "N", "shape": [1], "datatype": "INT32", "data": [1]}], "outputs": [{"name": "BOGUS"}]}
+    response = client.post("/v2/models/mnist-final-cond.generate/infer", json=bogus)
+    assert response.status_code == 400 and "BOGUS" in response.json()["error"]

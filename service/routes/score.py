@@ -54,8 +54,10 @@ async def score(
         raise ServiceError(422, "too_many_files", f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]
     uploads = [(await upload.read(), name) for upload, name in zip(file, names, strict=True)]
-    await run_in_threadpool(check_request_pixels, uploads, settings.max_image_pixels, settings.max_request_pixels)
     limiter = decode_limiter(request.app, settings.max_concurrent_decodes)
+    await to_thread.run_sync(
+        check_request_pixels, uploads, settings.max_image_pixels, settings.max_request_pixels, limiter=limiter
+    )
     images = []
     for data, name in uploads:  # a request waiting for a decoding slot holds no worker thread
         images.append(

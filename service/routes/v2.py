@@ -23,6 +23,7 @@ from ..open_inference import (
     ModelReady,
     Ready,
     ServerMetadata,
+    check_outputs,
     decode_request,
     encode_response,
 )
@@ -123,6 +124,7 @@ async def infer(name: str, request: Request, hub: ModelHub = Depends(get_hub)) -
     /generate and /score; `id` is echoed (default: the request's X-Request-ID)."""
     model = lookup(hub, name)
     body, tensors = await run_in_threadpool(decode_request, await request.body(), request.headers.get(HEADER_LENGTH))
+    check_outputs(body, [tensor.name for tensor in model.outputs])
     outputs = await run(model, hub, tensors, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
         return await run_in_threadpool(encode_response, body, model.name, outputs, request_id.current())
