@@ -24,9 +24,10 @@ DOPRI5_REFERENCE_TOLERANCE = 1e-5
 DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when a checkpoint's card has no measured value
 # An adaptive solve steps every row on its own clock, so it runs the hypernetwork once per row and evaluation
 # (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
-# units. Fitted to mnist-large (811k parameters: 256 samples at dopri5 1e-8 took 7.1 s on the 2-core CPU,
-# ~220 units a row-evaluation); it underestimates the small hypernetworks (28k: ~30 measured, 9 charged).
-HYPERNETWORK_PARAMETERS_PER_UNIT = 3_700
+# units. A compromise between measurements on the 2-core CPU that disagree with batch shape: mnist-large
+# (811k parameters) ~220 units a row-evaluation when sampling 256 at dopri5 1e-8 (charged 146); mnist-final-cond
+# (28k) ~30 when sampling 256 but ~3 when scoring at K = 64, 641 rows an image (charged 6).
+HYPERNETWORK_PARAMETERS_PER_UNIT = 5_600
 
 
 def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int:
