@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         if reporter:
             print(f"run folder: {options.out.resolve()}", file=sys.stderr)
         metrics = trainer.run()
+        del trainer  # its DDP wrappers hold threads of the process group: gone before the group is
     except DataError as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
     finally:

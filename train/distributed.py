@@ -34,7 +34,10 @@ def setup(device_name: str) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the group together: a rank that destroys it while another still talks to it, or exits with the
+    group's threads alive, is aborted by the C++ runtime ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
