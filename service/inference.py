@@ -163,6 +163,7 @@ class ModelHub:
         self.failed: dict[str, str] = {}  # checkpoint -> why it could not be served
         self.loading = True
         self.batcher: Batcher | None = None
+        self._shapes: dict[BatchKey, WorkShape] = {}  # cost of one unit per batch key (work_shape)
 
     @property
     def ready(self) -> bool:
@@ -242,7 +243,13 @@ class ModelHub:
             )
 
     def work_shape(self, key: BatchKey) -> WorkShape:
-        """The cost of one sample (or one scored image) of requests with this key."""
+        """The cost of one sample (or one scored image) of requests with this key; worked out once per key,
+        since the batcher asks for it on every call it assembles."""
+        if key not in self._shapes:
+            self._shapes[key] = self._work_shape(key)
+        return self._shapes[key]
+
+    def _work_shape(self, key: BatchKey) -> WorkShape:
         served = self.models[key.model]
         hyper = sum(p.numel() for p in served.model.prior.dynamics.parameters())
         row_units = row_evaluation_units(key.solver, hyper)

@@ -66,7 +66,7 @@ async def score(
     batch = torch.stack(images)
     rows = await hub.score(served, batch, importance_samples, request.is_disconnected)
     results = []
-    verdicts = served.out_of_distribution(batch, rows)
+    verdicts = await run_in_threadpool(served.out_of_distribution, batch, rows)  # PNG code lengths, a CNN
     pictures = await run_in_threadpool(encode_pictures, batch, [row.pop("reconstruction") for row in rows])
     for name, row, verdict, picture in zip(names, rows, verdicts, pictures, strict=True):
         percentile = served.percentile(row["log_likelihood_nats"])
