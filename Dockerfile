@@ -8,14 +8,14 @@
 # The interpreter the project is tested with.
 ARG PYTHON_VERSION=3.11
 
-# Builder: turn the source into one wheel (package code + the shipped checkpoints as package data).
+# Builder: turn the source into one wheel (package code + the shipped model folders as package data).
 # .dockerignore is an allowlist, so only pyproject.toml, README.md and the packages reach this stage.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS builder
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# Runtime: torch for the chosen variant, then the wheel with the service dependencies from pyproject.toml.
+# Runtime: torch for the chosen variant, then the wheel with its serve extra (the web stack) from pyproject.toml.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ARG VARIANT=cuda
 # Pinned so both variants get the same torch; torch>=2.1 in pyproject.toml is the floor, this is the build.
@@ -34,15 +34,15 @@ RUN case "${VARIANT}" in \
         *) echo "VARIANT must be cuda or cpu, not '${VARIANT}'" >&2; exit 1 ;; \
     esac
 
-# No extras: the train/dev extras (tqdm, scipy, pytest, ...) stay out of the image. torch is already
-# satisfied above, so pip keeps the variant's build instead of pulling another one.
+# The serve extra alone: the train/bench/dev extras (tqdm, scipy, psutil, pytest, ...) stay out of the image.
+# torch is already satisfied above, so pip keeps the variant's build instead of pulling another one.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl
+    pip install "$(echo /wheels/*.whl)[serve]"
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can check it without resolving names.
 RUN useradd --system --uid 10001 --create-home --home-dir /home/app app
 USER 10001
-# Nothing of the source tree is here: `service` and the checkpoints are imported from site-packages.
+# Nothing of the source tree is here: `service` and the model folders are imported from site-packages.
 WORKDIR /home/app
 
 EXPOSE 8000

@@ -6,8 +6,10 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The IDX files of the tests and bench/gpu.sh: $LATENT_CNF_DATA, else the shared folder beside the clone.
+DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
 
-.PHONY: serve test test-all lint bench install gpu-bundle evaluate-gpus
+.PHONY: serve test test-all lint typecheck bench install gpu-bundle evaluate-gpus
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +24,10 @@ serve: $(BIN)/.installed
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	LATENT_CNF_DATA=$(abspath $(DATA)) $(BIN)/python -m pytest -q
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m ''
+	LATENT_CNF_DATA=$(abspath $(DATA)) $(BIN)/python -m pytest -q -m ''
 
 # The full likelihood protocol (train/evaluate.py at its defaults) on the NPROC GPUs of this machine: the IWAE
 # scores and the samples are shared out over the processes, the JSON is that of one process
@@ -37,16 +39,19 @@ evaluate-gpus: $(BIN)/.installed
 	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m train.evaluate --checkpoint $(CHECKPOINT) --device cuda
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy
+
+# mypy, strict, on latent_cnf/ and service/ (its settings: [tool.mypy] in pyproject.toml).
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
 
 # For bench/gpu.sh on the lent GPU machine (Python 3.12, torch and torchdiffeq, no network): the wheels it
 # lacks and the MNIST files, in .device/ (gitignored), to carry along. About 15 MiB.
-DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
 GPU_WHEELS := fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn h11 python-multipart \
 	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection \
 	python-json-logger opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions \
 	opentelemetry-instrumentation opentelemetry-instrumentation-asgi opentelemetry-instrumentation-fastapi \
-	opentelemetry-util-http opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common \
+	psutil opentelemetry-util-http opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common \
 	opentelemetry-exporter-otlp-common opentelemetry-exporter-http-transport opentelemetry-proto protobuf \
 	googleapis-common-protos wrapt asgiref packaging requests urllib3 idna certifi charset-normalizer
 GPU_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)

@@ -11,13 +11,18 @@ cost (first call per shape) and eager / compiled time per call (above 1 means co
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if not __package__:  # `python bench/compile.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
-from harness import fmt, int_list, machine, render
 
 import latent_cnf
+from bench.harness import fmt, int_list, machine, render
 from latent_cnf import fixed_step
 from latent_cnf.device import resolve_device
 

@@ -1,5 +1,6 @@
-"""Shared by the benchmark scripts: a uvicorn server on loopback, process memory, and tables printed as plain
-text or as Markdown that pastes straight into docs/benchmarks.md."""
+"""Shared by the benchmark scripts and the tests (as `bench.harness`): a server on loopback, its Prometheus
+metrics, process memory and CPU (psutil), and tables printed as plain text or as Markdown that pastes straight
+into docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -18,15 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 MIB = 2**20
-
-
-def data_dir(given: Path | None) -> Path:
-    """--data-dir, else $LATENT_CNF_DATA, else ../shared/data beside the repository (as the tests use)."""
-    return given or Path(os.environ.get("LATENT_CNF_DATA", REPO.parent / "shared" / "data"))
 
 
 def free_port() -> int:
@@ -59,16 +57,16 @@ def running_server(
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     if app_dir is not None:
         command += ["--app-dir", str(app_dir)]
-    with _serving(command, port, env, ready_path, timeout_s) as server:
+    with running_command(command, port, env, ready_path, timeout_s) as server:
         yield server
 
 
 @contextlib.contextmanager
-def running_service_cli(env: dict[str, str], options: Sequence[str] = (), timeout_s: float = 600) -> Iterator[Server]:
+def running_service(env: dict[str, str], options: Sequence[str] = (), timeout_s: float = 600) -> Iterator[Server]:
     """The service as it ships, `python -m service` with its server and connection settings, on a free port."""
     port = free_port()
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *options]
-    with _serving(command, port, env, "/readyz", timeout_s) as server:
+    with running_command(command, port, env, "/readyz", timeout_s) as server:
         yield server
 
 
@@ -77,24 +75,24 @@ def running_script(script: Path, env: dict[str, str], ready_path: str, timeout_s
     """`python SCRIPT --port P` (a server that is not a uvicorn app, such as a framework's launcher) on a free
     port, yielded once `ready_path` answers 200."""
     port = free_port()
-    with _serving([sys.executable, str(script), "--port", str(port)], port, env, ready_path, timeout_s) as server:
+    command = [sys.executable, str(script), "--port", str(port)]
+    with running_command(command, port, env, ready_path, timeout_s) as server:
         yield server
 
 
 def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (a framework's worker processes), as far as psutil is installed."""
-    try:
-        import psutil
-    except ImportError:
-        return [pid]
+    """The process and its descendants (a framework's worker processes)."""
     with contextlib.suppress(psutil.Error):
         return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
     return [pid]
 
 
 @contextlib.contextmanager
-def _serving(command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float) -> Iterator[Server]:
-    """Runs `command`, logging to a file, and yields once `ready_path` on `port` answers 200; stops it after."""
+def running_command(
+    command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float = 600
+) -> Iterator[Server]:
+    """Runs `command` (any server listening on `port`, such as Prometheus), logging to a file, and yields once
+    `ready_path` answers 200; stops it and its children after."""
     app = " ".join(command[1:4])
     log = Path(tempfile.mkstemp(prefix="latent-cnf-bench-", suffix=".log")[1])
     with log.open("wb") as out:
@@ -125,35 +123,35 @@ def _serving(command: list[str], port: int, env: dict[str, str], ready_path: str
                 os.kill(child, signal.SIGKILL)
 
 
-def _proc_status_kib(pid: int, field: str) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    return None
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` (e.g. latent_cnf_nfe_sum) whose labels include `labels`, in a
+    Prometheus text exposition such as a /metrics body; 0 when there are none."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def rss_bytes(pid: int) -> int | None:
-    """Resident set size now: psutil where installed, else Linux's /proc."""
-    try:
-        import psutil
-    except ImportError:
-        kib = _proc_status_kib(pid, "VmRSS")
-        return None if kib is None else kib * 1024
+    """Resident set size now (None once the process is gone)."""
     with contextlib.suppress(psutil.Error):
         return psutil.Process(pid).memory_info().rss
     return None
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far: psutil where installed, else Linux's /proc."""
-    try:
-        import psutil
-    except ImportError:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process so far."""
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+def open_files(pid: int) -> int | None:
+    """File descriptors the process holds (sockets included; None once it is gone)."""
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).num_fds()
+    return None
 
 
 def wait_idle(pid: int, timeout_s: float = 600, interval_s: float = 0.5, busy_share: float = 0.05) -> float:
@@ -174,9 +172,13 @@ def wait_idle(pid: int, timeout_s: float = 600, interval_s: float = 0.5, busy_sh
 
 
 def peak_rss_bytes(pid: int) -> int | None:
-    """The kernel's high-water mark of the resident set (VmHWM), which no sampling interval can miss."""
-    kib = _proc_status_kib(pid, "VmHWM")
-    return None if kib is None else kib * 1024
+    """The kernel's high-water mark of the resident set (VmHWM), which no sampling interval can miss. Read
+    from Linux's /proc: psutil has no peak resident set on Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 class MemorySampler:

@@ -18,13 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+
+if not __package__:  # `python bench/memory.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import httpx
-from harness import MIB, MemorySampler, fmt, machine, parse_env, peak_rss_bytes, render, rss_bytes, running_server
 from PIL import Image, ImageDraw
+
+from bench.harness import MIB, MemorySampler, fmt, machine, parse_env, peak_rss_bytes, render, rss_bytes, running_server
 
 SERVICE_APP = "service.app:app"
 SETTLE_S = 10.0  # how long after the burst the "after" RSS is read: glibc and Pillow give memory back lazily

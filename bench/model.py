@@ -15,18 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+if not __package__:  # `python bench/model.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import torch
-from harness import data_dir, fmt, int_list, machine, render
 
 import latent_cnf
-from latent_cnf import SolverConfig, checkpoints
+from bench.harness import fmt, int_list, machine, render
+from latent_cnf import SolverConfig, model_folder
 from latent_cnf import data as datasets
 from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF
+from train.cli import options_from
 
 SOLVERS = {
     "dopri5 1e-5": SolverConfig("dopri5", rtol=1e-5, atol=1e-5),
@@ -38,6 +44,23 @@ SOLVERS = {
 }
 DECODER = "decoder only"
 CALIBRATED = "calibrated"  # the checkpoint's own solvers (train.calibrate): no solver passed
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What the sweeps and the quality table measure (the command line's flags, typed)."""
+
+    batch_sizes: list[int]
+    score_batch_sizes: list[int]
+    solvers: list[str]
+    importance_samples: int
+    min_time: float
+    max_call_seconds: float
+    fid: int
+    fid_batch_size: int
+    reference_images: int | None
+    data_dir: Path | None
+    seed: int
 
 
 def timed(call: Callable[[int], int | None], device: torch.device, min_time: float, max_calls: int = 1000) -> dict:
@@ -82,7 +105,7 @@ def make_call(
 
 
 def sweep(
-    op: str, model: LatentCNF, args: argparse.Namespace, device: torch.device, test_images: torch.Tensor | None
+    op: str, model: LatentCNF, args: BenchOptions, device: torch.device, test_images: torch.Tensor | None
 ) -> list[dict]:
     """One row per (solver, batch size) of `op`; larger batches are skipped once a call is too slow."""
     rows = []
@@ -104,22 +127,22 @@ def sweep(
     return rows
 
 
-def quality(model: LatentCNF, args: argparse.Namespace, device: torch.device, dataset: str) -> list[dict]:
+def quality(model: LatentCNF, args: BenchOptions, device: torch.device, dataset: str) -> list[dict]:
     """FID (and label accuracy) of --fid samples per solver, against the judge features of training images."""
+    from latent_cnf.judges import load_classifier
     from train.evaluate import SAMPLE_STREAM, random_subset, seeds
-    from train.metrics.classifier import embed, load_classifier
+    from train.metrics.features import embed
     from train.metrics.fid import fid
 
     judge = load_classifier(dataset, device)
-    folder = data_dir(args.data_dir)
-    train = datasets.load_split(dataset, "train", folder, download=False)
+    train = datasets.load_split(dataset, "train", args.data_dir, download=False)
     reference = datasets.to_float(train.images[random_subset(len(train), args.reference_images)])
     reference_features, _ = embed(judge, reference, 1000)
     n, batch = args.fid, args.fid_batch_size
-    test = datasets.load_split(dataset, "test", folder, download=False)
+    test = datasets.load_split(dataset, "test", args.data_dir, download=False)
     test_features, _ = embed(judge, datasets.to_float(test.images[:n]), 1000)  # as many as samples: FID is biased by n
     rows = [{"solver": f"{len(test_features):,} test images (floor)", "fid": fid(test_features, reference_features)}]
-    labels = torch.arange(n) % model.config.num_classes if model.prior.conditional else None
+    labels = torch.arange(n) % model.config.num_classes if model.prior.uses_labels else None
     chunk_seeds = seeds(args.seed, SAMPLE_STREAM, -(-n // batch)).tolist()
     for name in args.solvers:
         started, images, nfe = time.perf_counter(), [], []
@@ -143,7 +166,7 @@ def quality(model: LatentCNF, args: argparse.Namespace, device: torch.device, da
     return rows
 
 
-def report(rows: list[dict], fid_rows: list[dict] | None, args: argparse.Namespace, markdown: bool) -> str:
+def report(rows: list[dict], fid_rows: list[dict] | None, args: BenchOptions, markdown: bool) -> str:
     text = ""
     for op, unit, sizes in (
         ("sample", "samples/s", args.batch_sizes),
@@ -196,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fid", type=int, default=0, metavar="N", help="also compute the FID of N samples per solver")
     parser.add_argument("--fid-batch-size", type=int, default=500, help="samples per sample() call for the FID")
     parser.add_argument("--reference-images", type=int, help="training images for the FID reference (default all)")
-    parser.add_argument("--data-dir", type=Path, help="IDX folder (else $LATENT_CNF_DATA, else ../shared/data)")
+    parser.add_argument("--data-dir", type=Path, help="IDX folder (else $LATENT_CNF_DATA)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the FID sampling noise")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
@@ -211,22 +234,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.inference_mode()
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    options = options_from(args, BenchOptions)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
-    dataset = checkpoints.read_card(args.checkpoint).get("dataset", "mnist")
+    dataset = model_folder.read_training(args.checkpoint).get("dataset", "mnist")
     test_images = None
     if not args.skip_score:
-        test = datasets.load_split(dataset, "test", data_dir(args.data_dir), download=False)
+        test = datasets.load_split(dataset, "test", args.data_dir, download=False)
         test_images = datasets.binarize(datasets.to_float(test.images), torch.Generator().manual_seed(0))
-    rows = sweep("sample", model, args, device, None) + sweep("decode", model, args, device, None)
+    rows = sweep("sample", model, options, device, None) + sweep("decode", model, options, device, None)
     if not args.skip_score:
-        rows += sweep("score", model, args, device, test_images)
-    fid_rows = quality(model, args, device, dataset) if args.fid else None
+        rows += sweep("score", model, options, device, test_images)
+    fid_rows = quality(model, options, device, dataset) if args.fid else None
     header = f"{args.checkpoint} on {device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     print(("" if args.markdown else "\n") + header + "\n")
-    print(report(rows, fid_rows, args, args.markdown))
+    print(report(rows, fid_rows, options, args.markdown))
     if args.json:
         result = {"checkpoint": args.checkpoint, "device": str(device), "machine": machine(), "rows": rows}
         result |= {"fid": fid_rows, "args": vars(args) | {"json": str(args.json), "data_dir": str(args.data_dir)}}

@@ -25,7 +25,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from harness import int_list, parse_env, render, running_service_cli
+if not __package__:  # `python bench/perf_analyzer.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.harness import int_list, parse_env, render, running_service
 
 TRITONCLIENT = "tritonclient==2.41.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-cnf" / "perf_analyzer"
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     binary = install(args.cache)
     env = {"LATENT_CNF_MODELS": args.model, **SERVICE_ENV, **parse_env(args.env)}
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, running_service_cli(env, ["--log-level", "warning"]) as server:
+    with tempfile.TemporaryDirectory() as tmp, running_service(env, ["--log-level", "warning"]) as server:
         data = input_data(Path(tmp) / "input.json")
         for concurrency in args.concurrency:
             row = measure(binary, server.url, f"{args.model}.generate", concurrency, data, Path(tmp))

@@ -40,18 +40,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if not __package__:  # `python bench/service.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import httpx
 import numpy as np
-import wrk_load
-from harness import (
+from PIL import Image
+
+from bench import wrk_load
+from bench.harness import (
     BENCH,
     MIB,
     MemorySampler,
     cpu_seconds,
-    data_dir,
     fmt,
     int_list,
     machine,
+    metric,
     parse_env,
     peak_rss_bytes,
     process_tree,
@@ -61,7 +66,7 @@ from harness import (
     running_server,
     wait_idle,
 )
-from PIL import Image
+from train.cli import options_from
 
 SERVICE_APP, NAIVE_APP, PEER_SCRIPT = "service.app:app", "naive_server:app", BENCH / "litserve_peer.py"
 TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
@@ -92,6 +97,28 @@ SCENARIOS = {
         Scenario("score-heaviest", "service", "POST", "/score", 16, {"importance_samples": "1024"}, upload=True),
     )
 }
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How each mode drives the servers (the command line's flags, typed)."""
+
+    duration: float
+    warmup: float
+    concurrency: list[int]
+    scenarios: list[str]
+    timeout: float
+    burst_seconds: float
+    burst_concurrency: int
+    burst_scenario: str
+    queue: int
+    soak: float | None
+    soak_concurrency: int
+    chaos: float | None
+    chaos_normal: int
+    chaos_heavy: int
+
+
 # Histograms of the service's merged model calls: the batcher's view of a scenario.
 MODEL_METRICS = ("latent_cnf_batch_requests", "latent_cnf_nfe", "latent_cnf_inference_seconds")
 SOAK_MIX = {"generate-1": 4, "generate-64": 2, "score": 2, "trajectory": 1, "healthz": 1}
@@ -179,13 +206,10 @@ def summarize(outcomes: Sequence[Outcome], start: float, end: float, items: int)
 
 def model_calls(url: str) -> Counter:
     """Sums and counts of the service's model-call histograms, over all models and kinds."""
-    totals: Counter = Counter()
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.rpartition(" ")
-        metric = name.split("{")[0]
-        if metric.removesuffix("_sum").removesuffix("_count") in MODEL_METRICS and not line.startswith("#"):
-            totals[metric] += float(value)
-    return totals
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return Counter(
+        {f"{name}{part}": metric(text, f"{name}{part}") for name in MODEL_METRICS for part in ("_sum", "_count")}
+    )
 
 
 def batching(before: Counter, after: Counter, seconds: float) -> dict:
@@ -205,7 +229,7 @@ def mnist_digit(folder: Path | None) -> bytes:
     """The first MNIST test digit as a PNG (read locally, never downloaded)."""
     from latent_cnf import data
 
-    image = data.load_split("mnist", "test", data_dir(folder), download=False).images[0]
+    image = data.load_split("mnist", "test", folder, download=False).images[0]
     buffer = io.BytesIO()
     Image.fromarray(image.numpy()).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -231,7 +255,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(p) for p in process_tree(pid))
 
 
-def throughput(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+def throughput(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Every scenario at every concurrency, driven by wrk; scenarios interleaved per concurrency so drift hits
     all alike. The naive server and the peer start only if a chosen scenario needs them; idle, they cost no CPU."""
     results: list[dict] = []
@@ -304,7 +328,7 @@ def references(rows: list[dict]) -> dict:
     return {"ratios": ratios, "targets": checks}
 
 
-def overload(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+def overload(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """A burst at high concurrency on a small queue: only 200 and 503 (with Retry-After), bounded memory,
     and a normal request served afterwards. Each request opens its own connection: a client this overloaded
     lags by seconds, and reusing a keep-alive connection would race uvicorn closing it as idle."""
@@ -343,7 +367,7 @@ def overload(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dic
     }
 
 
-def soak(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+def soak(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Mixed traffic for args.soak minutes; per-minute rates, errors, p50 and RSS show any drift."""
     names, weights = list(SOAK_MIX), list(SOAK_MIX.values())
 
@@ -387,7 +411,7 @@ def soak(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
     }
 
 
-def chaos(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
+def chaos(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Normal traffic (/generate n = 1) next to hostile but valid clients: the heaviest /score requests in a
     closed loop and clients that send the heaviest /generate and hang up. Reports the normal traffic's
     latency and errors, what the heavy clients got, and how much abandoned work the service dropped."""
@@ -420,16 +444,10 @@ def chaos(args: argparse.Namespace, env: dict[str, str], digit: bytes) -> dict:
         "normal": summarize(normal, started, ended, 1) | {"clients": args.chaos_normal},
         "heavy": summarize(heavy, started, ended + args.timeout, 16) | {"clients": args.chaos_heavy},
         "hung_up": hung_up,
-        "abandoned": metric_delta(before, after, "latent_cnf_abandoned_total"),
-        "samples_generated": metric_delta(before, after, "latent_cnf_samples_generated_total"),
+        "abandoned": metric(after, "latent_cnf_abandoned_total") - metric(before, "latent_cnf_abandoned_total"),
+        "samples_generated": metric(after, "latent_cnf_samples_generated_total")
+        - metric(before, "latent_cnf_samples_generated_total"),
     }
-
-
-def metric_delta(before: str, after: str, name: str) -> float:
-    def value(text: str) -> float:
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-    return value(after) - value(before)
 
 
 def mib(value: int | None) -> str:
@@ -548,7 +566,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="mnist-final-cond", help="checkpoint both servers load")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="service setting (repeat)")
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
-    parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (else $LATENT_CNF_DATA, else ../shared/data)")
+    parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (else $LATENT_CNF_DATA)")
     parser.add_argument("--overload", action="store_true", help="run the overload burst instead")
     parser.add_argument("--burst-seconds", type=float, default=5.0)
     parser.add_argument("--burst-concurrency", type=int, default=512)
@@ -583,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     digit = mnist_digit(args.data_dir)
     kind = "overload" if args.overload else "soak" if args.soak else "chaos" if args.chaos else "throughput"
     run = {"throughput": throughput, "overload": overload, "soak": soak, "chaos": chaos}[kind]
-    result = run(args, env, digit)
+    result = run(options_from(args, LoadOptions), env, digit)
     header = {"kind": kind, "machine": machine(), "settings": env, "args": vars(args) | {"json": str(args.json)}}
     print(report(kind, result, args.markdown))
     if args.json:

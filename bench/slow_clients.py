@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import statistics
 import sys
 import threading
@@ -28,13 +27,29 @@ from urllib.parse import urlsplit
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import MIB, fmt, render, rss_bytes, running_service_cli  # noqa: E402
+if not __package__:  # `python bench/slow_clients.py`: `bench` imports from the repository root, not bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench.harness import MIB, fmt, open_files, render, rss_bytes, running_service
+from train.cli import options_from
 
 MODES = ("idle", "drip-headers", "drip-body")
 # A body that announces more than it sends, under the upload limit so it is not refused at once.
 BODY_HEADERS = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
 BODY_HEADERS += b"Content-Length: 1000000\r\n\r\n--b\r\n"
+
+
+@dataclass(frozen=True)
+class HoldOptions:
+    """What the run holds open and how it probes (the command line's flags, typed)."""
+
+    connections: int
+    processes: int
+    modes: str  # comma-separated, from MODES
+    hold: float
+    drip: float
+    probe_every: float
+    markdown: bool
 
 
 @dataclass(frozen=True)
@@ -98,12 +113,6 @@ def _client_process(args: tuple[str, int, list[str], float, float, float]) -> li
     return asyncio.run(run())
 
 
-def _open_files(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    return None
-
-
 def probe(url: str, until: float, every_s: float, pid: int | None) -> tuple[list[tuple], list[tuple]]:
     """(when, seconds) of /healthz on a fresh connection every `every_s` (None: no 200 in 5 s); server samples."""
     latencies, samples = [], []
@@ -115,12 +124,12 @@ def probe(url: str, until: float, every_s: float, pid: int | None) -> tuple[list
         except httpx.HTTPError:
             latencies.append((time.monotonic(), None))
         if pid is not None:
-            samples.append((time.monotonic(), _open_files(pid), rss_bytes(pid)))
+            samples.append((time.monotonic(), open_files(pid), rss_bytes(pid)))
         time.sleep(max(0.0, every_s - (time.perf_counter() - begun)))
     return latencies, samples
 
 
-def run(url: str, pid: int | None, log: Path | None, args: argparse.Namespace) -> str:
+def run(url: str, pid: int | None, log: Path | None, args: HoldOptions) -> str:
     parts = urlsplit(url)
     modes = args.modes.split(",")
     plan = [modes[i % len(modes)] for i in range(args.connections)]
@@ -222,12 +231,13 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("server_args", nargs="*", help="after --: more `python -m service` options")
     args = parser.parse_args()
+    options = options_from(args, HoldOptions)
     if args.url:
-        print(run(args.url, args.pid, None, args))
+        print(run(args.url, args.pid, None, options))
         return
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_WARMUP": "false"}
-    with running_service_cli(env, args.server_args) as server:
-        print(run(server.url, server.pid, server.log, args))
+    with running_service(env, args.server_args) as server:
+        print(run(server.url, server.pid, server.log, options))
 
 
 if __name__ == "__main__":

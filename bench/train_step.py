@@ -6,7 +6,7 @@ with plain backpropagation, and evaluates the hypernetwork once per solve at all
 (its parameters depend on t only). The variants in between show what each change contributes. Every
 variant runs the same loss on the same batch from the same weights; steps are interleaved so that machine
 noise hits all variants alike. With `--checkpoint` the step is the one that checkpoint was trained with
-(its card's config: the rk4 step count the solver-gap guard settled on, the kinetic term if any); the
+(its training.json's config: the rk4 step count the solver-gap guard settled on, the kinetic term if any); the
 original's variants have no kinetic term, so any cost of ours counts against us.
 
     python bench/train_step.py --checkpoint mnist-final --data-dir ../shared/data [--discriminator] [--steps 3]
@@ -28,7 +28,7 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, TrainConfig, checkpoints, data
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, TrainConfig, data, model_folder
 from latent_cnf.cnf import FlowResult, LatentFlow
 from latent_cnf.device import resolve_device
 from latent_cnf.networks import PatchDiscriminator
@@ -66,7 +66,7 @@ class OriginalPrior(nn.Module):
     def __init__(self, flow: LatentFlow, adjoint: bool, autograd_trace: bool, solver: SolverConfig):
         super().__init__()
         self.flow, self.adjoint, self.autograd_trace, self.solver = flow, adjoint, autograd_trace, solver
-        self.conditional = flow.conditional
+        self.uses_labels = flow.uses_labels
 
     def log_prob(self, z, labels=None, solver=None, kinetic=False) -> FlowResult:
         func = (AutogradTraceODE if self.autograd_trace else ClosedFormODE)(self.flow, labels)
@@ -104,7 +104,7 @@ def variants(steps: int) -> tuple[Variant, ...]:
 def one_step(model, disc, prior, x, labels, cfg) -> tuple[float, int]:
     model.prior = prior
     started = time.perf_counter()
-    out = OBJECTIVES[cfg.objective](model, x, labels, cfg, step=0)
+    out = OBJECTIVES[cfg.objective](model, x, labels, cfg, cfg.train_solver, step=0)
     loss = out.loss
     if disc is not None:
         fake = torch.sigmoid(out.logits)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="final", choices=sorted(PRESETS), help="without --checkpoint")
     parser.add_argument(
         "--checkpoint",
-        help="start from these trained weights, with the training config on their card (the solver steps the "
+        help="start from these trained weights, with the training config in their training.json (the solver steps the "
         "guard settled on, the --set overrides of the run)",
     )
     parser.add_argument("--batch-size", type=int, help="default: the training config's")
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     if args.checkpoint:
-        card = checkpoints.read_card(args.checkpoint)
-        name, cfg = card["preset"], TrainConfig.from_dict(card["train_config"])
+        training = model_folder.read_training(args.checkpoint)
+        name, cfg = training["preset"], TrainConfig.from_dict(training["train_config"])
     else:
         name, cfg = args.preset, PRESETS[args.preset].train
     cfg = replace(cfg, batch_size=args.batch_size or cfg.batch_size)

@@ -1,15 +1,15 @@
 """latent-cnf: a VAE whose latent prior is a continuous normalizing flow with an exact log-density."""
 
-from .checkpoints import CheckpointError, available, load
 from .cnf import SolverError
 from .config import PRESETS, ModelConfig, SolverConfig, TrainConfig
 from .model import LatentCNF, Samples, Score, Trajectory
+from .model_folder import ModelFolderError, available, load, save_pretrained
 
 __all__ = [
     "PRESETS",
-    "CheckpointError",
     "LatentCNF",
     "ModelConfig",
+    "ModelFolderError",
     "Samples",
     "Score",
     "SolverConfig",
@@ -18,4 +18,5 @@ __all__ = [
     "Trajectory",
     "available",
     "load",
+    "save_pretrained",
 ]

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import fixed_step
-from .config import FIXED_STEP_METHODS, ModelConfig, SolverConfig
+from .config import DEFAULT_SOLVER, FIXED_STEP_METHODS, ModelConfig, SolverConfig
 
 
 class SolverError(RuntimeError):
@@ -59,21 +59,22 @@ class HyperDynamics(nn.Module):
         out contiguous."""
         x = inputs.to(dtype)
         *body, last = self.hyper
+        assert isinstance(last, nn.Linear)
         for layer in body:
             x = F.linear(x, layer.weight.to(dtype), layer.bias.to(dtype)) if isinstance(layer, nn.Linear) else layer(x)
         k, d = self.width, self.latent_dim
         sizes = [k * d] * 3 + [k]
-        w, b = last.weight.to(dtype).split(sizes), last.bias.to(dtype).split(sizes)
-        weight = F.linear(x, w[0], b[0]).unflatten(-1, (k, d))
+        w, b = torch.split(last.weight.to(dtype), sizes), torch.split(last.bias.to(dtype), sizes)
+        weight = torch.unflatten(F.linear(x, w[0], b[0]), -1, (k, d))
         gate = torch.sigmoid(F.linear(x, w[2], b[2]))
-        output = (F.linear(x, w[1] / k, b[1] / k) * gate).unflatten(-1, (k, d))  # U * sigmoid(G) / width
+        output = torch.unflatten(F.linear(x, w[1] / k, b[1] / k) * gate, -1, (k, d))  # U * sigmoid(G) / width
         bias = F.linear(x, w[3], b[3])
         return UnitParameters(weight, output, bias, (weight * output).sum(-1))
 
     def parameters_at(self, times: torch.Tensor) -> list[UnitParameters]:
         """The units' parameters at each of `times` (for every label) from one hypernetwork call: they depend on
         t and the label only, so a fixed-step solve can compute all of them before it starts."""
-        dtype = self.hyper[0].weight.dtype
+        dtype = next(self.hyper.parameters()).dtype
         time = times.reshape(-1, 1, 1).to(dtype)
         if self.label_embedding is None:
             inputs = time
@@ -106,15 +107,17 @@ class HyperDynamics(nn.Module):
             rows = torch.arange(len(z), device=z.device)
             dz = torch.bmm(h.transpose(0, 1), p.output)[groups.labels, rows]
             return dz, ((1 - h * h) * p.unit_trace).sum(-1)[rows, groups.labels] if with_trace else None
-        dz, trace = [], []
-        for label, rows in enumerate(z.split(groups.counts)):
+        dzs: list[torch.Tensor] = []
+        traces: list[torch.Tensor] = []
+        for label, rows in enumerate(torch.split(z, groups.counts)):
             if len(rows):
                 h = torch.tanh(torch.addmm(p.bias[label], rows, p.weight[label].T))
-                dz.append(h @ p.output[label])
-                trace.append((1 - h * h) @ p.unit_trace[label] if with_trace else None)
-        if len(dz) == 1:
-            return dz[0], trace[0]
-        return torch.cat(dz), torch.cat(trace) if with_trace else None
+                dzs.append(h @ p.output[label])
+                if with_trace:
+                    traces.append((1 - h * h) @ p.unit_trace[label])
+        if len(dzs) == 1:
+            return dzs[0], traces[0] if with_trace else None
+        return torch.cat(dzs), torch.cat(traces) if with_trace else None
 
     @staticmethod
     def row_velocity(p: UnitParameters, z: torch.Tensor, with_trace: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -129,7 +132,7 @@ class HyperDynamics(nn.Module):
         """f(z, t[, labels]) and its trace, rows in the caller's order (one hypernetwork call)."""
         groups = LabelGroups.of(labels, len(z), self.label_embedding is not None)
         dz, trace = self.velocity(self.parameters_at(t)[0], groups.sort(z), groups, with_trace)
-        return groups.unsort(dz), groups.unsort(trace) if with_trace else None
+        return groups.unsort(dz), groups.unsort(trace) if trace is not None else None
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,8 @@ class LabelGroups:
     MIN_ROWS_PER_LABEL = 32  # where grouping overtakes every-label-on-every-row on a 2-core CPU (10 labels, width 32)
 
     @classmethod
-    def of(cls, labels: torch.Tensor | None, rows: int, conditional: bool) -> LabelGroups:
-        if not conditional:
+    def of(cls, labels: torch.Tensor | None, rows: int, uses_labels: bool) -> LabelGroups:
+        if not uses_labels:
             return cls(None, [rows])
         if labels is None:
             raise ValueError("this CNF is label-conditioned: pass labels")
@@ -222,18 +225,20 @@ class FlowResult:
 class LatentFlow(nn.Module):
     """CNF from the base N(0, base_variance I) at t0 to the latent distribution at t1."""
 
+    base_std: torch.Tensor  # a buffer
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        conditional = config.cnf_conditional
+        uses_labels = config.prior_uses_labels
         self.dynamics = HyperDynamics(
             config.latent_dim,
             config.cnf_width,
             config.cnf_hidden,
-            config.num_classes if conditional else 0,
-            config.cnf_label_dim if conditional else 0,
+            config.num_classes if uses_labels else 0,
+            config.cnf_label_dim if uses_labels else 0,
         )
         self.latent_dim, self.t0, self.t1 = config.latent_dim, config.t0, config.t1
-        self.conditional = config.cnf_conditional
+        self.uses_labels = uses_labels
         self.register_buffer("base_std", torch.tensor(math.sqrt(config.base_variance)))
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -267,7 +272,7 @@ class LatentFlow(nn.Module):
         order, so every stage's parameters come from one hypernetwork call before the solve starts."""
         method, steps = p.solver.method, p.solver.steps
         table = self.dynamics.parameters_at(fixed_step.stage_times(p.times, method, steps))
-        groups = LabelGroups.of(p.labels, len(p.z), self.conditional)
+        groups = LabelGroups.of(p.labels, len(p.z), self.uses_labels)
 
         def derivative(call: int, state: list[torch.Tensor]) -> list[torch.Tensor]:
             counter.call()
@@ -320,10 +325,11 @@ class LatentFlow(nn.Module):
         kinetic: bool = False,
     ) -> FlowResult:
         """Exact log p(z) of latents at t1: integrate back to t0 and add the accumulated trace."""
-        solver = solver or SolverConfig()
+        solver = solver or DEFAULT_SOLVER
         times = torch.tensor([self.t1, self.t0], dtype=torch.float64)
         result = self._solve(z, times, labels, solver, density=True, kinetic=kinetic)
         z0 = result.z[-1]
+        assert result.log_prob is not None  # tracked: density=True
         result.log_prob = self.base_log_prob(z0) - result.log_prob
         result.z = z0
         if result.kinetic is not None:  # integrated from t1 down to t0, so the sign flips
@@ -338,6 +344,6 @@ class LatentFlow(nn.Module):
         steps: int = 2,
     ) -> FlowResult:
         """Push base samples forward to t1; `z` holds the latents at `steps` evenly spaced times."""
-        solver = solver or SolverConfig()
+        solver = solver or DEFAULT_SOLVER
         times = torch.linspace(self.t0, self.t1, steps, dtype=torch.float64)  # cast to the latents' dtype
         return self._solve(z0, times, labels, solver, density=False, kinetic=False)

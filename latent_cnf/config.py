@@ -6,10 +6,21 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+# The solvers: their names, the bounds a served request or setting may ask for, and the one default. Everything
+# else (service settings and request bodies, training, evaluation, the model's fallbacks) derives from these.
 SolverMethod = Literal["dopri5", "rk4", "midpoint", "euler"]
-FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
+SOLVER_METHODS: tuple[SolverMethod, ...] = get_args(SolverMethod)
+FIXED_STEP_METHODS: tuple[SolverMethod, ...] = ("rk4", "midpoint", "euler")
+# Served bounds: wider than any calibrated solver, narrow enough that one request's solve stays bounded (library
+# callers may go beyond them, e.g. train/calibrate.py's reference solve).
+MAX_STEPS = 1000
+MIN_TOLERANCE, MAX_TOLERANCE = 1e-8, 1e-1
+DEFAULT_MAX_NFE = 10_000
 
 
 @dataclass(frozen=True)
@@ -20,16 +31,25 @@ class SolverConfig:
     steps: int = 16
     rtol: float = 1e-5
     atol: float = 1e-5
-    max_nfe: int = 10_000
+    max_nfe: int = DEFAULT_MAX_NFE
 
     def __post_init__(self) -> None:
-        if self.method not in ("dopri5", *FIXED_STEP_METHODS):
+        if self.method not in SOLVER_METHODS:
             raise ValueError(f"unknown solver method {self.method!r}")
         if self.steps < 1 or self.max_nfe < 1 or self.rtol <= 0 or self.atol <= 0:
             raise ValueError(f"solver settings out of range: {self}")
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+# The documented default: adaptive dopri5 at rtol = atol = 1e-5, scores within 0.01 nats of a 1e-7 solve. It is
+# what evaluations and LATENT_CNF_EXACT_SCORES use, and a model's solver for sampling and scoring until
+# train/calibrate.py writes cheaper calibrated ones to its serving.json (every shipped model has them).
+DEFAULT_SOLVER = SolverConfig()
+
+
+_Config = TypeVar("_Config", bound="DataclassInstance")
+
+
+def _from_dict(cls: type[_Config], data: dict[str, Any]) -> _Config:
     """Rebuild a config dataclass from JSON: lists back to tuples, nested solver dicts to SolverConfig."""
     known = {f.name for f in dataclasses.fields(cls)}
     if unknown := set(data) - known:
@@ -51,7 +71,7 @@ class ModelConfig:
     decoder_activation: Literal["relu", "tanh"] = "relu"
     variational: bool = True
     dropout: float = 0.1
-    encoder_conditional: bool = False
+    encoder_uses_labels: bool = False
     encoder_label_dim: int = 4
     num_classes: int = 10
     log_std_min: float = -7.0
@@ -60,26 +80,26 @@ class ModelConfig:
     prior: Literal["cnf", "gaussian"] = "cnf"
     cnf_width: int = 32
     cnf_hidden: int = 32
-    cnf_conditional: bool = False
+    prior_uses_labels: bool = False
     cnf_label_dim: int = 8
     base_variance: float = 0.1
     t0: float = 0.0
     t1: float = 10.0
-    sample_solver: SolverConfig = field(default_factory=SolverConfig)
+    sample_solver: SolverConfig = DEFAULT_SOLVER
 
     @property
     def data_dim(self) -> int:
         return self.image_size * self.image_size
 
     @property
-    def conditional(self) -> bool:
+    def uses_labels(self) -> bool:
         """True when scoring an unlabelled image has to marginalise over labels."""
-        return self.encoder_conditional or self.cnf_conditional
+        return self.encoder_uses_labels or self.prior_uses_labels
 
     @property
     def score_classes(self) -> int:
         """Labels a score marginalises over: each costs K latent rows through the flow per image."""
-        return self.num_classes if self.conditional else 1
+        return self.num_classes if self.uses_labels else 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,7 +120,7 @@ class ModelConfig:
 class TrainConfig:
     """The objective and optimisation of one training run (see train/objectives.py for the losses)."""
 
-    objective: Literal["ae_cnf", "vae_cnf", "vae_cnf_prior", "flow_matching"] = "vae_cnf_prior"
+    objective: Literal["ae_cnf", "vae_cnf", "vae_cnf_prior", "flow_matching", "reflow"] = "vae_cnf_prior"
     recon_weight: float = 3.0
     kl_weight: float = 0.1
     cnf_weight: float = 0.0
@@ -129,6 +149,10 @@ class TrainConfig:
     # the prior trains. None: everything trains from the seed.
     frozen_autoencoder: str | None = None
     ot_pairing: bool = True  # flow matching: pair base draws with latents by minibatch optimal transport
+    # Reflow: a shipped checkpoint ("{dataset}" is filled in) whose prior the run starts from and whose flow,
+    # integrated by `reflow_solver`, makes the training pairs (train/reflow.py). None: no teacher.
+    reflow_teacher: str | None = None
+    reflow_solver: SolverConfig = field(default_factory=lambda: SolverConfig(method="rk4", steps=8))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,7 +172,7 @@ class Preset:
 
 _STAGE1_MODEL = ModelConfig(latent_dim=2, encoder_activation="relu", variational=False, cnf_width=64)
 _STAGE3_MODEL = ModelConfig(latent_dim=2, encoder_activation="tanh", cnf_width=32)
-_FINAL_MODEL = ModelConfig(latent_dim=8, encoder_activation="tanh", encoder_conditional=True)
+_FINAL_MODEL = ModelConfig(latent_dim=8, encoder_activation="tanh", encoder_uses_labels=True)
 _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial=True, batch_size=256, epochs=50)
 # The digit-on-demand model: stage 4's latent, label-gated encoder and CNF, with a label-conditioned CNF and
 # the changes measured to make a requested digit legible (docs/results.md, "label accuracy"): 512-wide MLPs
@@ -157,7 +181,7 @@ _FINAL_TRAIN = TrainConfig(objective="vae_cnf_prior", kl_weight=0.1, adversarial
 # affine in the image (no nonlinearity between its convolutions), so each patch score is an affine function
 # of the patch, and it would be 95% of the cost of a step on a CPU.
 _FINAL_COND_MODEL = dataclasses.replace(
-    _FINAL_MODEL, cnf_conditional=True, encoder_hidden=(512, 512), decoder_hidden=(512, 512)
+    _FINAL_MODEL, prior_uses_labels=True, encoder_hidden=(512, 512), decoder_hidden=(512, 512)
 )
 _FINAL_COND_TRAIN = dataclasses.replace(
     _FINAL_TRAIN,
@@ -182,6 +206,13 @@ _FM_COND_TRAIN = dataclasses.replace(
     kinetic_weight=0.0,
     max_solver_gap_nats=None,
     epochs=30,
+)
+# Reflow of the flow-matching prior (Liu et al. 2022): the same frozen encoder and decoder, the prior started
+# from the shipped fm-cond's and fitted by flow matching to its own coupling, one pair per training image with
+# that image's label, integrated at rk4 x 8 (twice the steps of its calibrated sampler): straighter paths for
+# one- and two-step sampling. A lower learning rate: it starts from a trained flow.
+_FM_COND_REFLOW_TRAIN = dataclasses.replace(
+    _FM_COND_TRAIN, objective="reflow", reflow_teacher="{dataset}-fm-cond", epochs=20, lr=1e-3
 )
 _LARGE_MODEL = ModelConfig(
     latent_dim=32,
@@ -249,6 +280,13 @@ PRESETS: dict[str, Preset] = {
             _FM_COND_TRAIN,
         ),
         Preset(
+            "fm-cond-reflow",
+            "fm-cond reflowed: its prior re-fitted by flow matching on the coupling its own flow makes of base "
+            "draws and labels, for one- and two-step sampling",
+            _FINAL_COND_MODEL,
+            _FM_COND_REFLOW_TRAIN,
+        ),
+        Preset(
             "large",
             "quality-focused: latent 32, 512-wide MLPs, proper ELBO with KL warm-up, binarized data",
             _LARGE_MODEL,
@@ -263,7 +301,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "final-cond-gauss",
             "baseline: `final-cond` with an N(0, I) prior instead of the CNF, same networks and budget",
-            dataclasses.replace(_FINAL_COND_MODEL, prior="gaussian", cnf_conditional=False),
+            dataclasses.replace(_FINAL_COND_MODEL, prior="gaussian", prior_uses_labels=False),
             _FINAL_COND_TRAIN,
         ),
         Preset(

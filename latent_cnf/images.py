@@ -9,6 +9,15 @@ import torch
 from PIL import Image, ImageDraw
 
 MNIST_BOX = 20  # MNIST digits were fitted into 20x20 and centred by mass in 28x28
+# Grey levels above this are ink. The model is a Bernoulli likelihood of binary pixels, so whatever is scored is
+# binarized here first: the service's uploads and tensors, and the references its answers are compared with
+# (the score quantiles and out-of-distribution bounds of serving.json, written by train/).
+BINARIZE_THRESHOLD = 0.5
+
+
+def binarize_at_threshold(pixels: torch.Tensor) -> torch.Tensor:
+    """Intensities in [0, 1] -> 0./1. pixels, deterministically (training's data.binarize draws them instead)."""
+    return (pixels > BINARIZE_THRESHOLD).float()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

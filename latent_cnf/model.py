@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .cnf import FlowResult
-from .config import ModelConfig, SolverConfig
+from .config import DEFAULT_SOLVER, ModelConfig, SolverConfig
 from .likelihood import bernoulli_log_likelihood, gaussian_log_density, iwae_bound
 from .networks import Decoder, Encoder
 from .priors import build_prior
@@ -76,9 +77,9 @@ class LatentCNF(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        # The solvers used when a call names none; `latent_cnf.load` sets the card's calibrated ones.
+        # The solvers used when a call names none; `latent_cnf.load` sets serving.json's calibrated ones.
         self.sample_solver: SolverConfig = config.sample_solver
-        self.score_solver: SolverConfig = SolverConfig()
+        self.score_solver: SolverConfig = DEFAULT_SOLVER
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.prior = build_prior(config)
@@ -105,11 +106,13 @@ class LatentCNF(nn.Module):
 
     def encode(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of q(z | x[, y])."""
-        return self.encoder(images.reshape(len(images), -1), labels)
+        mean_log_std: tuple[torch.Tensor, torch.Tensor] = self.encoder(images.reshape(len(images), -1), labels)
+        return mean_log_std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits per pixel, shape (n, H*W)."""
-        return self.decoder(z)
+        logits: torch.Tensor = self.decoder(z)
+        return logits
 
     def decode_images(self, z: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size
@@ -119,12 +122,13 @@ class LatentCNF(nn.Module):
         self, z: torch.Tensor, label: LabelArg = None, solver: SolverConfig | None = None, kinetic: bool = False
     ) -> FlowResult:
         """Exact prior log-density of latents; for a conditional prior without labels, the label marginal."""
-        if not self.prior.conditional or label is not None:
-            labels = self._labels(label, len(z), self.prior.conditional)
+        if not self.prior.uses_labels or label is not None:
+            labels = self._labels(label, len(z), self.prior.uses_labels)
             return self.prior.log_prob(z, labels, solver, kinetic)
         k = self.config.num_classes
         labels = torch.arange(k, device=z.device).repeat_interleave(len(z))
         result = self.prior.log_prob(z.repeat(k, 1), labels, solver, kinetic)
+        assert result.log_prob is not None  # a prior's log_prob always sets it
         result.log_prob = torch.logsumexp(result.log_prob.reshape(k, len(z)), 0) - math.log(k)
         result.z = result.z.reshape(k, len(z), -1)
         return result
@@ -140,7 +144,7 @@ class LatentCNF(nn.Module):
         if not 0 < temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE}]")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        labels = self._labels(label, n, self.prior.conditional, generator)
+        labels = self._labels(label, n, self.prior.uses_labels, generator)
         return self.prior.base_sample(n, generator) * temperature, labels
 
     @torch.inference_mode()
@@ -210,7 +214,7 @@ class LatentCNF(nn.Module):
             for i in range(0, len(x), chunk)
         ]
         merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "nfe"}
-        per_label = merged["per_label"] if self.prior.conditional else None
+        per_label = merged["per_label"] if self.prior.uses_labels else None
         return Score(
             log_likelihood=merged["iwae"],
             elbo=merged["elbo"],
@@ -224,24 +228,27 @@ class LatentCNF(nn.Module):
             nfe=sum(p["nfe"] for p in parts),
         )
 
-    def _score_chunk(self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig, seeds: torch.Tensor) -> dict:
+    def _score_chunk(
+        self, x: torch.Tensor, k: int, classes: int, solver: SolverConfig, seeds: torch.Tensor
+    ) -> dict[str, Any]:
         n, d = len(x), self.config.latent_dim
         labels = torch.arange(classes, device=x.device).repeat(n) if classes > 1 else None
         x_rows = x.repeat_interleave(classes, 0)
-        mean, log_std = self.encoder(x_rows, labels if self.config.encoder_conditional else None)
+        mean, log_std = self.encoder(x_rows, labels if self.config.encoder_uses_labels else None)
         eps = torch.cat(
             [torch.randn(classes, k, d, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         ).to(x.device)
         z = (mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * eps).reshape(-1, d)
         log_q = gaussian_log_density(z, mean.repeat_interleave(k, 0), log_std.repeat_interleave(k, 0))
-        prior_labels = labels.repeat_interleave(k) if self.prior.conditional else None
+        prior_labels = labels.repeat_interleave(k) if self.prior.uses_labels and labels is not None else None
         prior = self.prior.log_prob(z, prior_labels, solver)
-        log_px = bernoulli_log_likelihood(self.decode(z).unflatten(0, (-1, k)), x_rows.unsqueeze(1)).flatten()
+        assert prior.log_prob is not None  # a prior's log_prob always sets it
+        log_px = bernoulli_log_likelihood(torch.unflatten(self.decode(z), 0, (-1, k)), x_rows.unsqueeze(1)).flatten()
         log_w = (log_px + prior.log_prob - log_q).reshape(n, classes, k)
         per_label = iwae_bound(log_w, dim=2)
         best = per_label.argmax(1)
         mean_best = mean.reshape(n, classes, d)[torch.arange(n), best]
-        label_best = best if self.prior.conditional else None
+        label_best = best if self.prior.uses_labels else None
         latent = self.prior.log_prob(mean_best, label_best, solver)
         return {
             "iwae": iwae_bound(per_label, dim=1),

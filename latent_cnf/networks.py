@@ -34,7 +34,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         widths = (config.data_dim, *config.encoder_hidden)
-        if config.encoder_conditional:
+        self.label_embedding: nn.Embedding | None
+        if config.encoder_uses_labels:
             self.label_embedding = nn.Embedding(config.num_classes, config.encoder_label_dim)
             self.layers = nn.ModuleList(GatedLayer(i, o, config.encoder_label_dim) for i, o in pairwise(widths))
         else:
@@ -77,7 +78,8 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        logits: torch.Tensor = self.net(z)
+        return logits
 
 
 class PatchBranch(nn.Module):

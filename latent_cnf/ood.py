@@ -10,11 +10,11 @@ is the complexity-corrected score: high when the model explains x better than th
 
 S alone accepts many shapes and glyphs, so the rule tests several signals of one scored binary image, each
 against a one-sided bound calibrated on held-out in-distribution images (train/ood_calibrate.py stores
-them in the checkpoint's card under "ood_reference"). Each bound rejects a share alpha / m of those images,
+them in the model folder's serving.json under "ood_reference"). Each bound rejects a share alpha / m of those images,
 so by the union bound at most alpha of them are rejected in all. An image without ink is never accepted.
 The likelihood signals still pass many circles, strokes and scribbles, so one more signal is the digit logit
 of an outlier-exposure judge (latent_cnf/outlier.py); a signal missing at scoring time (the judge's file
-absent, or other weights than the card was calibrated with) is skipped, which only makes the rule laxer.
+absent, or other weights than the bounds were calibrated with) is skipped, which only makes the rule laxer.
 """
 
 from __future__ import annotations
@@ -123,13 +123,14 @@ def accepted(values: dict[str, torch.Tensor], limits: dict[str, dict[str, float]
     return keep
 
 
-def card_bounds(card: dict[str, Any]) -> dict[str, dict[str, float]] | None:
-    """The calibrated bounds of a checkpoint's card, or None for a card calibrated before this rule."""
-    return card.get("ood_reference", {}).get("bounds")
+def serving_bounds(serving: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """The calibrated bounds in a model's serving data, or None for one calibrated before this rule."""
+    bounds: dict[str, dict[str, float]] | None = serving.get("ood_reference", {}).get("bounds")
+    return bounds
 
 
-def card_outlier_judge(card: dict[str, Any]) -> outlier.OutlierJudge | None:
-    """The shipped outlier judge when the card's bounds were calibrated with these very weights, else None."""
+def serving_outlier_judge(serving: dict[str, Any]) -> outlier.OutlierJudge | None:
+    """The shipped outlier judge when the serving data's bounds were calibrated with these very weights."""
     loaded = outlier.shipped()
-    calibrated = card.get("ood_reference", {}).get("outlier_judge") or {}
+    calibrated = serving.get("ood_reference", {}).get("outlier_judge") or {}
     return loaded.judge if loaded is not None and calibrated.get("sha256") == loaded.sha256 else None

@@ -3,13 +3,13 @@
 Likelihoods of the VAE-CNF rank circles, strokes and scribbles as digits (a circle is a good 0), so a
 discriminative model trained on digits against exposed outliers gives latent_cnf/ood.py one more signal: the
 digit logit log p(digit | x) / p(not a digit | x) of a binarized, preprocessed 28x28 image. It is trained by
-`python -m train.outlier_judge` and shipped beside the judge classifiers; without its file the signal is skipped.
+`python -m train.outlier_judge` and shipped as the model folder latent_cnf/pretrained/judges/outlier-mnist/;
+without it the signal is skipped.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import SHIPPED_DIR
+from . import model_folder
 
-WEIGHTS = SHIPPED_DIR / "classifiers" / "outlier-mnist.pt"
+FOLDER = model_folder.JUDGES_DIR / "outlier-mnist"
+CONFIG = {"architecture": "outlier-judge", "image_size": 28}
 DATASET = "mnist"  # its positives: the checkpoints whose rule may use it
 log = logging.getLogger(__name__)
 
@@ -45,23 +46,24 @@ class OutlierJudge(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Digit logit (n,) of images (n, 28, 28) or (n, 784) in [0, 1]: positive = more likely a digit."""
-        return self.net(images.reshape(len(images), 1, 28, 28).float()).squeeze(1)
+        logits: torch.Tensor = self.net(images.reshape(len(images), 1, 28, 28).float())
+        return logits.squeeze(1)
 
 
 @dataclass(frozen=True)
 class Loaded:
     judge: OutlierJudge
-    sha256: str  # of the weights file: a card's bound is only valid for the weights it was calibrated with
+    sha256: str  # of the weights file: a model's bound is only valid for the weights it was calibrated with
 
 
-def load(path: Path = WEIGHTS) -> Loaded | None:
-    """The judge in eval mode on the CPU (weights read without executing code), or None without its file."""
-    if not path.exists():
+def load(folder: Path = FOLDER) -> Loaded | None:
+    """The judge in eval mode on the CPU, or None without its folder."""
+    if not (folder / model_folder.WEIGHTS_FILE).exists():
         return None
-    raw = path.read_bytes()
-    judge = OutlierJudge()
-    judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Loaded(judge.eval(), hashlib.sha256(raw).hexdigest())
+    if model_folder.read_config(folder) != CONFIG:
+        raise model_folder.ModelFolderError(f"{folder}: not a {CONFIG} judge")
+    judge = model_folder.load_weights(OutlierJudge(), folder)
+    return Loaded(judge.eval(), model_folder.weights_sha256(folder))
 
 
 @functools.cache
@@ -69,7 +71,7 @@ def shipped() -> Loaded | None:
     """The shipped judge, loaded once per process; a missing file is logged once and the signal skipped."""
     loaded = load()
     if loaded is None:
-        log.warning("no outlier judge at %s: in_distribution skips the digit_logit signal", WEIGHTS)
+        log.warning("no outlier judge at %s: in_distribution skips the digit_logit signal", FOLDER)
     return loaded
 
 

@@ -14,7 +14,8 @@ from .config import ModelConfig, SolverConfig
 class GaussianPrior(nn.Module):
     """N(0, I): the baseline VAE prior, with the CNF's interface and zero function evaluations."""
 
-    conditional = False
+    uses_labels = False
+    base_std: torch.Tensor  # a buffer
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -41,4 +42,5 @@ class GaussianPrior(nn.Module):
 
 
 def build_prior(config: ModelConfig) -> LatentFlow | GaussianPrior:
-    return {"cnf": LatentFlow, "gaussian": GaussianPrior}[config.prior](config)
+    priors: dict[str, type[LatentFlow | GaussianPrior]] = {"cnf": LatentFlow, "gaussian": GaussianPrior}
+    return priors[config.prior](config)

@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         log_config=None,  # ours, set just above: every line in one format, with request IDs
         workers=1,
+        # The ignore: uvicorn annotates a protocol class, and only ever calls it, as it can this partial of one
         http=functools.partial(GuardedH11Protocol, limits=limits),  # type: ignore[arg-type]
         backlog=backlog,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         # Longer than a client's or load balancer's reuse window (no resets under load); idle connections
-        # still make room for new ones at the connection cap.
-        timeout_keep_alive=settings.keep_alive_s,
+        # still make room for new ones at the connection cap. The ignore: uvicorn annotates an int, but the value
+        # only reaches loop.call_later, which takes float seconds.
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
     )
 
 

@@ -32,7 +32,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp):
         self.app = app
-        self.templates: list[tuple[re.Pattern, str]] | None = None  # the API's paths, compiled on first use
+        self.templates: list[tuple[re.Pattern[str], str]] | None = None  # the API's paths, compiled on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +58,8 @@ class RequestMetrics:
         """The route template: set by the router, or matched against the API's paths for requests refused before
         routing (413 on Content-Length); "unmatched" otherwise, so labels stay bounded whatever clients send."""
         if route := scope.get("route"):
-            return route.path
+            template: str = route.path  # an ASGI scope holds Any
+            return template
         if self.templates is None:
             paths = scope["app"].openapi()["paths"] if "app" in scope else {}
             self.templates = [(compile_path(path)[0], path) for path in paths]

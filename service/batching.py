@@ -17,23 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
 from . import metrics
+from .failures import QueueFull, QueueTimeout, ShuttingDown
 
-
-class QueueFull(Exception):
-    """The bounded queue is full: the caller should retry later (503)."""
-
-
-class QueueTimeout(Exception):
-    """The request waited longer than its timeout (504)."""
-
-
-class BatcherStopped(Exception):
-    """The service is shutting down."""
+Key = TypeVar("Key", bound=Hashable)  # what parts merge by (the service's: model, kind, solver settings)
 
 
 @dataclass(frozen=True)
@@ -45,10 +36,10 @@ class Part:
 
 
 @dataclass(eq=False)
-class Job:
-    key: Hashable
+class Job(Generic[Key]):
+    key: Key
     parts: Sequence[Part]
-    future: asyncio.Future
+    future: asyncio.Future[list[Any]]  # the results, one per part
     loop: asyncio.AbstractEventLoop
     heavy: bool  # costs more than one call's budget: takes turns with cheap jobs rather than queueing with them
     results: list[Any] = field(default_factory=list)
@@ -63,26 +54,28 @@ class Job:
         return len(self.results) == len(self.parts)
 
 
-RunBatch = Callable[[Hashable, Sequence[Any]], list[Any]]  # (key, payloads) -> one result per payload
-Capacity = Callable[[Hashable], int]
+RunBatch = Callable[[Key, Sequence[Any]], list[Any]]  # (key, payloads) -> one result per payload
+Capacity = Callable[[Key], int]
 
 
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _resolve(future: asyncio.Future[list[Any]], outcome: list[Any] | BaseException) -> None:
     if future.done():  # the waiter timed out or was cancelled
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
     else:
-        future.set_result(result)
+        future.set_result(outcome)
 
 
-class Batcher:
+class Batcher(Generic[Key]):
     """Merges queued parts by key and runs them on a dedicated thread under torch.inference_mode()."""
 
-    def __init__(self, run_batch: RunBatch, device: str, capacity: Capacity, max_wait_s: float, max_queue: int):
+    def __init__(
+        self, run_batch: RunBatch[Key], device: str, capacity: Capacity[Key], max_wait_s: float, max_queue: int
+    ):
         self.run_batch, self.device = run_batch, device
         self.capacity, self.max_wait_s, self.max_queue = capacity, max_wait_s, max_queue
-        self._jobs: deque[Job] = deque()
+        self._jobs: deque[Job[Key]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._last_head_heavy = False
@@ -96,7 +89,7 @@ class Batcher:
     def _set_depth(self) -> None:
         metrics.QUEUE_DEPTH.labels(device=self.device).set(len(self._jobs))
 
-    async def submit(self, key: Hashable, parts: Sequence[Part], timeout_s: float, heavy: bool = False) -> list[Any]:
+    async def submit(self, key: Key, parts: Sequence[Part], timeout_s: float, heavy: bool = False) -> list[Any]:
         """Run every part (in order, possibly merged with other requests' parts); one result per part. A
         heavy job (more than a call's worth of work, in one part or many) takes turns with cheap ones."""
         if not parts:
@@ -105,7 +98,7 @@ class Batcher:
         job = Job(key, parts, loop.create_future(), loop, heavy or len(parts) > 1)
         with self._cond:
             if self._stopping:
-                raise BatcherStopped("the service is shutting down")
+                raise ShuttingDown("the service is shutting down")
             if len(self._jobs) >= self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
             self._jobs.append(job)
@@ -120,7 +113,7 @@ class Batcher:
             self._withdraw(job)
             raise
 
-    def _withdraw(self, job: Job) -> None:
+    def _withdraw(self, job: Job[Key]) -> None:
         """Take a job that nobody waits for out of the queue. One the worker holds is dropped by the worker
         before its next part (its future is done), so it is counted there."""
         with self._cond:
@@ -130,18 +123,19 @@ class Batcher:
             self._set_depth()
         metrics.ABANDONED.inc()
 
-    def _pick_head(self) -> Job:
+    def _pick_head(self) -> Job[Key]:
         """The oldest cheap job or the oldest heavy one: they take turns while both kinds wait."""
         cheap = next((job for job in self._jobs if not job.heavy), None)
         heavy = next((job for job in self._jobs if job.heavy), None)
-        if cheap is None or (heavy is not None and not self._last_head_heavy):
+        if heavy is not None and (cheap is None or not self._last_head_heavy):
             head = heavy
         else:
+            assert cheap is not None  # called with jobs queued: when none is heavy, one is cheap
             head = cheap
         self._last_head_heavy = head.heavy
         return head
 
-    def _take_batch(self) -> list[Job] | None:
+    def _take_batch(self) -> list[Job[Key]] | None:
         """Block for a head job, then gather the next parts of same-key jobs until full or the wait runs out."""
         with self._cond:
             while not self._jobs and not self._stopping:
@@ -174,11 +168,11 @@ class Batcher:
             unfinished = []
             for job, result, error in self._run(live):
                 if error is not None:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+                    job.loop.call_soon_threadsafe(_resolve, job.future, error)
                     continue
                 job.results.append(result)
                 if job.finished:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, job.results, None)
+                    job.loop.call_soon_threadsafe(_resolve, job.future, job.results)
                 elif job.future.done():  # its caller gave up during this call: the rest never runs
                     metrics.ABANDONED.inc()
                 else:
@@ -191,14 +185,14 @@ class Batcher:
                         self._jobs.append(job)
                 self._set_depth()
 
-    def _run(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+    def _run(self, batch: list[Job[Key]]) -> list[tuple[Job[Key], Any, BaseException | None]]:
         """(job, result of its next part, error) for every job. If a merged call fails (say one request's solve
         is too stiff), each part runs again alone, so a request never fails for what its batch-mates asked."""
         try:
             with torch.inference_mode():
                 results = self.run_batch(batch[0].key, [job.next.payload for job in batch])
             return [(job, result, None) for job, result in zip(batch, results, strict=True)]
-        except Exception as error:  # handed to the waiter; the route turns it into an HTTP error
+        except Exception as error:  # handed to the waiter; the hub tells what it means
             if len(batch) == 1:
                 return [(batch[0], None, error)]
         return [outcome for job in batch for outcome in self._run([job])]

@@ -57,6 +57,7 @@ class GuardedH11Protocol(H11Protocol):
         self.limits = limits
         self.deadline: asyncio.TimerHandle | None = None
 
+    # The ignore: this narrows BaseTransport to Transport, as uvicorn's own H11Protocol does
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._evict_one():

@@ -21,7 +21,7 @@ from latent_cnf.fixed_step import STAGE_FRACTIONS
 EVALUATION_OVERHEAD_ROWS = 1024
 DECODER_EVALUATIONS = 64
 DOPRI5_REFERENCE_TOLERANCE = 1e-5
-DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when a checkpoint's card has no measured value
+DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when serving.json has no measured value
 # An adaptive solve steps every row on its own clock, so it runs the hypernetwork once per row and evaluation
 # (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
 # units. A compromise between measurements on the 2-core CPU that disagree with batch shape: mnist-large
@@ -38,7 +38,8 @@ def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int
         intervals = frames - 1
         return -(-solver.steps // intervals) * intervals * len(STAGE_FRACTIONS[solver.method])
     ratio = DOPRI5_REFERENCE_TOLERANCE / min(solver.rtol, solver.atol)
-    return max(6, math.ceil(dopri5_nfe * ratio**0.2))
+    growth: float = ratio**0.2  # typeshed's float ** float is Any (a negative base gives a complex)
+    return max(6, math.ceil(dopri5_nfe * growth))
 
 
 def row_evaluation_units(solver: SolverConfig, hypernetwork_parameters: int) -> int:
@@ -49,9 +50,9 @@ def row_evaluation_units(solver: SolverConfig, hypernetwork_parameters: int) -> 
     return 1 + math.ceil(hypernetwork_parameters / HYPERNETWORK_PARAMETERS_PER_UNIT)
 
 
-def measured_dopri5_nfe(card: Mapping[str, Any], kind: str) -> int:
-    """The NFE of dopri5 at 1e-5 from the card's solver calibration (`kind` is sampling or scoring)."""
-    for entry in card.get("solvers", {}).get("calibration", {}).get(kind, []):
+def measured_dopri5_nfe(serving: Mapping[str, Any], kind: str) -> int:
+    """The NFE of dopri5 at 1e-5 from serving.json's solver calibration (`kind` is sampling or scoring)."""
+    for entry in serving.get("solvers", {}).get("calibration", {}).get(kind, []):
         spec = entry["spec"]
         if spec["method"] == "dopri5" and min(spec["rtol"], spec["atol"]) == DOPRI5_REFERENCE_TOLERANCE:
             return int(entry["nfe"])

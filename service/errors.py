@@ -1,7 +1,11 @@
 """One JSON error shape for every failure: {"error": {"code", "message"}}; under /v2, the Open Inference
-Protocol's own {"error": "message"}, whichever layer refuses the request."""
+Protocol's own {"error": "message"}, whichever layer refuses the request. The service core raises Refusals
+(service/failures.py); their HTTP statuses and headers are decided here and nowhere else."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,20 +13,60 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import metrics, request_id
+from .failures import (
+    ClientClosed,
+    CorruptImage,
+    EmptyFile,
+    ImageTooLarge,
+    InvalidRequest,
+    InvalidSolver,
+    LabelNotSupported,
+    LabelRequired,
+    MalformedRequest,
+    ModelUnavailable,
+    NotReady,
+    QueueFull,
+    QueueTimeout,
+    Refusal,
+    RequestTooCostly,
+    RequestTooLarge,
+    ShuttingDown,
+    SolverFailed,
+    TooManyFiles,
+    UnknownModel,
+    UnsupportedImage,
+)
 
 REQUEST_PARTS = ("body", "query", "path", "header", "cookie")  # the first element of a validation error's loc
 V2_ROOT = "/v2"
+# The HTTP status of every kind of refusal (service/failures.py): the one place the service core meets HTTP.
+STATUSES: dict[type[Refusal], int] = {
+    MalformedRequest: 400,
+    UnknownModel: 404,
+    ImageTooLarge: 413,
+    RequestTooLarge: 413,
+    UnsupportedImage: 415,
+    InvalidRequest: 422,
+    InvalidSolver: 422,
+    LabelNotSupported: 422,
+    LabelRequired: 422,
+    TooManyFiles: 422,
+    RequestTooCostly: 422,
+    SolverFailed: 422,
+    EmptyFile: 422,
+    CorruptImage: 422,
+    ClientClosed: 499,  # nginx's: nobody reads it, the access log does
+    ModelUnavailable: 503,
+    NotReady: 503,
+    QueueFull: 503,
+    ShuttingDown: 503,
+    QueueTimeout: 504,
+}
+RETRY_AFTER_S = {NotReady: 1, QueueFull: 1, ShuttingDown: 5}  # refusals worth retrying, and how soon
+REJECTED = (413, 503, 504)  # statuses counted as load shed (latent_cnf_rejected_total)
 
 
-class ServiceError(Exception):
-    """An error with its HTTP status, a stable machine-readable code and a message for people."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-
-def error_body(path: str, code: str, message: str) -> dict:
+def error_body(path: str, code: str, message: str) -> dict[str, str | dict[str, str]]:
     """The body of an error answer to a request for `path`."""
     if path == V2_ROOT or path.startswith(f"{V2_ROOT}/"):
         return {"error": message}
@@ -35,7 +79,7 @@ def error_response(
     return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
-def _describe(errors: list[dict]) -> str:
+def _describe(errors: Sequence[dict[str, Any]]) -> str:
     """`field: problem`, the field named the same way whether it came in a JSON body, a form or the query string."""
     parts = []
     for error in errors:
@@ -51,11 +95,14 @@ def _describe(errors: list[dict]) -> str:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
-        if error.status in (413, 503, 504):
+    @app.exception_handler(Refusal)
+    async def _refusal(request: Request, error: Refusal) -> JSONResponse:
+        status = STATUSES[type(error)]
+        if status in REJECTED:
             metrics.REJECTED.labels(reason=error.code).inc()
-        return error_response(request, error.status, error.code, error.message, error.headers)
+        retry = RETRY_AFTER_S.get(type(error))
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return error_response(request, status, error.code, error.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -1,11 +1,11 @@
-"""The served models and the merged model calls the batcher runs: no HTTP types here beyond ServiceError."""
+"""The service core: the served models, and the merged model calls the batcher runs. No HTTP here: what it
+refuses it raises as Refusals (service/failures.py), which service/errors.py answers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,17 +16,26 @@ import torch
 from opentelemetry.trace import Tracer
 
 import latent_cnf
-from latent_cnf import SolverError, checkpoints, ood, outlier
-from latent_cnf.config import SolverConfig
+from latent_cnf import SolverError, model_folder, outlier
+from latent_cnf.config import DEFAULT_SOLVER, SolverConfig
 from latent_cnf.device import resolve_device
-from latent_cnf.model import LatentCNF, Trajectory
+from latent_cnf.model import LatentCNF, Score, Trajectory
 
 from . import metrics
-from .batching import Batcher, BatcherStopped, Part, QueueFull, QueueTimeout
+from .batching import Batcher, Part
+from .call_spans import DISABLED, ModelCall, record_calls
 from .cost import WorkShape, measured_dopri5_nfe, row_evaluation_units, solve_evaluations
-from .errors import ServiceError
+from .failures import (
+    ClientClosed,
+    InvalidSolver,
+    LabelNotSupported,
+    ModelUnavailable,
+    NotReady,
+    RequestTooCostly,
+    SolverFailed,
+    UnknownModel,
+)
 from .settings import Settings
-from .tracing import DISABLED, ModelCall, record_calls
 
 log = logging.getLogger("latent_cnf.service")
 Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
@@ -40,7 +49,7 @@ class SampleJob:
     temperature: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchKey:
     """What must be equal for requests to share a model call."""
 
@@ -67,54 +76,19 @@ class ScoreChunk:
 class ServedModel:
     name: str
     model: LatentCNF
-    card: dict[str, Any]
+    training: dict[str, Any]  # training.json: how the weights were made
+    serving: dict[str, Any]  # serving.json: score reference, OOD bounds, calibrated solvers
     sha256: str
     device: str
-    reference: np.ndarray | None  # test-set log-likelihood quantiles 0..100
+    reference: np.ndarray | None  # the score reference's log-likelihood quantiles 0..100
 
     @property
-    def conditional(self) -> bool:
-        return self.model.prior.conditional
+    def prior_uses_labels(self) -> bool:
+        return self.model.prior.uses_labels
 
     @property
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-    def percentile(self, log_likelihood: float) -> float | None:
-        if self.reference is None:
-            return None
-        return float(np.interp(log_likelihood, self.reference, np.linspace(0, 100, len(self.reference))))
-
-    def out_of_distribution(self, images: torch.Tensor, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per scored binary image: the complexity-corrected score, and in_distribution with the reason it is
-        false under the bounds calibrated in the card (null without them; an image without ink is never in).
-        The outlier judge's digit logit is tested only when its shipped weights are those the card was
-        calibrated with; without them that bound is skipped (latent_cnf/ood.py)."""
-        tensor = {
-            key: torch.tensor([row[key] for row in rows])
-            for key in ("log_likelihood_nats", "reconstruction_nats", "latent_log_density")
-        }
-        judge = ood.card_outlier_judge(self.card)
-        values = ood.signals(
-            images,
-            tensor["log_likelihood_nats"],
-            tensor["reconstruction_nats"],
-            tensor["latent_log_density"],
-            outlier.digit_logit(judge, images) if judge is not None else None,
-        )
-        limits = ood.card_bounds(self.card)
-        out = []
-        for i in range(len(rows)):
-            own = {name: float(value[i]) for name, value in values.items()}
-            in_distribution, reason = ood.verdict(own, limits)
-            out.append(
-                {
-                    "complexity_corrected_nats": own["complexity_corrected_nats"],
-                    "in_distribution": in_distribution,
-                    "ood_reason": reason,
-                }
-            )
-        return out
 
 
 async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
@@ -139,16 +113,36 @@ def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]
     return out
 
 
+def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
+    """Cut a merged call's score back into its requests' pieces, moved to the CPU on the inference thread."""
+    tensors = {name: value for name, value in vars(score).items() if torch.is_tensor(value)}
+    out, start = [], 0
+    for size in sizes:
+        end = start + size
+        # Any: mypy checks replace()'s **kwargs against every field of Score, the int ones too
+        pieces: dict[str, Any] = {name: value[start:end].cpu() for name, value in tensors.items()}
+        out.append(dataclasses.replace(score, **pieces))
+        start = end
+    return out
+
+
+def join_scores(parts: Sequence[Score]) -> Score:
+    """The pieces of one request, scored in separate calls, as one score; NFE is the most any part took."""
+    tensors = [name for name, value in vars(parts[0]).items() if torch.is_tensor(value)]
+    joined: dict[str, Any] = {name: torch.cat([vars(part)[name] for part in parts]) for name in tensors}  # as above
+    return dataclasses.replace(parts[0], nfe=max(part.nfe for part in parts), **joined)
+
+
 def join_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
     """The pieces of one request, solved in separate calls, as one trajectory; NFE is the most any part took."""
     if len(parts) == 1:
         return parts[0]
-    labels = [part.labels for part in parts]
+    labels = [part.labels for part in parts if part.labels is not None]
     return Trajectory(
         parts[0].times,
         torch.cat([part.latents for part in parts], 1),
         torch.cat([part.images for part in parts], 1),
-        torch.cat(labels) if labels[0] is not None else None,
+        torch.cat(labels) if labels else None,
         max(part.nfe for part in parts),
     )
 
@@ -162,7 +156,7 @@ class ModelHub:
         self.models: dict[str, ServedModel] = {}
         self.failed: dict[str, str] = {}  # checkpoint -> why it could not be served
         self.loading = True
-        self.batcher: Batcher | None = None
+        self.batcher: Batcher[BatchKey] | None = None
         self._shapes: dict[BatchKey, WorkShape] = {}  # cost of one unit per batch key (work_shape)
 
     @property
@@ -176,15 +170,15 @@ class ModelHub:
         s = self.settings
         self.batcher = Batcher(self.run_batch, self.device, self.capacity, s.max_wait_ms / 1000, s.max_queue)
         try:
-            names = self.settings.models or checkpoints.available()
+            names = self.settings.models or model_folder.available()
             if not names:
                 raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
             for name in names:
                 try:
                     self._load(name)
                 except Exception as error:  # a bad checkpoint must not take the healthy ones down with it
-                    self.failed[checkpoints.display_name(name)] = str(error)
-                    metrics.MODEL_LOAD_FAILED.labels(model=checkpoints.display_name(name)).set(1)
+                    self.failed[model_folder.display_name(name)] = str(error)
+                    metrics.MODEL_LOAD_FAILED.labels(model=model_folder.display_name(name)).set(1)
                     log.error("cannot serve checkpoint %s: %s", name, error)
         finally:
             self.loading = False
@@ -195,21 +189,22 @@ class ModelHub:
     def _load(self, name: str) -> None:
         started = time.perf_counter()
         model = latent_cnf.load(name, self.device)
-        card = checkpoints.read_card(name)
-        quantiles = card.get("score_reference", {}).get("log_likelihood_quantiles")
+        serving = model_folder.read_serving(name)
+        quantiles = serving.get("score_reference", {}).get("log_likelihood_quantiles")
         outlier.shipped()  # loaded once, here rather than on the first /score; a missing file is logged
         served = ServedModel(
-            name=checkpoints.display_name(name),
+            name=model_folder.display_name(name),
             model=model,
-            card=card,
-            sha256=checkpoints.sha256(name),
+            training=model_folder.read_training(name),
+            serving=serving,
+            sha256=model_folder.weights_sha256(name),
             device=self.device,
             reference=np.asarray(quantiles) if quantiles else None,
         )
         if self.settings.warmup:
             with torch.inference_mode():
-                model.sample(2, seed=0, solver=self.settings.sample_solver(model.sample_solver))
-                model.score(torch.zeros(1, 28, 28), k=2, solver=self.settings.score_solver(model.score_solver))
+                model.sample(2, seed=0, solver=self.sample_solver(served))
+                model.score(torch.zeros(1, 28, 28), k=2, solver=self.score_solver(served))
         self.models[served.name] = served
         metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
         log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
@@ -221,26 +216,39 @@ class ModelHub:
             return self.models[name]
         shown = name if len(name) <= 64 else f"{name[:64]}..."
         if name in self.failed:
-            raise ServiceError(503, "model_unavailable", f"model {shown!r} failed to load: {self.failed[name]}")
+            raise ModelUnavailable(f"model {shown!r} failed to load: {self.failed[name]}")
         if self.loading:
-            raise ServiceError(503, "not_ready", "models are still loading", {"Retry-After": "1"})
-        raise ServiceError(404, "unknown_model", f"no model {shown!r}; served models: {sorted(self.models)}")
+            raise NotReady("models are still loading")
+        raise UnknownModel(f"no model {shown!r}; served models: {sorted(self.models)}")
 
-    def solver(self, served: ServedModel, spec: dict[str, Any] | None) -> SolverConfig:
-        """The model's calibrated sampling solver, the settings' overrides, then the request's fields on top."""
-        base = self.settings.sample_solver(served.model.sample_solver)
-        if not spec:
-            return base
+    def sample_solver(self, served: ServedModel, request: dict[str, Any] | None = None) -> SolverConfig:
+        """Where a served sampling solver is chosen, each layer over the one before: the model's own (the
+        calibrated solver of its serving.json, else latent_cnf.config.DEFAULT_SOLVER), the LATENT_CNF_SOLVER_*
+        settings that are set, then the fields of the request's `solver`."""
+        s = self.settings
+        settings = {"method": s.solver_method, "steps": s.solver_steps, "rtol": s.solver_rtol, "atol": s.solver_atol}
+        return self._layered(served.model.sample_solver, settings, request or {})
+
+    def score_solver(self, served: ServedModel) -> SolverConfig:
+        """Where a served scoring solver is chosen: the model's own (its serving.json's calibrated solver), or
+        DEFAULT_SOLVER with LATENT_CNF_EXACT_SCORES; the tolerance settings that are set over it."""
+        s = self.settings
+        base = DEFAULT_SOLVER if s.exact_scores else served.model.score_solver
+        return self._layered(base, {"rtol": s.solver_rtol, "atol": s.solver_atol})
+
+    def _layered(self, base: SolverConfig, *layers: dict[str, Any]) -> SolverConfig:
+        """`base` with each layer's given fields over it, and the settings' NFE limit, which always applies."""
+        changes: dict[str, Any] = {"max_nfe": self.settings.max_nfe}
+        for layer in layers:
+            changes |= {name: value for name, value in layer.items() if value is not None}
         try:
-            return dataclasses.replace(base, **{k: v for k, v in spec.items() if v is not None})
+            return dataclasses.replace(base, **changes)
         except ValueError as error:
-            raise ServiceError(422, "invalid_solver", str(error)) from None
+            raise InvalidSolver(str(error)) from None
 
     def check_label(self, served: ServedModel, label: int | None) -> None:
-        if label is not None and not served.conditional:
-            raise ServiceError(
-                422, "label_not_supported", f"model {served.name!r} is not label-conditioned: omit 'label'"
-            )
+        if label is not None and not served.prior_uses_labels:
+            raise LabelNotSupported(f"model {served.name!r} is not label-conditioned: omit 'label'")
 
     def work_shape(self, key: BatchKey) -> WorkShape:
         """The cost of one sample (or one scored image) of requests with this key; worked out once per key,
@@ -251,14 +259,14 @@ class ModelHub:
 
     def _work_shape(self, key: BatchKey) -> WorkShape:
         served = self.models[key.model]
-        hyper = sum(p.numel() for p in served.model.prior.dynamics.parameters())
+        hyper = sum(p.numel() for p in served.model.prior.parameters())  # the CNF's are its hypernetwork's
         row_units = row_evaluation_units(key.solver, hyper)
         if key.kind == "score":
             rows = key.importance_samples * served.model.config.score_classes
-            nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.card, "scoring"))
+            nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.serving, "scoring"))
             # + 1 row: the density at the posterior mean
             return WorkShape(rows=rows + 1, nfe=nfe, decoded=rows, row_units=row_units)
-        nfe = solve_evaluations(key.solver, key.frames, measured_dopri5_nfe(served.card, "sampling"))
+        nfe = solve_evaluations(key.solver, key.frames, measured_dopri5_nfe(served.serving, "sampling"))
         return WorkShape(rows=1, nfe=nfe, decoded=key.frames, row_units=row_units)
 
     def most_units(self, key: BatchKey) -> int:
@@ -274,14 +282,12 @@ class ModelHub:
 
     def plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
         """Cut a request of `units` samples or images into parts (each part's payload is the slice of the
-        request it covers) and tell whether it is heavy; refuse it (422) over the per-request budget."""
+        request it covers) and tell whether it is heavy; refuse it over the per-request budget."""
         shape = self.work_shape(key)
         slices = shape.parts(units, self.settings.max_call_cost, self.most_units(key))
         cost = sum(shape.cost(piece.stop - piece.start) for piece in slices)
         if cost > self.settings.max_request_cost:
-            raise ServiceError(
-                422,
-                "request_too_costly",
+            raise RequestTooCostly(
                 f"this request costs {cost:,} units of work, over the limit of {self.settings.max_request_cost:,} "
                 "per request (LATENT_CNF_MAX_REQUEST_COST): ask for fewer samples or images, fewer importance "
                 "samples, or fewer solver steps",
@@ -314,7 +320,7 @@ class ModelHub:
     ) -> Trajectory:
         """Explicit base noise (and labels) through the flow, batched like `sample`: for noise no single seed
         draws, such as an interpolation between two seeds' noise."""
-        key = BatchKey(kind, served.name, solver, frames)
+        key = BatchKey(kind=kind, model=served.name, solver=solver, frames=frames)
         parts, heavy = self.plan(key, len(z0))
         chunks = [
             Part(p.cost, SampleChunk(z0[p.payload], labels[p.payload] if labels is not None else None)) for p in parts
@@ -323,21 +329,23 @@ class ModelHub:
 
     async def score(
         self, served: ServedModel, images: torch.Tensor, k: int, disconnected: Disconnected | None = None
-    ) -> list[dict[str, Any]]:
-        """One result row per image; image i draws its proposals from seed i, whatever its part or batch."""
-        key = BatchKey("score", served.name, self.settings.score_solver(served.model.score_solver), 2, k)
+    ) -> Score:
+        """The images' scores, on the CPU; image i draws its proposals from seed i, whatever its part or batch."""
+        solver = self.score_solver(served)
+        key = BatchKey(kind="score", model=served.name, solver=solver, importance_samples=k)
         parts, heavy = self.plan(key, len(images))
         seeds = torch.arange(len(images))
         chunks = [Part(p.cost, ScoreChunk(images[p.payload], seeds[p.payload])) for p in parts]
-        return [row for rows in await self._submit(key, chunks, heavy, disconnected) for row in rows]
+        return join_scores(await self._submit(key, chunks, heavy, disconnected))
 
     async def _submit(
         self, key: BatchKey, parts: list[Part], heavy: bool, disconnected: Disconnected | None
     ) -> list[Any]:
-        """Queue a job for the inference thread; queue and solver failures become ServiceErrors. While it waits,
+        """Queue a job for the inference thread; a failed solve is refused as SolverFailed. While it waits,
         `disconnected` is polled: a job whose client has gone is withdrawn, or dropped before its next part.
         Each part comes back with the model call that ran it, traced here, in the request's context."""
         submitted_ns = time.time_ns()
+        assert self.batcher is not None  # made by load() before any model is served
         waiting = asyncio.ensure_future(self.batcher.submit(key, parts, self.settings.timeout_s, heavy))
         if disconnected is not None:
             watcher = asyncio.ensure_future(until(disconnected))
@@ -349,17 +357,11 @@ class ModelHub:
                     waiting.cancel()
                     await asyncio.wait({waiting})  # the queue withdraws the job (see Batcher.submit)
             if waiting.cancelled():
-                raise ServiceError(499, "client_closed_request", "the client closed the connection before the answer")
+                raise ClientClosed("the client closed the connection before the answer")
         try:
             outcomes = await waiting
-        except QueueFull as error:
-            raise ServiceError(503, "queue_full", str(error), {"Retry-After": "1"}) from None
-        except BatcherStopped as error:
-            raise ServiceError(503, "shutting_down", str(error), {"Retry-After": "5"}) from None
-        except QueueTimeout as error:
-            raise ServiceError(504, "timeout", str(error)) from None
         except SolverError as error:
-            raise ServiceError(422, "solver_failed", str(error)) from None
+            raise SolverFailed(str(error)) from None
         record_calls(self.tracer, submitted_ns, [call for _, call in outcomes])
         return [result for result, _ in outcomes]
 
@@ -367,6 +369,7 @@ class ModelHub:
         """One merged model call: each chunk's result, with the call's times and sizes for its trace."""
         served = self.models[key.model]
         started, started_ns = time.perf_counter(), time.time_ns()
+        results: list[Score] | list[Trajectory]
         if key.kind == "score":
             results, nfe = self._score(served, key, chunks)
             size = sum(len(chunk.images) for chunk in chunks)
@@ -386,38 +389,16 @@ class ModelHub:
         self, served: ServedModel, key: BatchKey, chunks: Sequence[SampleChunk]
     ) -> tuple[list[Trajectory], int]:
         z0 = torch.cat([chunk.z0 for chunk in chunks])
-        labels = torch.cat([chunk.labels for chunk in chunks]) if served.conditional else None
+        chunk_labels = [chunk.labels for chunk in chunks if chunk.labels is not None]
+        labels = torch.cat(chunk_labels) if served.prior_uses_labels else None
         path = served.model.generate(z0, labels, key.solver, key.frames)
         return split_trajectory(path, [len(chunk.z0) for chunk in chunks]), path.nfe
 
-    def _score(
-        self, served: ServedModel, key: BatchKey, chunks: Sequence[ScoreChunk]
-    ) -> tuple[list[list[dict[str, Any]]], int]:
+    def _score(self, served: ServedModel, key: BatchKey, chunks: Sequence[ScoreChunk]) -> tuple[list[Score], int]:
         images = torch.cat([chunk.images for chunk in chunks])
         seeds = torch.cat([chunk.seeds for chunk in chunks])
         score = served.model.score(images, k=key.importance_samples, seed=seeds, solver=key.solver)
-        fields = {
-            "log_likelihood_nats": score.log_likelihood,
-            "elbo_nats": score.elbo,
-            "latent_log_density": score.latent_log_density,
-            "kl_nats": score.kl,
-            "reconstruction_nats": score.reconstruction,
-        }
-        rows = [{name: float(value[i]) for name, value in fields.items()} for i in range(len(images))]
-        # With the uniform class prior, p(y | x) = p(x | y) / sum_y' p(x | y'): a softmax of the per-label
-        # bounds, exact up to the bounds' gaps (equal gaps cancel).
-        posterior = score.label_log_likelihood.softmax(1) if score.label_log_likelihood is not None else None
-        reconstructions = score.decoded_mean.cpu()
-        for i, row in enumerate(rows):
-            row["bits_per_dim"] = -row["log_likelihood_nats"] / (images[i].numel() * math.log(2))
-            row["predicted_label"] = int(score.predicted_label[i]) if score.predicted_label is not None else None
-            row["label_probabilities"] = posterior[i].tolist() if posterior is not None else None
-            row["reconstruction"] = reconstructions[i]  # encoded as PNG by the route, off this thread
-        out, start = [], 0
-        for chunk in chunks:
-            out.append(rows[start : start + len(chunk.images)])
-            start += len(chunk.images)
-        return out, score.nfe
+        return split_score(score, [len(chunk.images) for chunk in chunks]), score.nfe
 
     def close(self) -> None:
         if self.batcher is not None:

@@ -16,7 +16,7 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import ServiceError
+from .failures import MalformedRequest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The protocol's datatypes that map onto numpy (BYTES, variable-length strings, is not used by these models).
@@ -116,10 +116,6 @@ class ErrorMessage(BaseModel):
     error: str
 
 
-def _invalid(message: str) -> ServiceError:
-    return ServiceError(400, "invalid_request", message)
-
-
 def _describe(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors())
 
@@ -129,44 +125,48 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
     json_end = len(body)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise _invalid(f"{HEADER_LENGTH} must be a byte count within the body")
+            raise MalformedRequest(f"{HEADER_LENGTH} must be a byte count within the body")
         json_end = int(header_length)
     try:
         request = InferRequest.model_validate_json(body[:json_end])
     except ValidationError as error:
-        raise _invalid(_describe(error)) from None
+        raise MalformedRequest(_describe(error)) from None
     tensors: dict[str, np.ndarray] = {}
     offset = json_end
     for tensor in request.inputs:
         if tensor.name in tensors:
-            raise _invalid(f"input {tensor.name!r} is given twice")
+            raise MalformedRequest(f"input {tensor.name!r} is given twice")
         dtype = DATATYPES.get(tensor.datatype)
         if dtype is None:
-            raise _invalid(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
+            raise MalformedRequest(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
         if any(dim < 0 for dim in tensor.shape):
-            raise _invalid(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension")
+            raise MalformedRequest(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension")
         count = math.prod(tensor.shape)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(body):
-                raise _invalid(f"input {tensor.name!r}: binary_data_size must be {count * dtype.itemsize} bytes")
+                raise MalformedRequest(
+                    f"input {tensor.name!r}: binary_data_size must be {count * dtype.itemsize} bytes"
+                )
             array = np.frombuffer(body, dtype, count, offset)
             offset += size
         elif tensor.data is None:
-            raise _invalid(f"input {tensor.name!r} has neither data nor binary_data_size")
+            raise MalformedRequest(f"input {tensor.name!r} has neither data nor binary_data_size")
         else:
             try:
                 array = np.asarray(tensor.data, dtype).reshape(-1)
             except (ValueError, TypeError, OverflowError):
-                raise _invalid(f"input {tensor.name!r}: data is not an array of {tensor.datatype}") from None
+                raise MalformedRequest(f"input {tensor.name!r}: data is not an array of {tensor.datatype}") from None
             if array.size != count:
-                raise _invalid(f"input {tensor.name!r}: {array.size} elements for shape {tensor.shape}")
+                raise MalformedRequest(f"input {tensor.name!r}: {array.size} elements for shape {tensor.shape}")
         try:
             tensors[tensor.name] = array.reshape(tensor.shape)
         except ValueError:  # e.g. an empty tensor with a dimension numpy cannot hold
-            raise _invalid(f"input {tensor.name!r}: shape {tensor.shape} is not a shape of {count} elements") from None
+            raise MalformedRequest(
+                f"input {tensor.name!r}: shape {tensor.shape} is not a shape of {count} elements"
+            ) from None
     if offset != len(body):
-        raise _invalid(f"{len(body) - offset} bytes of binary data belong to no input")
+        raise MalformedRequest(f"{len(body) - offset} bytes of binary data belong to no input")
     return request, tensors
 
 
@@ -174,7 +174,7 @@ def check_outputs(request: InferRequest, names: list[str]) -> None:
     """400 for a requested output the model does not have: checked before inference runs, and again on encoding."""
     unknown = sorted({o.name for o in request.outputs or []} - set(names))
     if unknown:
-        raise _invalid(f"no outputs named {unknown}; this model has {sorted(names)}")
+        raise MalformedRequest(f"no outputs named {unknown}; this model has {sorted(names)}")
 
 
 def encode_response(

@@ -6,10 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from latent_cnf.config import MAX_STEPS, MAX_TOLERANCE, MIN_TOLERANCE, SolverMethod
 from latent_cnf.model import MAX_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
 MAX_MODEL_NAME = 128
+DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES = 64, 1024  # K of a score, by /score and /v2 alike
 TEMPERATURE_HELP = "scales the base noise (as in Glow): below 1, more typical samples, less variety"
 
 
@@ -18,12 +20,15 @@ class SolverSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"method": "rk4", "steps": 16}]})
 
-    method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = None
+    method: SolverMethod | None = None
     steps: int | None = Field(
-        None, ge=1, le=1000, description="steps of a fixed-step method over [t0, t1] (a trajectory rounds up per frame)"
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="steps of a fixed-step method over [t0, t1] (a trajectory rounds up per frame)",
     )
-    rtol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 relative tolerance")
-    atol: float | None = Field(None, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance")
+    rtol: float | None = Field(None, ge=MIN_TOLERANCE, le=MAX_TOLERANCE, description="dopri5 relative tolerance")
+    atol: float | None = Field(None, ge=MIN_TOLERANCE, le=MAX_TOLERANCE, description="dopri5 absolute tolerance")
 
 
 class GenerateRequest(BaseModel):
@@ -71,7 +76,7 @@ class ImageScore(BaseModel):
         "2020): how much better the model explains the image than a generic compressor; higher = more digit-like"
     )
     in_distribution: bool | None = Field(
-        description="every signal within the bounds calibrated in the model's card (null without them); "
+        description="every signal within the bounds calibrated in the model's serving.json (null without them); "
         "an image without ink is never in distribution"
     )
     ood_reason: str | None = Field(description="why in_distribution is false: no_ink, or the signal out of bounds")
@@ -133,8 +138,11 @@ class ModelInfo(BaseModel):
     parameters: int
     checkpoint_sha256: str
     device: str
-    config: dict
-    card: dict
+    config: dict[str, Any]
+    training: dict[str, Any] = Field(description="how the weights were made (the model folder's training.json)")
+    serving: dict[str, Any] = Field(
+        description="calibrated solvers and OOD bounds (serving.json, without the score reference)"
+    )
 
 
 class ModelList(BaseModel):

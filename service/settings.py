@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from latent_cnf.config import SolverConfig
+from latent_cnf.config import DEFAULT_MAX_NFE, DEFAULT_SOLVER, MAX_STEPS, MAX_TOLERANCE, MIN_TOLERANCE, SolverMethod
 
 
 class Settings(BaseSettings):
@@ -45,22 +44,30 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(
         2, ge=1, description="images decoded at once over all requests; each holds up to 16 bytes per pixel (WebP)"
     )
-    solver_method: Literal["dopri5", "rk4", "midpoint", "euler"] | None = Field(
+    solver_method: SolverMethod | None = Field(
         None, description="sampling solver when a request names none (default: each checkpoint's calibrated one)"
     )
     solver_steps: int | None = Field(
-        None, ge=1, le=1000, description="steps of a fixed-step sampling solver (default: the checkpoint's)"
+        None, ge=1, le=MAX_STEPS, description="steps of a fixed-step sampling solver (default: the checkpoint's)"
     )
     solver_rtol: float | None = Field(
-        None, ge=1e-8, le=1e-1, description="dopri5 relative tolerance (default: the checkpoint's, else 1e-5)"
+        None,
+        ge=MIN_TOLERANCE,
+        le=MAX_TOLERANCE,
+        description=f"dopri5 relative tolerance (default: the checkpoint's, else {DEFAULT_SOLVER.rtol:g})",
     )
     solver_atol: float | None = Field(
-        None, ge=1e-8, le=1e-1, description="dopri5 absolute tolerance (default: the checkpoint's, else 1e-5)"
+        None,
+        ge=MIN_TOLERANCE,
+        le=MAX_TOLERANCE,
+        description=f"dopri5 absolute tolerance (default: the checkpoint's, else {DEFAULT_SOLVER.atol:g})",
     )
     exact_scores: bool = Field(
-        False, description="score with dopri5 at the tolerances above instead of the checkpoint's calibrated solver"
+        False,
+        description=f"score with {DEFAULT_SOLVER.method} at the tolerances above instead of the checkpoint's "
+        "calibrated solver",
     )
-    max_nfe: int = Field(10_000, ge=1, description="a solve needing more function evaluations fails with 422")
+    max_nfe: int = Field(DEFAULT_MAX_NFE, ge=1, description="a solve needing more function evaluations fails with 422")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     warmup: bool = Field(True, description="run one sample and one score per model before reporting ready")
     max_connections: int | None = Field(
@@ -81,21 +88,6 @@ class Settings(BaseSettings):
         None,
         description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); unset = no tracing",
     )
-
-    def sample_solver(self, calibrated: SolverConfig) -> SolverConfig:
-        """A checkpoint's calibrated sampling solver with what these settings override."""
-        return self._override(calibrated, method=self.solver_method, steps=self.solver_steps)
-
-    def score_solver(self, calibrated: SolverConfig) -> SolverConfig:
-        """A checkpoint's calibrated scoring solver, or dopri5 when exact scores are asked for."""
-        if self.exact_scores:
-            return self._override(SolverConfig("dopri5"))
-        return self._override(calibrated)
-
-    def _override(self, solver: SolverConfig, **changes: object) -> SolverConfig:
-        """The settings that are set, on top of `solver`; the NFE limit always applies."""
-        changes |= {"rtol": self.solver_rtol, "atol": self.solver_atol}
-        return dataclasses.replace(solver, max_nfe=self.max_nfe, **{k: v for k, v in changes.items() if v is not None})
 
     @field_validator("models", mode="before")
     @classmethod

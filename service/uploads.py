@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from anyio import CapacityLimiter
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
-from starlette.applications import Starlette
 
-from .errors import ServiceError
+from .failures import CorruptImage, EmptyFile, ImageTooLarge, RequestTooLarge, UnsupportedImage
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 # Decoded images are shrunk to fit this box before preprocessing, which only needs 28x28: a digit a tenth of the
@@ -20,53 +18,39 @@ WORKING_SIZE = (1024, 1024)
 PngImagePlugin.MAX_TEXT_CHUNK = PngImagePlugin.MAX_TEXT_MEMORY = 64 * 1024
 
 
-def decode_limiter(app: Starlette, total: int) -> CapacityLimiter:
-    """The app's cap on images decoded at once, over all requests, which bounds decoding memory whatever arrives;
-    made on first use because a limiter belongs to the event loop that serves the app."""
-    if not hasattr(app.state, "decode_limiter"):
-        app.state.decode_limiter = CapacityLimiter(total)
-    return app.state.decode_limiter
-
-
 def check_request_pixels(uploads: Sequence[tuple[bytes, str]], max_image_pixels: int, max_request_pixels: int) -> None:
-    """Refuse a request (413) by what its headers declare, before any image of it is decoded: each image against
+    """Refuse a request by what its headers declare, before any image of it is decoded: each image against
     `max_image_pixels`, all of them together against `max_request_pixels`, which bounds a request's decoding."""
     total = 0
     for data, filename in uploads:
         width, height = open_image(data, filename, max_image_pixels).size
         total += width * height
     if total > max_request_pixels:
-        raise ServiceError(
-            413,
-            "request_too_large",
+        raise RequestTooLarge(
             f"the images of this request have {total} pixels in all, over the limit of {max_request_pixels} "
             "pixels per request",
         )
 
 
 def open_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Open an upload (one of ALLOWED_FORMATS) without decoding it; 413 if its header declares over `max_pixels`."""
+    """Open an upload (one of ALLOWED_FORMATS) without decoding it; refused if its header declares over `max_pixels`."""
     if not data:
-        raise ServiceError(422, "empty_file", f"{filename}: the file is empty")
+        raise EmptyFile(f"{filename}: the file is empty")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise ServiceError(
-            415, "unsupported_image", f"{filename}: not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
+        raise UnsupportedImage(
+            f"{filename}: not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
         ) from None
     except Image.DecompressionBombError:
-        raise ServiceError(
-            413, "image_too_large", f"{filename}: image exceeds the limit of {max_pixels} pixels per image"
-        ) from None
+        raise ImageTooLarge(f"{filename}: image exceeds the limit of {max_pixels} pixels per image") from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise ServiceError(422, "corrupt_image", f"{filename}: cannot read the image: {error}") from None
+        raise CorruptImage(f"{filename}: cannot read the image: {error}") from None
     width, height = image.size
     if width < 1 or height < 1:
-        raise ServiceError(422, "corrupt_image", f"{filename}: image has no pixels")
+        raise CorruptImage(f"{filename}: image has no pixels")
     if width * height > max_pixels:
-        raise ServiceError(
-            413, "image_too_large", f"{filename}: {width}x{height} exceeds the limit of {max_pixels} pixels per image"
-        )
+        raise ImageTooLarge(f"{filename}: {width}x{height} exceeds the limit of {max_pixels} pixels per image")
     return image
 
 
@@ -82,4 +66,4 @@ def decode_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
         image.thumbnail(WORKING_SIZE)  # reduce() by whole factors, then resample: Pillow's cheap, fair shrink
         return image
     except Exception as error:  # Pillow's decoders raise many types on hostile input, EXIF parsing too
-        raise ServiceError(422, "corrupt_image", f"{filename}: cannot decode the image: {error}") from None
+        raise CorruptImage(f"{filename}: cannot decode the image: {error}") from None

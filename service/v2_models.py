@@ -11,21 +11,23 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from latent_cnf.images import binarize_at_threshold
 
 from .dependencies import fresh_seed
-from .errors import ServiceError
+from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownModel
 from .inference import Disconnected, ModelHub, SampleJob, ServedModel
 from .open_inference import ModelMetadata, TensorMetadata
-from .schemas import MAX_MODEL_NAME, GenerateRequest
+from .schemas import DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES, MAX_MODEL_NAME, GenerateRequest
+from .scores import score_rows
 from .settings import Settings
 
 Operation = Literal["generate", "score"]
 OPERATIONS: tuple[Operation, ...] = ("generate", "score")
 PLATFORM = "pytorch"
 IMAGE = (1, 28, 28)
-DEFAULT_IMPORTANCE_SAMPLES = 64  # as POST /score
-MAX_IMPORTANCE_SAMPLES = 1024
-# Score outputs and the field of hub.score's rows each one carries, all FP64 [m].
+# Score outputs and the field of the score rows (service/scores.py) each one carries, all FP64 [m].
 SCORE_FIELDS = {
     "LOG_LIKELIHOOD": "log_likelihood_nats",
     "BITS_PER_DIM": "bits_per_dim",
@@ -58,7 +60,7 @@ class V2Model:
     def inputs(self) -> list[Tensor]:
         if self.operation == "score":
             return [Tensor("IMAGES", "FP32", (-1, *IMAGE)), Tensor("IMPORTANCE_SAMPLES", "INT32", (1,), True)]
-        label = [Tensor("LABEL", "INT32", (1,), True)] if self.served.conditional else []
+        label = [Tensor("LABEL", "INT32", (1,), True)] if self.served.prior_uses_labels else []
         return [
             Tensor("N", "INT32", (1,)),
             *label,
@@ -68,7 +70,7 @@ class V2Model:
 
     @property
     def outputs(self) -> list[Tensor]:
-        conditional = self.served.conditional
+        conditional = self.served.prior_uses_labels
         if self.operation == "score":
             return [
                 *(Tensor(name, "FP64", (-1,)) for name in SCORE_FIELDS),
@@ -129,16 +131,17 @@ def lookup(hub: ModelHub, name: str) -> V2Model:
     base, _, operation = name.rpartition(".")
     if operation not in OPERATIONS or not base:
         shown = name if len(name) <= MAX_MODEL_NAME else f"{name[:MAX_MODEL_NAME]}..."
-        raise ServiceError(404, "unknown_model", f"no model {shown!r}; models are named <model>.generate or .score")
-    return V2Model(name, hub.get(base), operation)  # type: ignore[arg-type]
+        raise UnknownModel(f"no model {shown!r}; models are named <model>.generate or .score")
+    return V2Model(name, hub.get(base), operation)
 
 
 def _scalar(tensors: dict[str, np.ndarray], name: str) -> int | float | None:
     if name not in tensors:
         return None
     if tensors[name].size != 1:
-        raise ServiceError(400, "invalid_request", f"input {name!r} must hold one element")
-    return tensors[name].reshape(-1)[0].item()
+        raise MalformedRequest(f"input {name!r} must hold one element")
+    value: int | float = tensors[name].reshape(-1)[0].item()  # numpy's item() is Any
+    return value
 
 
 def _check_inputs(model: V2Model, tensors: dict[str, np.ndarray]) -> None:
@@ -146,18 +149,16 @@ def _check_inputs(model: V2Model, tensors: dict[str, np.ndarray]) -> None:
     declared = {t.name: t for t in model.inputs}
     unknown = sorted(set(tensors) - set(declared))
     if unknown:
-        raise ServiceError(400, "invalid_request", f"unknown inputs {unknown}; {model.name} takes {sorted(declared)}")
+        raise MalformedRequest(f"unknown inputs {unknown}; {model.name} takes {sorted(declared)}")
     for tensor in declared.values():
         if tensor.name not in tensors:
             if not tensor.optional:
-                raise ServiceError(400, "invalid_request", f"input {tensor.name!r} is required")
+                raise MalformedRequest(f"input {tensor.name!r} is required")
             continue
         kind = tensors[tensor.name].dtype.kind
         wanted = "f" if tensor.datatype.startswith("FP") else "iu"
         if kind not in wanted:
-            raise ServiceError(
-                400, "invalid_request", f"input {tensor.name!r} must be {tensor.datatype} (or another of its kind)"
-            )
+            raise MalformedRequest(f"input {tensor.name!r} must be {tensor.datatype} (or another of its kind)")
 
 
 async def run(
@@ -182,12 +183,12 @@ async def _generate(
     except ValidationError as error:
         names = {field: name for name, field in GENERATE_FIELDS.items()}
         message = "; ".join(f"input {names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors())
-        raise ServiceError(422, "invalid_request", message) from None
+        raise InvalidRequest(message) from None
     served = model.served
     hub.check_label(served, body.label)
     seed = fresh_seed(body.seed)
     job = SampleJob(body.n, body.label, seed, body.temperature)
-    path = await hub.sample("generate", served, job, hub.solver(served, None), 2, disconnected)
+    path = await hub.sample("generate", served, job, hub.sample_solver(served), 2, disconnected)
     outputs = {
         "IMAGES": ("FP32", path.images[-1].cpu().numpy()),
         "LATENTS": ("FP32", path.latents[-1].cpu().numpy()),
@@ -200,14 +201,14 @@ async def _generate(
 
 
 def binarize(images: np.ndarray) -> torch.Tensor:
-    """(m, 28, 28) or (m, 1, 28, 28) intensities in [0, 1] -> (m, 28, 28) pixels binarized at 0.5, as /score
+    """(m, 28, 28) or (m, 1, 28, 28) intensities in [0, 1] -> (m, 28, 28) binary pixels, as /score
     binarizes an upload after its preprocessing (none here: the tensor is taken as the 28x28 image)."""
     if images.ndim not in (3, 4) or images.shape[-2:] != IMAGE[1:] or (images.ndim == 4 and images.shape[1] != 1):
-        raise ServiceError(400, "invalid_request", f"IMAGES must be [m, 28, 28] or [m, 1, 28, 28], not {images.shape}")
+        raise MalformedRequest(f"IMAGES must be [m, 28, 28] or [m, 1, 28, 28], not {images.shape}")
     if not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 1:
-        raise ServiceError(400, "invalid_request", "IMAGES must hold intensities in [0, 1]")
+        raise MalformedRequest("IMAGES must hold intensities in [0, 1]")
     pixels = torch.from_numpy(np.array(images, np.float32)).reshape(-1, *IMAGE[1:])
-    return (pixels > 0.5).float()
+    return binarize_at_threshold(pixels)
 
 
 async def _score(
@@ -217,16 +218,16 @@ async def _score(
     settings = hub.settings
     images = binarize(tensors["IMAGES"])
     if not 1 <= len(images) <= settings.max_files:
-        raise ServiceError(422, "too_many_files", f"1 to {settings.max_files} images per request, got {len(images)}")
+        raise TooManyFiles(f"1 to {settings.max_files} images per request, got {len(images)}")
     k = _scalar(tensors, "IMPORTANCE_SAMPLES")
     k = DEFAULT_IMPORTANCE_SAMPLES if k is None else int(k)
     if not 1 <= k <= MAX_IMPORTANCE_SAMPLES:
-        raise ServiceError(422, "invalid_request", f"input IMPORTANCE_SAMPLES: must be 1 to {MAX_IMPORTANCE_SAMPLES}")
-    rows = await hub.score(model.served, images, k, disconnected)
-    outputs = {name: ("FP64", np.array([row[field] for row in rows])) for name, field in SCORE_FIELDS.items()}
-    if model.served.conditional:
-        outputs["PREDICTED_LABEL"] = ("INT32", np.array([row["predicted_label"] for row in rows]))
+        raise InvalidRequest(f"input IMPORTANCE_SAMPLES: must be 1 to {MAX_IMPORTANCE_SAMPLES}")
+    score = await hub.score(model.served, images, k, disconnected)
+    rows = await run_in_threadpool(score_rows, model.served, images, score)
+    outputs = {name: ("FP64", np.array([getattr(row, field) for row in rows])) for name, field in SCORE_FIELDS.items()}
+    if model.served.prior_uses_labels:
+        outputs["PREDICTED_LABEL"] = ("INT32", np.array([row.predicted_label for row in rows]))
     if model.served.reference is not None:
-        percentiles = [model.served.percentile(row["log_likelihood_nats"]) for row in rows]
-        outputs["PERCENTILE"] = ("FP64", np.array(percentiles))
+        outputs["PERCENTILE"] = ("FP64", np.array([row.percentile for row in rows]))
     return outputs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import subprocess
 import sys
@@ -17,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """LATENT_CNF_DATA if set, else ../shared/data beside the repo (as in CI)."""
-    path = Path(os.environ.get("LATENT_CNF_DATA", REPO.parent / "shared" / "data"))
+    """Where the library finds the IDX files (`make test` points LATENT_CNF_DATA at ../shared/data)."""
+    from latent_cnf.data import default_data_dir
+
+    path = default_data_dir()
     if not (path / "mnist").exists():
         pytest.fail(f"MNIST IDX files not found in {path}: set LATENT_CNF_DATA")
     return path

@@ -11,13 +11,16 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, available, checkpoints
+from latent_cnf import PRESETS, LatentCNF, available, save_pretrained
 from service.settings import Settings
+
+# The environment of a served model in the tests: one inference thread, the test process needs the other core.
+ONE_THREAD = {"LATENT_CNF_THREADS": "1"}
 
 
 def unconditional_checkpoint(folder: Path) -> Path:
     """A small untrained unconditional model, so label errors can be tested whatever is shipped."""
-    return checkpoints.save(LatentCNF(PRESETS["vae-cnf-prior"].model), folder / "uncond", {"dataset": "mnist"})
+    return save_pretrained(LatentCNF(PRESETS["vae-cnf-prior"].model), folder / "uncond", {"dataset": "mnist"})
 
 
 def make_settings(folder: Path, **overrides) -> Settings:

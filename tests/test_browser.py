@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.harness import running_service
+
 from .conftest import REPO
-from .uvicorn_server import running_service
+from .service_helpers import ONE_THREAD
 
 CHROMIUM = os.environ.get("LATENT_CNF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("LATENT_CNF_BROWSER_TESTS") == "required"  # set by .ci/run: CI must not skip these
@@ -41,8 +43,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def service_url() -> Iterator[str]:
-    with running_service({}) as url:  # every shipped checkpoint, as `make serve` serves them
-        yield url
+    with running_service(ONE_THREAD, timeout_s=120) as server:  # every shipped checkpoint, as `make serve` serves them
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""python -m train.calibrate on a small model, and the calibrated solvers every shipped card carries."""
+"""python -m train.calibrate on a small model, and the calibrated solvers every shipped model carries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, checkpoints
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder, save_pretrained
 from train import calibrate
 
 TINY = ["--samples", "40", "--reference-images", "64", "--score-images", "4", "--importance-samples", "2"]
@@ -18,7 +18,7 @@ TINY = ["--samples", "40", "--reference-images", "64", "--score-images", "4", "-
 def small_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = LatentCNF(dataclasses.replace(PRESETS["final-cond"].model, encoder_hidden=(32,), decoder_hidden=(32,)))
-    return checkpoints.save(model, tmp_path / "small", {"dataset": "mnist"})
+    return save_pretrained(model, tmp_path / "small", {"dataset": "mnist"})
 
 
 def test_candidates_cover_every_fixed_step_method_and_fall_back_to_dopri5():
@@ -50,13 +50,14 @@ def test_dopri5_only_when_no_fixed_step_solver_is_within_budget():
 
 def test_calibration_writes_solvers_the_loaded_model_uses(small_checkpoint, tiny_dataset, capsys):
     calibrate.main(["--checkpoint", str(small_checkpoint), "--data-dir", str(tiny_dataset), *TINY])
-    card = checkpoints.read_card(small_checkpoint)
-    sample, score = card["solvers"]["sample"], card["solvers"]["score"]
+    solvers = model_folder.read_serving(small_checkpoint)["solvers"]
+    sample, score = solvers["sample"], solvers["score"]
     assert sample["max_pixel_error"] <= 0.05 and sample["fid_change"] <= 0.005
     assert score["max_error_nats"] <= 0.02 and score["mean_error_nats"] <= score["max_error_nats"]
     assert sample["method"] in ("euler", "midpoint", "rk4") and sample["nfe"] >= 2  # a smooth, untrained flow
-    assert card["solvers"]["calibration"]["command"].startswith("python -m train.calibrate --checkpoint")
-    assert len(card["solvers"]["calibration"]["scoring"]) == len(calibrate.candidates())
+    assert solvers["calibration"]["command"].startswith("python -m train.calibrate --checkpoint")
+    assert len(solvers["calibration"]["scoring"]) == len(calibrate.candidates())
+    assert "calibrated sample solver" in (small_checkpoint / model_folder.CARD_FILE).read_text()
     model = latent_cnf.load(small_checkpoint)
     assert model.sample_solver == SolverConfig(sample["method"], steps=sample["steps"])
     assert model.score_solver == SolverConfig(score["method"], steps=score["steps"])
@@ -64,16 +65,16 @@ def test_calibration_writes_solvers_the_loaded_model_uses(small_checkpoint, tiny
     assert "wrote solvers to" in capsys.readouterr().out
 
 
-def test_dry_run_leaves_the_card_alone(small_checkpoint, tiny_dataset):
-    before = checkpoints.read_card(small_checkpoint)
+def test_dry_run_leaves_the_folder_alone(small_checkpoint, tiny_dataset):
+    before = model_folder.read_serving(small_checkpoint)
     calibrate.main(["--checkpoint", str(small_checkpoint), "--data-dir", str(tiny_dataset), *TINY, "--dry-run"])
-    assert checkpoints.read_card(small_checkpoint) == before
+    assert model_folder.read_serving(small_checkpoint) == before
     assert latent_cnf.load(small_checkpoint).score_solver == SolverConfig()  # uncalibrated: exact dopri5
 
 
 @pytest.mark.parametrize("name", latent_cnf.available())
 def test_every_shipped_checkpoint_is_calibrated_within_the_budgets(name):
-    solvers = checkpoints.read_card(name)["solvers"]
+    solvers = model_folder.read_serving(name)["solvers"]
     budgets = solvers["calibration"]["budgets"]
     assert solvers["sample"]["max_pixel_error"] <= budgets["max_pixel_error"] <= 0.05
     assert solvers["sample"]["fid_change"] <= budgets["fid_change"] <= 0.01

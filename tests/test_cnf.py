@@ -77,7 +77,7 @@ def test_density_integrates_to_one():
 @pytest.mark.parametrize("conditional", [False, True])
 def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, calls_per_step, conditional):
     """The parameters precomputed for a fixed-step solve are those torchdiffeq's own evaluation times give."""
-    flow = flow_2d(cnf_conditional=conditional)
+    flow = flow_2d(prior_uses_labels=conditional)
     z = torch.randn(5, 2, dtype=torch.float64)
     labels = torch.arange(5) if conditional else None
     solver = SolverConfig(method=method, steps=7)
@@ -105,7 +105,7 @@ def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, cal
 def test_fixed_step_loop_equals_torchdiffeq_without_density_and_at_every_frame(method, conditional):
     """The plain loop of fixed_step.py is torchdiffeq's solver, to float64 rounding, trajectories and the
     kinetic energy included; 7 steps over 3 frame intervals become 9, so every frame is a solved state."""
-    flow = flow_2d(cnf_conditional=conditional)
+    flow = flow_2d(prior_uses_labels=conditional)
     z0 = torch.randn(5, 2, dtype=torch.float64) * flow.base_std
     labels = torch.arange(5) if conditional else None
     solver = SolverConfig(method=method, steps=7)
@@ -140,7 +140,7 @@ def test_base_density_is_a_buffer():
 @pytest.mark.parametrize("solver", [SolverConfig(method="rk4", steps=8), SolverConfig(method="dopri5")])
 def test_a_sample_gets_the_same_result_alone_and_in_any_batch(solver, conditional):
     """The strict property, in float32 as served: dopri5 controls each sample's step size on its own."""
-    flow = flow_2d(cnf_conditional=conditional).float()
+    flow = flow_2d(prior_uses_labels=conditional).float()
     generator = torch.Generator().manual_seed(3)
     z = torch.randn(50, 2, generator=generator) * 2
     labels = torch.randint(10, (50,), generator=generator) if conditional else None
@@ -179,7 +179,7 @@ def test_adaptive_solve_steps_each_sample_on_its_own():
 @pytest.mark.parametrize("conditional", [False, True])
 def test_row_parameters_match_the_shared_table(conditional):
     """The per-row parameters of an adaptive solve are those of the fixed-step path at the same time and label."""
-    flow = flow_2d(cnf_conditional=conditional)
+    flow = flow_2d(prior_uses_labels=conditional)
     times = torch.tensor([0.0, 2.5, 7.25, 10.0], dtype=torch.float64)
     labels = torch.tensor([3, 0, 9, 3]) if conditional else None
     rows = flow.dynamics.row_parameters(times, labels)
@@ -191,7 +191,7 @@ def test_row_parameters_match_the_shared_table(conditional):
 
 
 def test_adaptive_solve_agrees_with_a_tight_torchdiffeq_solve():
-    flow = flow_2d(cnf_conditional=True)
+    flow = flow_2d(prior_uses_labels=True)
     z = torch.randn(6, 2, dtype=torch.float64)
     labels = torch.arange(6)
 
@@ -237,7 +237,7 @@ def test_kinetic_energy_is_positive_integral():
 
 
 def test_conditional_flow_needs_labels():
-    flow = LatentFlow(ModelConfig(cnf_conditional=True))
+    flow = LatentFlow(ModelConfig(prior_uses_labels=True))
     with pytest.raises(ValueError, match="labels"):
         flow.log_prob(torch.randn(2, 8))
 
@@ -247,7 +247,7 @@ def test_conditional_flow_needs_labels():
 def test_the_compiled_fixed_step_loop_agrees_with_the_eager_one(conditional, monkeypatch):
     """bench/compile.py times `fixed_step.integrate` under torch.compile; this checks it computes the same thing:
     samples, trajectories and densities, float32, to compiled kernels' reordering of float arithmetic."""
-    flow = flow_2d(cnf_conditional=conditional).float()
+    flow = flow_2d(prior_uses_labels=conditional).float()
     z0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * flow.base_std
     labels = torch.arange(6) % 3 if conditional else None
     solver = SolverConfig(method="rk4", steps=4)

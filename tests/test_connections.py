@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from bench.harness import free_port, running_service_cli
+from bench.harness import free_port, running_service
 from service.connections import ConnectionLimits, GuardedH11Protocol
 
 LIMITS = {"LATENT_CNF_HEADER_TIMEOUT_S": "1", "LATENT_CNF_BODY_TIMEOUT_S": "2", "LATENT_CNF_MAX_CONNECTIONS": "40"}
@@ -25,7 +25,7 @@ LIMITS = {"LATENT_CNF_HEADER_TIMEOUT_S": "1", "LATENT_CNF_BODY_TIMEOUT_S": "2", 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_WARMUP": "false", "LATENT_CNF_THREADS": "1", **LIMITS}
-    with running_service_cli(env, timeout_s=120) as server:
+    with running_service(env, timeout_s=120) as server:
         yield server.url
 
 

@@ -19,17 +19,18 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from bench.harness import free_port, running_command, running_server
 
 try:
     import yaml
@@ -147,69 +148,23 @@ def test_promtool_checks_the_prometheus_config(prometheus_bins: tuple[str, str],
 # --- The dashboard against a real Prometheus scraping the real service -----------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with log.open("wb") as out:  # the child keeps its own handle
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_for(check: Callable[[], bool], what: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what}: the process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if check():
-                return
-        except httpx.TransportError:  # not listening yet
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {timeout:g} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real app under uvicorn on a loopback port, serving one small untrained checkpoint."""
-    from latent_cnf import PRESETS, checkpoints
+    """The real app under uvicorn on a loopback port, serving one small untrained model."""
+    from latent_cnf import PRESETS, save_pretrained
     from latent_cnf.model import LatentCNF
 
     tmp = tmp_path_factory.mktemp("service")
-    checkpoint = checkpoints.save(
-        LatentCNF(PRESETS["final-cond"].model), tmp / "mnist-final-cond", {"dataset": "mnist"}
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_CNF_")}
-    env |= {
+    checkpoint = save_pretrained(LatentCNF(PRESETS["final-cond"].model), tmp / "mnist-final-cond", {"dataset": "mnist"})
+    env = {
         "LATENT_CNF_MODELS": str(checkpoint),
         "LATENT_CNF_DEFAULT_MODEL": "mnist-final-cond",
         "LATENT_CNF_DEVICE": "cpu",
         "LATENT_CNF_THREADS": "1",  # the machine's cores are shared
         "LATENT_CNF_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
     }
-    log = tmp / "service.log"
-    command = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    process = start(command, log, env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "service /readyz", process, log)
-        yield url
-    finally:
-        stop(process)
+    with running_server("service.app:app", env, timeout_s=60) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -231,15 +186,12 @@ def prometheus_url(
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    log = tmp / "prometheus.log"
-    process = start(command, log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "prometheus /-/ready", process, log)
-        wait_for(lambda: bool(query(url, f'up{{job="{JOB}"}} == 1')), "first scrape of the service", process, log)
-        yield url
-    finally:
-        stop(process)
+    with running_command(command, port, {}, "/-/ready", timeout_s=60) as prometheus:
+        deadline = time.monotonic() + 60
+        while not query(prometheus.url, f'up{{job="{JOB}"}} == 1'):  # the first scrape of the service
+            assert time.monotonic() < deadline, f"no scrape within 60 s:\n{prometheus.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield prometheus.url
 
 
 def query(prometheus: str, expr: str) -> list[dict]:
@@ -627,7 +579,7 @@ def test_dockerfile_matches_the_app(routes: set[str]) -> None:
     healthcheck = dockerfile_instruction("HEALTHCHECK")
     assert "http://127.0.0.1:8000/healthz" in healthcheck and "/healthz" in routes
     [install] = [rest for word, rest in instructions if word == "RUN" and "/wheels/*.whl" in rest]
-    assert install.endswith("pip install /wheels/*.whl"), "the service installs the wheel without extras"
+    assert install.endswith('pip install "$(echo /wheels/*.whl)[serve]"'), "the image installs the serve extra alone"
 
 
 DOCKERIGNORE_REGEX_CACHE: dict[str, re.Pattern] = {}
@@ -652,8 +604,8 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-def test_build_context_holds_the_package_and_its_checkpoints(tmp_path: Path) -> None:
-    """Emulate the builder stage: the context .dockerignore lets through builds a wheel with the checkpoints."""
+def test_build_context_holds_the_package_and_its_model_folders(tmp_path: Path) -> None:
+    """Emulate the builder stage: the context .dockerignore lets through builds a wheel with the model folders."""
     patterns = [
         line.strip()
         for line in (REPO / ".dockerignore").read_text().splitlines()
@@ -689,8 +641,8 @@ def test_build_context_holds_the_package_and_its_checkpoints(tmp_path: Path) -> 
                 shutil.copy2(REPO / path, context / path)
     top = {p.name for p in context.iterdir()}
     assert top <= {"pyproject.toml", "README.md", "latent_cnf", "service", "train"}, f"in the context: {top}"
-    shipped = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "latent_cnf" / "checkpoints").glob("*/*.*"))
-    assert all((context / p).is_file() for p in shipped), "a shipped checkpoint would miss the image"
+    shipped = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "latent_cnf" / "pretrained").glob("*/*/*"))
+    assert all((context / p).is_file() for p in shipped), "a shipped model folder would miss the image"
 
     # What the builder stage runs (offline: the build backend is the one installed here).
     result = subprocess.run(
@@ -706,8 +658,8 @@ def test_build_context_holds_the_package_and_its_checkpoints(tmp_path: Path) -> 
     names = set(zipfile.ZipFile(wheel).namelist())
     [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
     assert "License-Expression: MIT" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
-    assert "service/app.py" in names and "latent_cnf/checkpoints.py" in names
+    assert "service/app.py" in names and "latent_cnf/model_folder.py" in names
     page = [f"service/static/{p.name}" for p in (REPO / "service" / "static").iterdir()]
     assert set(page) <= names, "the demo page's files would miss the image"
-    missing = [p for p in shipped if p.endswith((".pt", ".json")) and p not in names]
-    assert not missing, f"checkpoint files left out of the wheel: {missing}"
+    missing = [p for p in shipped if p not in names]
+    assert not missing, f"model folder files left out of the wheel: {missing}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, checkpoints
+from latent_cnf import PRESETS, LatentCNF, model_folder, save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -70,7 +70,7 @@ def records(out: Path) -> list[dict]:
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
-    return checkpoints.load(out / "checkpoint").state_dict()
+    return model_folder.load(out / "checkpoint").state_dict()
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
@@ -92,8 +92,8 @@ def test_two_processes_train_the_one_process_run(runs: dict[str, Path]) -> None:
     assert_same_run(runs["pair"], runs["single"])
     # The losses moved: the comparison is between runs that train, not between copies of the initial weights.
     assert records(runs["single"])[-1]["loss"] < records(runs["single"])[0]["loss"]
-    # Rank 0 alone wrote: one line per step, and the card and log say how the run was spread.
-    single, pair = (checkpoints.read_card(runs[name] / "checkpoint") for name in ("single", "pair"))
+    # Rank 0 alone wrote: one line per step, and training.json and the log say how the run was spread.
+    single, pair = (model_folder.read_training(runs[name] / "checkpoint") for name in ("single", "pair"))
     assert (single["world_size"], single["backend"]) == (1, None)
     assert (pair["world_size"], pair["backend"]) == (2, "gloo")
     assert {(r["world_size"], r["backend"]) for r in records(runs["pair"])} == {(2, "gloo")}
@@ -114,20 +114,20 @@ def test_resume_under_ddp_continues_exactly(runs: dict[str, Path], data_dir: Pat
     assert records(out) == records(runs["pair"])
     ours, theirs = weights(out), weights(runs["pair"])
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
-    sessions = checkpoints.read_card(out / "checkpoint")["sessions"]
+    sessions = model_folder.read_training(out / "checkpoint")["sessions"]
     assert [(s["from_step"], s["world_size"]) for s in sessions] == [(0, 2), (STEPS // 2, 2)]
 
 
 def test_resume_under_another_world_size(runs: dict[str, Path], data_dir: Path) -> None:
     out = resume(runs, "pair_then_single", 0, data_dir)
     assert_same_run(out, runs["single"])
-    sessions = checkpoints.read_card(out / "checkpoint")["sessions"]
+    sessions = model_folder.read_training(out / "checkpoint")["sessions"]
     assert [(s["from_step"], s["world_size"]) for s in sessions] == [(0, 2), (STEPS // 2, 1)]
 
 
 def test_sharded_evaluation_gives_the_one_process_numbers(tmp_path: Path, data_dir: Path) -> None:
     torch.manual_seed(0)
-    checkpoints.save(LatentCNF(PRESETS["final-cond"].model).eval(), tmp_path / "ck", card={"dataset": "mnist"})
+    save_pretrained(LatentCNF(PRESETS["final-cond"].model).eval(), tmp_path / "ck", {"dataset": "mnist"})
     args = ["--checkpoint", str(tmp_path / "ck"), *EVALUATE]
     launch("train.evaluate", [*args, "--json", str(tmp_path / "one.json")], 0, data_dir)
     launch("train.evaluate", [*args, "--json", str(tmp_path / "two.json")], 2, data_dir)

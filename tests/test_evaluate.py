@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, checkpoints, data
+from latent_cnf import PRESETS, LatentCNF, data, save_pretrained
+from latent_cnf.judges import load_classifier
 from train import evaluate
 from train import results as results_table
-from train.metrics.classifier import embed, load_classifier
+from train.metrics.features import embed
 
 from .conftest import run_offline
 
@@ -40,16 +41,16 @@ KEYS = {
 }
 
 
-def untrained(preset: str, folder: Path, card: dict) -> LatentCNF:
+def untrained(preset: str, folder: Path, training: dict) -> LatentCNF:
     torch.manual_seed(0)
     model = LatentCNF(PRESETS[preset].model).eval()
-    checkpoints.save(model, folder, card=card)
+    save_pretrained(model, folder, training)
     return model
 
 
 def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    card = {"dataset": "mnist", "preset": "final-cond", "epochs": 2.0, "wall_time_s": 150.0, "device": "cpu"}
-    model = untrained("final-cond", tmp_path / "ck", card)
+    training = {"dataset": "mnist", "preset": "final-cond", "epochs": 2.0, "wall_time_s": 150.0, "device": "cpu"}
+    model = untrained("final-cond", tmp_path / "ck", training)
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
     evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5"])
@@ -59,7 +60,7 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert results["dataset"] == "mnist"
     sizes = ("importance_samples", "ood_importance_samples", "num_samples", "test_images", "ood_images")
     assert tuple(results[key] for key in sizes) == (2, 1, 50, 100, 60)
-    assert results["training"] == card | {"command": None, "git_commit": None}
+    assert results["training"] == training | {"command": None, "git_commit": None}
     for key in ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "sample_nfe_mean", "seconds"):
         assert math.isfinite(results[key])
     assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
@@ -106,7 +107,7 @@ def test_conditional_samples_cover_every_label_equally() -> None:
 def test_unconditional_prior_has_no_labels() -> None:
     torch.manual_seed(0)
     model = LatentCNF(PRESETS["vae-cnf-prior"].model).eval()
-    assert not model.prior.conditional
+    assert not model.prior.uses_labels
     assert evaluate.generate(model, 4, batch_size=4, seed=0)[1] is None
 
 
@@ -117,7 +118,7 @@ def test_binarization_is_fixed_and_independent_of_the_subset() -> None:
     assert set(full.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_a_card_without_dataset_needs_the_option(tmp_path: Path) -> None:
+def test_a_model_without_dataset_needs_the_option(tmp_path: Path) -> None:
     untrained("final-cond", tmp_path / "ck", {})
     with pytest.raises(SystemExit, match="--dataset"):
         evaluate.main(["--checkpoint", str(tmp_path / "ck"), "--device", "cpu", *TINY])
@@ -142,7 +143,7 @@ def test_reconstructions_of_a_trained_model_are_legible(data_dir: Path) -> None:
     "args, problem",
     [
         (["--checkpoint", "mnist-final"], "error: mnist/train-images-idx3-ubyte is missing"),
-        (["--checkpoint", "no-such-model"], "error: no checkpoint 'no-such-model'"),
+        (["--checkpoint", "no-such-model"], "error: no model folder 'no-such-model'"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], problem: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import SolverConfig, checkpoints, data
+from latent_cnf import SolverConfig, data, model_folder
 from latent_cnf.cnf import LatentFlow
 from latent_cnf.config import ModelConfig
 from train.flow_matching import flow_matching_loss, ot_pairing, velocity
@@ -23,7 +23,7 @@ from .test_train import options
 # latents are at t1 = 10, as in the shipped models (so the time scaling of the velocity is exercised).
 MEANS = torch.tensor([[1.0, -0.5], [-1.0, 0.5]])
 STD = 0.5
-TOY = ModelConfig(latent_dim=2, cnf_width=16, cnf_hidden=32, cnf_conditional=True, num_classes=2, cnf_label_dim=2)
+TOY = ModelConfig(latent_dim=2, cnf_width=16, cnf_hidden=32, prior_uses_labels=True, num_classes=2, cnf_label_dim=2)
 
 
 def toy_latents(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,9 +146,7 @@ def test_trained_flow_log_density_is_exact(toy_flow):
 
 def test_fm_cond_training_moves_the_prior_only(tiny_dataset, tmp_path):
     """The preset reuses mnist-final-cond's encoder and decoder and keeps them bit for bit."""
-    opts = options(tiny_dataset, tmp_path, "fm-cond")
-    opts.max_steps = 3
-    trainer = Trainer(opts)
+    trainer = Trainer(options(tiny_dataset, tmp_path, "fm-cond", run={"max_steps": 3}))
     prior_before = {k: v.clone() for k, v in trainer.model.prior.state_dict().items()}
     trainer.run()
     shipped = latent_cnf.load("mnist-final-cond")
@@ -156,23 +154,23 @@ def test_fm_cond_training_moves_the_prior_only(tiny_dataset, tmp_path):
         mine, theirs = getattr(trainer.model, part).state_dict(), getattr(shipped, part).state_dict()
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
     assert any(not torch.equal(v, trainer.model.prior.state_dict()[k]) for k, v in prior_before.items())
-    card = checkpoints.read_card(tmp_path / "checkpoint")
-    assert card["frozen_autoencoder"] == {
+    training = model_folder.read_training(tmp_path / "checkpoint")
+    assert training["frozen_autoencoder"] == {
         "checkpoint": "mnist-final-cond",
-        "sha256": checkpoints.sha256("mnist-final-cond"),
+        "sha256": model_folder.weights_sha256("mnist-final-cond"),
     }
 
 
 def test_mnist_fm_cond_loads_with_its_calibrated_few_step_sampler():
     model = latent_cnf.load("mnist-fm-cond")
-    card = checkpoints.read_card("mnist-fm-cond")
-    assert card["train_config"]["objective"] == "flow_matching"
-    assert card["frozen_autoencoder"]["checkpoint"] == "mnist-final-cond"
+    training = model_folder.read_training("mnist-fm-cond")
+    assert training["train_config"]["objective"] == "flow_matching"
+    assert training["frozen_autoencoder"]["checkpoint"] == "mnist-final-cond"
     shipped = latent_cnf.load("mnist-final-cond")
     for part in ("encoder", "decoder"):  # the same encoder and decoder, bit for bit
         mine, theirs = getattr(model, part).state_dict(), getattr(shipped, part).state_dict()
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
-    calibrated = card["solvers"]["sample"]
+    calibrated = model_folder.read_serving("mnist-fm-cond")["solvers"]["sample"]
     assert model.sample_solver.method == calibrated["method"] != "dopri5"
     assert model.sample(4, label=3, seed=0).nfe == calibrated["nfe"]
 
@@ -180,7 +178,7 @@ def test_mnist_fm_cond_loads_with_its_calibrated_few_step_sampler():
 def test_serving_mnist_fm_cond(client, data_dir):
     body = client.post("/generate", json={"model": "mnist-fm-cond", "n": 3, "label": 7, "seed": 2}).json()
     assert body["model"] == "mnist-fm-cond" and body["labels"] == [7, 7, 7]
-    assert body["nfe"] == checkpoints.read_card("mnist-fm-cond")["solvers"]["sample"]["nfe"]
+    assert body["nfe"] == model_folder.read_serving("mnist-fm-cond")["solvers"]["sample"]["nfe"]
     assert all(decode_png(image).size == (28, 28) for image in body["images"])
     digit = png(data.load_split("mnist", "test", data_dir).images[0].numpy())  # a 7
     response = client.post("/score", files={"file": ("seven.png", digit)}, data={"model": "mnist-fm-cond"})

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from latent_cnf import PRESETS, LatentCNF, checkpoints
+from latent_cnf import PRESETS, LatentCNF, save_pretrained
 from service.app import create_app
 from service.settings import Settings
 
@@ -58,7 +58,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     models = []
     for name, preset in (("fuzz-cond", "final-cond"), ("fuzz", "vae-cnf-prior")):
         torch.manual_seed(0)
-        models.append(str(checkpoints.save(LatentCNF(PRESETS[preset].model), folder / name, {"dataset": "mnist"})))
+        models.append(str(save_pretrained(LatentCNF(PRESETS[preset].model), folder / name, {"dataset": "mnist"})))
     settings_ = Settings(
         models=models, default_model="fuzz-cond", max_files=2, max_upload_bytes=100_000, max_image_pixels=1_000_000
     )

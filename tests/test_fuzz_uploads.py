@@ -1,7 +1,7 @@
 """Fuzzing the upload path: random bytes and mutated valid images (bit flips, truncations, inserted bytes,
 PNG chunks with garbage payloads and recomputed CRCs) must only ever get 200, 413, 415 or 422 from /score,
-and the same bytes handed straight to the decoding and preprocessing functions raise only ServiceErrors
-with those statuses. A hostile upload must not take the service down: a valid request succeeds afterwards.
+and the same bytes handed straight to the decoding and preprocessing functions raise only Refusals
+answered with those statuses. A hostile upload must not take the service down: a valid request succeeds afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.errors import ServiceError
+from service.errors import STATUSES
+from service.failures import Refusal
 from service.routes.score import prepare
 
 ALLOWED = {200, 413, 415, 422}
@@ -125,11 +126,11 @@ uploads = st.one_of(st.binary(max_size=4096), mutated_image())
 
 
 def assert_handled(data: bytes, preprocess: str) -> None:
-    """The upload path without HTTP: decode, preprocess, binarize; only ServiceErrors of allowed statuses."""
+    """The upload path without HTTP: decode, preprocess, binarize; only Refusals of allowed statuses."""
     try:
         pixels = prepare(data, "fuzz.png", preprocess, MAX_PIXELS)
-    except ServiceError as error:
-        assert error.status in ALLOWED - {200}, (error.status, error.code)
+    except Refusal as error:
+        assert STATUSES[type(error)] in ALLOWED - {200}, (type(error).__name__, error.code)
         return
     assert pixels.shape == (28, 28) and torch.isin(pixels, torch.tensor([0.0, 1.0])).all()
 

@@ -11,7 +11,8 @@ import torch
 from scipy import linalg
 
 from latent_cnf import data
-from train.metrics.classifier import Judge, accuracy, load_classifier
+from latent_cnf.judges import Classifier, load_classifier
+from train.metrics.features import accuracy
 from train.metrics.fid import fid, frechet_distance
 from train.metrics.ood import auroc, complexity_bits, complexity_corrected
 from train.metrics.precision_recall import knn_radii, precision_recall
@@ -100,15 +101,10 @@ def test_noise_compresses_worse_than_a_blank_image_and_the_correction_favours_co
 
 
 def test_judge_features_are_the_penultimate_layer() -> None:
-    judge = Judge().eval()
+    judge = Classifier().eval()
     images = torch.rand(3, 28, 28)
-    assert judge.features(images).shape == (3, Judge.feature_dim)
+    assert judge.features(images).shape == (3, Classifier.feature_dim)
     assert torch.allclose(judge.head(judge.features(images)), judge(images))
-
-
-def test_missing_classifier_weights_name_the_training_command(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="python -m train.metrics.classifier"):
-        load_classifier("mnist", folder=tmp_path)
 
 
 @pytest.mark.parametrize(("dataset", "target"), [("mnist", 0.99), ("fashion-mnist", 0.91)])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, checkpoints, data, ood, outlier
+from latent_cnf import PRESETS, LatentCNF, data, model_folder, ood, outlier, save_pretrained
 from train import ood_calibrate, ood_set
 
 from .service_helpers import png
@@ -82,7 +82,7 @@ def served_circle() -> torch.Tensor:
 
 
 def test_the_shipped_outlier_judge_tells_a_digit_from_a_blank_and_a_circle(data_dir):
-    loaded = outlier.load()  # torch.load(weights_only=True)
+    loaded = outlier.load()
     digits = data.load_split("mnist", "test", data_dir).images[:3]
     x = torch.stack([*(ood_calibrate.served_image(p) for p in ood_calibrate.digit_pngs(digits)), served_circle()])
     digit_logits, circle = outlier.digit_logit(loaded.judge, x).split([3, 1])
@@ -90,26 +90,26 @@ def test_the_shipped_outlier_judge_tells_a_digit_from_a_blank_and_a_circle(data_
     assert digit_logits.min() > 0 > max(blank.item(), circle.item())  # p(digit) above and below 1/2
 
 
-def test_the_judge_is_used_only_with_the_weights_the_card_was_calibrated_with(monkeypatch):
-    card = checkpoints.read_card("mnist-final-cond")
-    assert ood.card_outlier_judge(card) is outlier.shipped().judge
-    assert ood.card_outlier_judge({"ood_reference": {"outlier_judge": {"sha256": "0" * 64}}}) is None
-    assert ood.card_outlier_judge(checkpoints.read_card("fashion-mnist-final-cond")) is None
+def test_the_judge_is_used_only_with_the_weights_the_bounds_were_calibrated_with(monkeypatch):
+    serving = model_folder.read_serving("mnist-final-cond")
+    assert ood.serving_outlier_judge(serving) is outlier.shipped().judge
+    assert ood.serving_outlier_judge({"ood_reference": {"outlier_judge": {"sha256": "0" * 64}}}) is None
+    assert ood.serving_outlier_judge(model_folder.read_serving("fashion-mnist-final-cond")) is None
     monkeypatch.setattr(outlier, "shipped", lambda: None)  # the weights file missing
-    assert ood.card_outlier_judge(card) is None
+    assert ood.serving_outlier_judge(serving) is None
 
 
 @pytest.fixture
 def small_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = LatentCNF(dataclasses.replace(PRESETS["final-cond"].model, encoder_hidden=(32,), decoder_hidden=(32,)))
-    return checkpoints.save(model, tmp_path / "small", {"dataset": "mnist"})
+    return save_pretrained(model, tmp_path / "small", {"dataset": "mnist"})
 
 
-def test_calibration_writes_the_bounds_and_rates_to_the_card(small_checkpoint, tiny_dataset, capsys):
+def test_calibration_writes_the_bounds_and_rates_to_serving_json(small_checkpoint, tiny_dataset, capsys):
     ood_calibrate.main(["--checkpoint", str(small_checkpoint), "--data-dir", str(tiny_dataset), *TINY])
-    reference = checkpoints.read_card(small_checkpoint)["ood_reference"]
-    bounds = ood.card_bounds({"ood_reference": reference})
+    reference = model_folder.read_serving(small_checkpoint)["ood_reference"]
+    bounds = ood.serving_bounds({"ood_reference": reference})
     assert set(bounds) == set(ood.SIGNALS) and bounds["ink_pixels"]["min"] <= bounds["ink_pixels"]["max"]
     assert reference["outlier_judge"]["sha256"] == outlier.load().sha256
     validation = data.load_split("mnist", "val", tiny_dataset)
@@ -122,14 +122,14 @@ def test_calibration_writes_the_bounds_and_rates_to_the_card(small_checkpoint, t
 
 
 @pytest.mark.parametrize("name", ["mnist-final-cond", "mnist-final", "fashion-mnist-final-cond"])
-def test_shipped_cards_carry_bounds_meeting_the_acceptance_target(name):
-    reference = checkpoints.read_card(name)["ood_reference"]
+def test_shipped_models_carry_bounds_meeting_the_acceptance_target(name):
+    reference = model_folder.read_serving(name)["ood_reference"]
     assert reference["test_acceptance"] >= 0.97 and reference["ood_false_acceptance"]["blank"] == 0
 
 
 @pytest.mark.parametrize("name", ["mnist-final-cond", "mnist-final"])
-def test_mnist_cards_flag_the_generated_non_digits_with_the_shipped_judge(name):
-    reference = checkpoints.read_card(name)["ood_reference"]
+def test_mnist_models_flag_the_generated_non_digits_with_the_shipped_judge(name):
+    reference = model_folder.read_serving(name)["ood_reference"]
     assert reference["outlier_judge"]["sha256"] == outlier.load().sha256 and reference["ood_seed"] == 0
     assert reference["ood_false_acceptance"]["all"] <= ALL_NON_DIGITS_ACCEPTED
 

@@ -9,7 +9,9 @@ import time
 
 import httpx
 
-from .uvicorn_server import running_service
+from bench.harness import running_service
+
+from .service_helpers import ONE_THREAD
 
 CONCURRENCY = 512
 BURST_S = 3.0
@@ -37,7 +39,8 @@ async def burst(url: str) -> list[httpx.Response]:
 
 def test_burst_at_512_gets_only_200_and_503_with_retry_after_then_serves():
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_QUEUE": "8", "LATENT_CNF_MAX_WAIT_MS": "2"}
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         responses = asyncio.run(burst(url))
         statuses = collections.Counter(r.status_code for r in responses)
         assert set(statuses) <= {200, 503}, statuses

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, checkpoints
+from latent_cnf import PRESETS, LatentCNF, save_pretrained
 from train import pictures
 
 
 def test_pictures_of_a_run_folder(tmp_path: Path, data_dir: Path) -> None:
     torch.manual_seed(0)
     run = tmp_path / "runs" / "mnist-vae-cnf-prior"
-    checkpoints.save(LatentCNF(PRESETS["vae-cnf-prior"].model), run / "checkpoint", {"dataset": "mnist"})
+    save_pretrained(LatentCNF(PRESETS["vae-cnf-prior"].model), run / "checkpoint", {"dataset": "mnist"})
     out = tmp_path / "pictures"
     argv = ["--checkpoint", str(run / "checkpoint"), "--data-dir", str(data_dir), "--out", str(out)]
     pictures.main([*argv, "--points", "200", "--device", "cpu"])

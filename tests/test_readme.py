@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import latent_cnf
-from latent_cnf import SolverConfig, checkpoints
+from latent_cnf import SolverConfig, model_folder
 
 from .conftest import REPO
 
@@ -225,7 +225,7 @@ def calibration_rows() -> dict[str, list[str]]:
 def test_calibration_table_matches_the_cards(name):
     from train.calibrate import name as solver_name
 
-    sample, score = (checkpoints.read_card(name)["solvers"][use] for use in ("sample", "score"))
+    sample, score = (model_folder.read_serving(name)["solvers"][use] for use in ("sample", "score"))
 
     def label(entry: dict) -> str:
         spec = SolverConfig(**{k: entry[k] for k in ("method", "steps", "rtol", "atol")})

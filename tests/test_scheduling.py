@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import latent_cnf
+from bench.harness import metric, running_service
 from latent_cnf.config import SolverConfig
 from latent_cnf.data import load_split
 from service.app import create_app
@@ -25,9 +26,8 @@ from service.cost import (
 )
 from service.settings import Settings
 
-from .service_helpers import png, wait_ready
-from .test_service_concurrency import metric, pixels
-from .uvicorn_server import running_service
+from .service_helpers import ONE_THREAD, png, wait_ready
+from .test_service_concurrency import pixels
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
@@ -40,10 +40,10 @@ def test_the_fixed_step_cost_counts_the_evaluations_the_solve_makes(method: str,
 
 
 def test_the_dopri5_estimate_starts_from_the_cards_measurement_and_grows_with_tighter_tolerances() -> None:
-    card = latent_cnf.checkpoints.read_card("mnist-final-cond")
-    measured = measured_dopri5_nfe(card, "sampling")
+    serving = latent_cnf.model_folder.read_serving("mnist-final-cond")
+    measured = measured_dopri5_nfe(serving, "sampling")
     assert measured == next(
-        e["nfe"] for e in card["solvers"]["calibration"]["sampling"] if e["solver"] == "dopri5 1e-05"
+        e["nfe"] for e in serving["solvers"]["calibration"]["sampling"] if e["solver"] == "dopri5 1e-05"
     )
     assert measured_dopri5_nfe({}, "scoring") > measured_dopri5_nfe({}, "sampling")  # a card without calibration
     nfe = [solve_evaluations(SolverConfig("dopri5", rtol=tol, atol=tol), 2, measured) for tol in (1e-3, 1e-5, 1e-8)]
@@ -89,8 +89,9 @@ def test_a_request_cut_into_parts_gets_what_it_gets_whole(client, split_client, 
     before = split_client.get("/metrics").text
     whole = client.post("/score", files=files, data=form).json()["results"]
     split = split_client.post("/score", files=files, data=form).json()["results"]
-    calls = metric(split_client.get("/metrics").text, 'latent_cnf_batch_requests_count{kind="score"') - metric(
-        before, 'latent_cnf_batch_requests_count{kind="score"'
+    after = split_client.get("/metrics").text
+    calls = metric(after, "latent_cnf_batch_requests_count", kind="score") - metric(
+        before, "latent_cnf_batch_requests_count", kind="score"
     )
     assert calls >= 3  # one call per image (the shared registry may count the other app's call too)
     for a, b in zip(whole, split, strict=True):
@@ -139,7 +140,8 @@ def test_cheap_requests_are_served_while_a_heavy_one_runs_in_parts(data_dir) -> 
             await task
         return events
 
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         assert asyncio.run(scenario(url)) == ["cheap", "cheap", "cheap", "heavy"]
 
 

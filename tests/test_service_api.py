@@ -12,9 +12,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.harness import metric
 from latent_cnf import data
+from latent_cnf.judges import load_classifier
 from service.app import create_app
-from train.metrics.classifier import load_classifier
 
 from .service_helpers import decode_png, make_settings, png
 
@@ -76,7 +77,8 @@ def test_models_metadata(client):
     one = client.get("/v1/models/mnist-final-cond").json()
     assert one["conditional"] is True and one["latent_dim"] == 8 and one["device"] == "cpu"
     assert len(one["checkpoint_sha256"]) == 64 and one["parameters"] > 10_000
-    assert one["card"]["dataset"] == "mnist" and "validation" in one["card"]
+    assert one["training"]["dataset"] == "mnist" and "validation" in one["training"]
+    assert "solvers" in one["serving"] and "score_reference" not in one["serving"]
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
 
@@ -176,16 +178,14 @@ def test_score_preprocess_resize_and_jpeg(client, mnist_digit):
 
 
 def test_metrics_move_after_requests(client):
-    def value(text: str, prefix: str) -> float:
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
-
     before = client.get("/metrics").text
     client.post("/generate", json={"n": 3, "seed": 1})
     after = client.get("/metrics").text
-    generate_ok = 'latent_cnf_requests_total{endpoint="/generate",method="POST",status="200"}'
-    assert value(after, generate_ok) == value(before, generate_ok) + 1
-    samples = 'latent_cnf_samples_generated_total{model="mnist-final-cond"}'
-    assert value(after, samples) == value(before, samples) + 3
+    generate_ok = {"endpoint": "/generate", "method": "POST", "status": "200"}
+    requests = "latent_cnf_requests_total"
+    assert metric(after, requests, **generate_ok) == metric(before, requests, **generate_ok) + 1
+    samples = "latent_cnf_samples_generated_total"
+    assert metric(after, samples, model="mnist-final-cond") == metric(before, samples, model="mnist-final-cond") + 3
     assert "latent_cnf_model_info{" in after and "process_resident_memory_bytes" in after
 
 

@@ -9,18 +9,14 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.harness import metric, running_service
 from latent_cnf.data import load_split
 
-from .service_helpers import decode_png, png
-from .uvicorn_server import running_service
+from .service_helpers import ONE_THREAD, decode_png, png
 
 
 def pixels(body: dict) -> np.ndarray:
     return np.stack([np.asarray(decode_png(image), dtype=int) for image in body["images"]])
-
-
-def metric(text: str, prefix: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 async def post_many(url: str, bodies: list[dict], timeout: float = 120) -> list[httpx.Response]:
@@ -31,7 +27,8 @@ async def post_many(url: str, bodies: list[dict], timeout: float = 120) -> list[
 @pytest.mark.parametrize("solver", [{"method": "dopri5"}, None])  # dopri5 controls each sample's steps; rk4 is fixed
 def test_batched_requests_get_the_images_they_get_alone(solver):
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "200", "LATENT_CNF_MAX_BATCH": "64"}
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         bodies = [{"n": 2, "seed": seed, "label": seed % 10, "solver": solver} for seed in range(12)]
         alone = [httpx.post(f"{url}/generate", json=body, timeout=60).json() for body in bodies]
         before = httpx.get(f"{url}/metrics").text
@@ -59,7 +56,8 @@ def test_a_score_is_the_same_alone_and_merged_with_15_others(data_dir, exact):
     digits = load_split("mnist", "test", data_dir, download=False).images[:16]
     uploads = [png(digit.numpy()) for digit in digits]
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_MAX_WAIT_MS": "500", "LATENT_CNF_EXACT_SCORES": exact}
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         alone = httpx.post(f"{url}/score", files={"file": ("x.png", uploads[0])}, timeout=60).json()["results"][0]
         before = httpx.get(f"{url}/metrics").text
         together = asyncio.run(score_many(url, uploads))
@@ -92,7 +90,8 @@ def test_overload_gets_503_and_504_then_recovers():
     }
     # 4,000 evaluations over 256 samples: seconds on this CPU, far above the timeout on any machine
     heavy = {"n": 256, "solver": {"method": "rk4", "steps": 1000}}
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         responses = asyncio.run(post_many(url, [dict(heavy, seed=i) for i in range(24)]))
         statuses = [r.status_code for r in responses]
         assert 503 in statuses and 504 in statuses, statuses
@@ -105,8 +104,8 @@ def test_overload_gets_503_and_504_then_recovers():
                 assert response.json()["error"]["code"] == "timeout"
         assert recovers(url), "the service did not serve a normal request after the burst"
         text = httpx.get(f"{url}/metrics").text
-        assert metric(text, 'latent_cnf_rejected_total{reason="queue_full"}') >= 1
-        assert metric(text, 'latent_cnf_rejected_total{reason="timeout"}') >= 1
+        assert metric(text, "latent_cnf_rejected_total", reason="queue_full") >= 1
+        assert metric(text, "latent_cnf_rejected_total", reason="timeout") >= 1
 
 
 def test_requests_whose_clients_hang_up_are_withdrawn_and_never_run():
@@ -121,7 +120,8 @@ def test_requests_whose_clients_hang_up_are_withdrawn_and_never_run():
             results = await asyncio.gather(*calls, return_exceptions=True)
         assert all(isinstance(r, httpx.TimeoutException) for r in results)
 
-    with running_service(env) as url:
+    with running_service(ONE_THREAD | env, timeout_s=120) as server:
+        url = server.url
         before = httpx.get(f"{url}/metrics").text
         asyncio.run(hang_up())
         assert httpx.post(f"{url}/generate", json={"n": 1}, timeout=60).status_code == 200

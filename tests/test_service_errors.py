@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
+
+import service
+from service import failures
+from service.errors import STATUSES
 
 from .bad_inputs import CASES, RGBA
 
@@ -51,3 +58,30 @@ def test_validation_messages_name_fields_alike_in_body_query_and_form(client):
     for message, response in responses.items():
         assert response.status_code == 422, response.text
         assert response.json() == {"error": {"code": "invalid_request", "message": message}}
+
+
+def test_every_refusal_has_its_http_status():
+    """The core's refusals are answered in service/errors.py: none may reach the 500 handler unmapped."""
+    kinds = {
+        value for value in vars(failures).values() if isinstance(value, type) and issubclass(value, failures.Refusal)
+    }
+    assert kinds - {failures.Refusal} == set(STATUSES)
+
+
+CORE = ("batching", "call_spans", "cost", "failures", "inference", "metrics", "scores", "settings", "uploads")
+
+
+def test_service_core_imports_no_http():
+    """The hub, batcher, upload decoding and score rows (and what they import of the service) know nothing of HTTP:
+    statuses and bodies are service/errors.py's."""
+    root = Path(service.__file__).parent
+    for name in CORE:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y, or from . import x
+                used = [node.module] if node.module else [alias.name for alias in node.names]
+                assert {module.split(".")[0] for module in used} <= set(CORE), (name, used)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module.split(".")[0] not in ("fastapi", "starlette"), (name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & {"fastapi", "starlette"}, name

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from latent_cnf import checkpoints
+from bench.harness import metric
+from latent_cnf import model_folder
 from service.app import create_app
 from service.settings import Settings
 
@@ -17,14 +18,14 @@ from .service_helpers import wait_ready
 
 
 def broken_copies(folder: Path) -> tuple[Path, Path]:
-    """A copy of a shipped checkpoint with truncated weights, and one whose card is not JSON."""
-    source = checkpoints.resolve("mnist-final")
+    """A copy of a shipped model with truncated weights, and one whose config is not JSON."""
+    source = model_folder.resolve("mnist-final")
     truncated, bad_card = folder / "truncated", folder / "bad-card"
     for target in (truncated, bad_card):
         shutil.copytree(source, target)
-    weights = truncated / checkpoints.WEIGHTS_FILE
+    weights = truncated / model_folder.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:1000])
-    (bad_card / checkpoints.CARD_FILE).write_text('{"config": ')
+    (bad_card / model_folder.CONFIG_FILE).write_text('{"format": ')
     return truncated, bad_card
 
 
@@ -44,7 +45,7 @@ def test_broken_checkpoints_are_reported_and_the_healthy_one_serves(faulty):
     ready = faulty.get("/readyz").json()
     assert ready["status"] == "ready" and ready["models"] == ["mnist-final-cond"]
     assert set(ready["failed"]) == {"truncated", "bad-card"}
-    assert "weights.pt" in ready["failed"]["truncated"] and "card.json" in ready["failed"]["bad-card"]
+    assert "model.safetensors" in ready["failed"]["truncated"] and "config.json" in ready["failed"]["bad-card"]
     assert faulty.post("/generate", json={"n": 2, "seed": 0}).status_code == 200
     listed = faulty.get("/v1/models").json()
     assert [m["name"] for m in listed["models"]] == ["mnist-final-cond"] and set(listed["failed"]) == set(
@@ -52,7 +53,7 @@ def test_broken_checkpoints_are_reported_and_the_healthy_one_serves(faulty):
     )
     response = faulty.post("/generate", json={"n": 1, "model": "bad-card"})
     assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
-    assert "card.json" in response.json()["error"]["message"]
+    assert "config.json" in response.json()["error"]["message"]
     assert 'latent_cnf_model_load_failed{model="truncated"} 1.0' in faulty.get("/metrics").text
 
 
@@ -87,13 +88,13 @@ def test_model_names_are_bounded(faulty, name, message):
         assert len(response.content) < 1000
 
 
-def counter(client: TestClient, series: str) -> float:
-    return sum(float(line.split()[-1]) for line in client.get("/metrics").text.splitlines() if line.startswith(series))
+def counter(client: TestClient, labels: dict[str, str]) -> float:
+    return metric(client.get("/metrics").text, "latent_cnf_requests_total", **labels)
 
 
 def test_made_up_methods_and_paths_do_not_grow_the_metrics(faulty):
-    other = 'latent_cnf_requests_total{endpoint="/healthz",method="other",status="405"}'
-    unmatched = 'latent_cnf_requests_total{endpoint="unmatched",method="GET",status="404"}'
+    other = {"endpoint": "/healthz", "method": "other", "status": "405"}
+    unmatched = {"endpoint": "unmatched", "method": "GET", "status": "404"}
     before = counter(faulty, other), counter(faulty, unmatched)
     for i in range(20):
         faulty.request(f"M{i}", "/healthz")
@@ -104,7 +105,7 @@ def test_made_up_methods_and_paths_do_not_grow_the_metrics(faulty):
 
 
 def test_a_body_refused_before_routing_is_counted_for_its_route(tmp_path):
-    refused = 'latent_cnf_requests_total{endpoint="/score",method="POST",status="413"}'
+    refused = {"endpoint": "/score", "method": "POST", "status": "413"}
     with serve(models=["mnist-final-cond"], max_upload_bytes=1000) as client:
         before = counter(client, refused)
         response = client.post("/score", files={"file": ("x.png", b"0" * 5000)})

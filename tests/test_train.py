@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, checkpoints
+from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder
 from train.__main__ import main
 from train.loop import RunOptions, Trainer
 from train.objectives import OBJECTIVES
@@ -12,22 +12,21 @@ from train.objectives import OBJECTIVES
 from .conftest import run_offline
 
 
-def options(tiny_dataset, out, preset="final-cond", **train_overrides) -> RunOptions:
+def options(tiny_dataset, out, preset="final-cond", run=None, **train_overrides) -> RunOptions:
+    """Small run options; `run` overrides RunOptions fields, the keywords TrainConfig fields."""
     base = PRESETS[preset]
     train = dataclasses.replace(
         base.train, batch_size=16, epochs=2, train_solver=SolverConfig(method="rk4", steps=2), **train_overrides
     )
     small = dataclasses.replace(base, train=train)
-    return RunOptions(
-        preset=small,
-        data_dir=tiny_dataset,
-        out=out,
-        val_images=8,
-        val_importance_samples=2,
-        reference_images=8,
-        reference_importance_samples=2,
-        eval_solver=SolverConfig(method="rk4", steps=2),
-    )
+    small_run = {
+        "val_images": 8,
+        "val_importance_samples": 2,
+        "reference_images": 8,
+        "reference_importance_samples": 2,
+        "eval_solver": SolverConfig(method="rk4", steps=2),
+    }
+    return RunOptions(preset=small, data_dir=tiny_dataset, out=out, **(small_run | (run or {})))
 
 
 def losses(out) -> list[float]:
@@ -36,46 +35,61 @@ def losses(out) -> list[float]:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_trains(tiny_dataset, tmp_path, preset):
-    opts = options(
-        tiny_dataset, tmp_path / preset, preset, **({"disc_channels": 4} if PRESETS[preset].train.adversarial else {})
-    )
-    opts.max_steps = 3
+    disc = {"disc_channels": 4} if PRESETS[preset].train.adversarial else {}
+    opts = options(tiny_dataset, tmp_path / preset, preset, run={"max_steps": 3}, **disc)
     metrics = Trainer(opts).run()
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
-    card = checkpoints.read_card(tmp_path / preset / "checkpoint")
-    assert (
-        card["steps"] == 3
-        and card["preset"] == preset
-        and len(card["score_reference"]["log_likelihood_quantiles"]) == 101
+    training = model_folder.read_training(tmp_path / preset / "checkpoint")
+    reference = model_folder.read_serving(tmp_path / preset / "checkpoint")["score_reference"]
+    assert training["steps"] == 3 and training["preset"] == preset
+    assert len(reference["log_likelihood_quantiles"]) == 101 and (reference["split"], reference["images"]) == (
+        "mnist test",
+        8,
     )
-    loaded = checkpoints.load(tmp_path / preset / "checkpoint")
+    loaded = model_folder.load(tmp_path / preset / "checkpoint")
     assert loaded.config == PRESETS[preset].model
+
+
+def test_an_epoch_export_is_servable_as_is(tiny_dataset, tmp_path, monkeypatch):
+    """A run stopped before its final export leaves a folder with a score reference: its validation bounds."""
+    trainer = Trainer(options(tiny_dataset, tmp_path / "run", run={"max_steps": 4}))
+
+    def stopped() -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "test_score_reference", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    folder = tmp_path / "run" / "checkpoint"
+    reference = model_folder.read_serving(folder)["score_reference"]
+    assert (reference["split"], reference["images"]) == ("mnist val", len(trainer.val_x))
+    assert reference["importance_samples"] == trainer.options.val_importance_samples
+    assert len(reference["log_likelihood_quantiles"]) == 101
+    assert model_folder.load(folder).config == trainer.model.config
 
 
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
     straight = options(tiny_dataset, tmp_path / "straight", disc_channels=4)
     Trainer(straight).run()
-    first = options(tiny_dataset, tmp_path / "split", disc_channels=4)
-    first.max_steps = 4  # one epoch of 64 images at batch 16
+    first = options(tiny_dataset, tmp_path / "split", run={"max_steps": 4}, disc_channels=4)  # one epoch of 64 at 16
     Trainer(first).run()
-    second = options(tiny_dataset, tmp_path / "split", disc_channels=4)
-    second.resume = True
+    second = options(tiny_dataset, tmp_path / "split", run={"resume": True}, disc_channels=4)
     Trainer(second).run()
     assert len(losses(tmp_path / "straight")) == 2
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
-    sessions = checkpoints.read_card(tmp_path / "split" / "checkpoint")["sessions"]
-    assert [s["from_step"] for s in sessions] == [0, 4]  # the card records every invocation of a resumed run
+    sessions = model_folder.read_training(tmp_path / "split" / "checkpoint")["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 4]  # training.json records every invocation of a resumed run
 
 
 def test_resume_with_other_networks_names_the_flags(tiny_dataset, tmp_path):
-    first = options(tiny_dataset, tmp_path)
-    first.max_steps = 1
-    Trainer(first).run()
-    second = options(tiny_dataset, tmp_path)
-    second.preset = dataclasses.replace(
-        second.preset, model=dataclasses.replace(second.preset.model, decoder_hidden=(16, 16))
+    Trainer(options(tiny_dataset, tmp_path, run={"max_steps": 1})).run()
+    second = options(tiny_dataset, tmp_path, run={"resume": True})
+    second = dataclasses.replace(
+        second,
+        preset=dataclasses.replace(
+            second.preset, model=dataclasses.replace(second.preset.model, decoder_hidden=(16, 16))
+        ),
     )
-    second.resume = True
     with pytest.raises(SystemExit, match="--model-set"):
         Trainer(second).run()
 
@@ -86,7 +100,6 @@ def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):
     assert trainer.learning_rate(0) == pytest.approx(1e-3)
     assert trainer.learning_rate(total // 2) == pytest.approx((1e-3 + 1e-5) / 2)
     assert trainer.learning_rate(total) == pytest.approx(1e-5)
-    trainer.options.max_steps = 3
     trainer.total_steps = 3
     trainer.run()
     logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
@@ -94,35 +107,36 @@ def test_cosine_schedule_runs_from_lr_to_lr_final(tiny_dataset, tmp_path):
 
 
 def test_training_solver_refines_while_it_is_far_from_the_exact_density(tiny_dataset, tmp_path):
-    opts = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1e-9)
-    opts.eval_solver = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
-    opts.max_steps = 4  # one epoch: one validation, one refinement
-    trainer = Trainer(opts)
+    exact = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
+    run = {"eval_solver": exact, "max_steps": 4}  # one epoch: one validation, one refinement
+    trainer = Trainer(options(tiny_dataset, tmp_path, "vae-cnf-prior", run=run, max_solver_gap_nats=1e-9))
     metrics = trainer.run()
     assert metrics["val_solver_gap_nats"] > 0 and metrics["train_solver_steps"] == 2
-    assert trainer.cfg.train_solver.steps == 4
-    resumed = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1e-9)
-    resumed.resume, resumed.max_steps = True, 5
+    assert trainer.train_solver_steps == 4 and trainer.cfg.train_solver.steps == 2  # the config stays as given
+    resumed = options(
+        tiny_dataset, tmp_path, "vae-cnf-prior", run={"resume": True, "max_steps": 5}, max_solver_gap_nats=1e-9
+    )
     again = Trainer(resumed)
     again.load_state(tmp_path / "state.pt")
-    assert again.cfg.train_solver.steps == 4  # the refined solver survives a resume
+    assert again.train_solver_steps == 4  # the refined solver survives a resume
     loose = Trainer(options(tiny_dataset, tmp_path / "loose", "vae-cnf-prior", max_solver_gap_nats=1e3))
     loose.adapt_train_solver(*loose.solver_gaps())
-    assert loose.cfg.train_solver.steps == 2  # the floor (8 steps) is above half of 2
+    assert loose.train_solver_steps == 2  # the floor (8 steps) is above half of 2
 
 
 def test_training_solver_coarsens_when_half_the_steps_stay_close(tiny_dataset, tmp_path):
-    opts = options(tiny_dataset, tmp_path, "vae-cnf-prior", max_solver_gap_nats=1.0, min_train_steps_per_solve=1)
-    opts.eval_solver = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)
-    trainer = Trainer(opts)
+    run = {"eval_solver": SolverConfig(method="dopri5", rtol=1e-7, atol=1e-7)}
+    trainer = Trainer(
+        options(tiny_dataset, tmp_path, "vae-cnf-prior", run=run, max_solver_gap_nats=1.0, min_train_steps_per_solve=1)
+    )
     gap, half_gap = trainer.solver_gaps()
     assert 0 < gap < half_gap  # coarser steps are further from the exact density
     trainer.adapt_train_solver(gap=0.9, half_gap=0.3)  # within the limit, but half is not within a quarter
-    assert trainer.cfg.train_solver.steps == 2
+    assert trainer.train_solver_steps == 2
     trainer.adapt_train_solver(gap=0.1, half_gap=0.2)
-    assert trainer.cfg.train_solver.steps == 1
+    assert trainer.train_solver_steps == 1
     trainer.adapt_train_solver(gap=1.5, half_gap=None)
-    assert trainer.cfg.train_solver.steps == 2
+    assert trainer.train_solver_steps == 2
 
 
 def test_cli_lists_presets(capsys):
@@ -139,11 +153,12 @@ def test_cli_set_overrides(tiny_dataset, tmp_path):
             "--model-set", "decoder_hidden=[48,24]", "--model-set", "cnf_width=16",
         ]
     )  # fmt: skip
-    card = checkpoints.read_card(tmp_path / "run" / "checkpoint")
-    assert card["train_config"]["kl_warmup_steps"] == 5 and card["train_config"]["batch_size"] == 16
-    assert card["config"]["decoder_hidden"] == [48, 24] and card["config"]["cnf_width"] == 16
-    assert "--set kl_warmup_steps=5" in card["command"]
-    model = checkpoints.load(tmp_path / "run" / "checkpoint")
+    training = model_folder.read_training(tmp_path / "run" / "checkpoint")
+    config = model_folder.read_config(tmp_path / "run" / "checkpoint")
+    assert training["train_config"]["kl_warmup_steps"] == 5 and training["train_config"]["batch_size"] == 16
+    assert config["decoder_hidden"] == [48, 24] and config["cnf_width"] == 16
+    assert "--set kl_warmup_steps=5" in training["command"]
+    model = model_folder.load(tmp_path / "run" / "checkpoint")
     assert model.config.decoder_hidden == (48, 24) and model.decoder.net[0].out_features == 48
 
 
@@ -161,7 +176,7 @@ def test_kinetic_term_adds_the_weighted_energy_and_logs_it():
     for weight in (0.0, 0.5):
         cfg = dataclasses.replace(preset.train, kinetic_weight=weight, train_solver=SolverConfig("rk4", steps=4))
         torch.manual_seed(1)
-        out = OBJECTIVES[cfg.objective](model, x, labels, cfg, step=0)
+        out = OBJECTIVES[cfg.objective](model, x, labels, cfg, cfg.train_solver, step=0)
         losses.append(out.loss.item())
         logged.append(out.terms.get("kinetic"))
     assert logged[0] is None and logged[1] > 0
@@ -179,7 +194,7 @@ def test_cli_says_where_the_run_goes(tiny_dataset, tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == f"run folder: {out.resolve()}"
     assert lines[-1] == f"run folder: {out.resolve()}, checkpoint: {(out / 'checkpoint').resolve()}"
-    assert (out / "metrics.jsonl").exists() and (out / "checkpoint" / "card.json").exists()
+    assert (out / "metrics.jsonl").exists() and (out / "checkpoint" / model_folder.WEIGHTS_FILE).exists()
 
 
 def test_cli_missing_data_is_one_line_without_traceback(tmp_path):

@@ -15,7 +15,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from bench.harness import running_service_cli
+from bench.harness import running_service
 from latent_cnf.images import to_uint8
 
 from .service_helpers import decode_png
@@ -27,7 +27,7 @@ GENERATE, SCORE = "mnist-final-cond.generate", "mnist-final-cond.score"
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_THREADS": "1"}
-    with running_service_cli(env, timeout_s=180) as server:
+    with running_service(env, timeout_s=180) as server:
         yield server.url
 
 

@@ -1,4 +1,4 @@
-"""python -m train: train a preset and export a checkpoint (weights + config + model card).
+"""python -m train: train a preset and export a model folder (weights, config, provenance, serving data, card).
 
 Under `torchrun --nproc_per_node=N -m train ...` (or --nnodes with a rendezvous) the run is data-parallel:
 --batch-size stays the global batch, split evenly over the N processes, and the learning rate, the epochs and
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--val-images", type=int, default=1000, help="validation images scored each epoch")
     parser.add_argument(
-        "--reference-images", type=int, default=1000, help="test images behind the card's score quantiles"
+        "--reference-images", type=int, default=1000, help="test images behind the final export's score quantiles"
     )
     return parser
 

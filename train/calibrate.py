@@ -1,40 +1,56 @@
 """python -m train.calibrate: the cheapest fixed-step solvers that stay within an error budget, per checkpoint.
 
 Against a tight reference solve (per-sample dopri5 at rtol = atol = 1e-7), every candidate (euler, midpoint
-and rk4 at 2 to 128 steps) is measured
+and rk4 at 1 to 128 steps) is measured
 - for sampling: on `--samples` base draws (labels from the uniform class prior), the worst pixel error of
   the decoded images and the relative change of their FID (judge features, against `--reference-images`
   training images);
 - for scoring: on the first `--score-images` test images (binarized as in train.evaluate), the absolute error
   of the IWAE bound in nats, with K = `--importance-samples` and the same proposals as the reference.
 A flow too stiff for any fixed-step candidate falls back to dopri5 at a looser tolerance than the reference.
-The cheapest candidate (fewest function evaluations) within every budget is written to the checkpoint's card
-under "solvers", with its errors, every candidate's errors and this command; `latent_cnf.load` then uses them
-whenever a call names no solver.
+The cheapest candidate (fewest function evaluations) within every budget is written to the model folder's
+serving.json under "solvers", with its errors, every candidate's errors and this command; `latent_cnf.load`
+then uses them whenever a call names no solver.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from latent_cnf import SolverConfig, checkpoints, data
+from latent_cnf import SolverConfig, data, model_folder
 from latent_cnf.config import FIXED_STEP_METHODS
 from latent_cnf.device import resolve_device
+from latent_cnf.judges import load_classifier
 from latent_cnf.model import LatentCNF
 
 from . import card_writer
-from .card_writer import provenance
+from .card_writer import CardOptions, provenance
 from .evaluate import PROTOCOL_SEED, binarized, random_subset
-from .metrics.classifier import embed, load_classifier
+from .metrics.features import embed
 from .metrics.fid import fid
 
 REFERENCE = SolverConfig("dopri5", rtol=1e-7, atol=1e-7, max_nfe=1_000_000)
-STEPS = (2, 4, 8, 16, 32, 64, 128)
+STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # from 1: a reflowed flow may need no more
 TOLERANCES = (1e-3, 1e-5)  # dopri5 candidates, for flows no fixed-step solver follows within budget
+
+
+@dataclass(frozen=True)
+class CalibrateOptions(CardOptions):
+    """The flags of python -m train.calibrate: how much is measured, and the error budgets."""
+
+    samples: int = 2000
+    reference_images: int = 10_000
+    score_images: int = 100
+    importance_samples: int = 16
+    max_pixel_error: float = 0.05
+    max_fid_change: float = 0.005
+    max_score_error: float = 0.02
+    seed: int = 0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -42,20 +58,29 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
+    o = CalibrateOptions
     parser = card_writer.parser("train.calibrate", __doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--samples", type=int, default=2000, help="base draws for the sampling errors")
-    parser.add_argument("--reference-images", type=int, default=10_000, help="training images behind the FID")
-    parser.add_argument("--score-images", type=int, default=100, help="test images for the score errors")
-    parser.add_argument("--importance-samples", type=int, default=16, help="K of the scores compared")
-    parser.add_argument("--max-pixel-error", type=float, default=0.05, help="sampling budget, pixel intensity")
-    parser.add_argument("--max-fid-change", type=float, default=0.005, help="sampling budget, relative FID change")
-    parser.add_argument("--max-score-error", type=float, default=0.02, help="scoring budget, nats per image")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the base draws and importance samples")
+    parser.add_argument("--samples", type=int, default=o.samples, help="base draws for the sampling errors")
+    parser.add_argument(
+        "--reference-images", type=int, default=o.reference_images, help="training images behind the FID"
+    )
+    parser.add_argument("--score-images", type=int, default=o.score_images, help="test images for the score errors")
+    parser.add_argument("--importance-samples", type=int, default=o.importance_samples, help="K of the scores compared")
+    parser.add_argument(
+        "--max-pixel-error", type=float, default=o.max_pixel_error, help="sampling budget, pixel intensity"
+    )
+    parser.add_argument(
+        "--max-fid-change", type=float, default=o.max_fid_change, help="sampling budget, relative FID change"
+    )
+    parser.add_argument(
+        "--max-score-error", type=float, default=o.max_score_error, help="scoring budget, nats per image"
+    )
+    parser.add_argument("--seed", type=int, default=o.seed, help="seed of the base draws and importance samples")
     return parser
 
 
 def candidates() -> list[SolverConfig]:
-    """Every fixed-step method at 2 to 128 steps, then dopri5 at loose and usual tolerances."""
+    """Every fixed-step method at 1 to 128 steps, then dopri5 at loose and usual tolerances."""
     fixed = [SolverConfig(method, steps=steps) for method in FIXED_STEP_METHODS for steps in STEPS]
     return fixed + [SolverConfig("dopri5", rtol=tol, atol=tol) for tol in TOLERANCES]
 
@@ -75,7 +100,7 @@ def by_cost(rows: list[dict]) -> list[dict]:
 
 
 def sampling_errors(
-    model: LatentCNF, judge: torch.nn.Module, train_features: torch.Tensor, args: argparse.Namespace
+    model: LatentCNF, judge: torch.nn.Module, train_features: torch.Tensor, args: CalibrateOptions
 ) -> tuple[float, list[dict]]:
     """The reference's FID, and each candidate's worst pixel error and relative FID change against it."""
     z0, labels = model.draw_base(args.samples, seed=args.seed)
@@ -97,7 +122,7 @@ def sampling_errors(
     return reference_fid, by_cost(rows)
 
 
-def scoring_errors(model: LatentCNF, test_images: torch.Tensor, args: argparse.Namespace) -> list[dict]:
+def scoring_errors(model: LatentCNF, test_images: torch.Tensor, args: CalibrateOptions) -> list[dict]:
     """Worst and mean absolute error of each candidate's IWAE bound against the reference's, same proposals."""
     x = binarized(test_images[: args.score_images]).to(model.device)
     seeds = args.seed + torch.arange(len(x))
@@ -129,7 +154,7 @@ def cheapest(rows: list[dict], within: dict[str, float]) -> dict:
 
 
 def as_solver(row: dict) -> dict:
-    """A card entry: the solver's fields, then what was measured for it."""
+    """A serving.json entry: the solver's fields, then what was measured for it."""
     return {**row["spec"], **{k: v for k, v in row.items() if k not in ("solver", "spec")}}
 
 
@@ -140,11 +165,10 @@ def table(title: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def calibrate(args: argparse.Namespace, command: str) -> dict:
+def calibrate(args: CalibrateOptions, command: str) -> dict:
     device = resolve_device(args.device)
-    model = checkpoints.load(args.checkpoint, device)
-    card = checkpoints.read_card(args.checkpoint)
-    dataset = card["dataset"]
+    model = model_folder.load(args.checkpoint, device)
+    dataset = model_folder.read_training(args.checkpoint)["dataset"]
     started = time.perf_counter()
     train = data.load_split(dataset, "train", args.data_dir)
     test = data.load_split(dataset, "test", args.data_dir)
@@ -182,12 +206,12 @@ def calibrate(args: argparse.Namespace, command: str) -> dict:
 
 
 def report(solvers: dict) -> None:
-    for use, solver in checkpoints.card_solvers({"solvers": solvers}).items():
+    for use, solver in model_folder.serving_solvers({"solvers": solvers}).items():
         print(f"{use}: {name(solver)}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    card_writer.run("train.calibrate", build_parser(), calibrate, report, "solvers", argv)
+    card_writer.run("train.calibrate", build_parser(), CalibrateOptions, calibrate, report, "solvers", argv)
 
 
 if __name__ == "__main__":

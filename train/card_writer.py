@@ -1,5 +1,5 @@
-"""What the commands that measure a checkpoint and write the result into its card share (train.calibrate,
-train.ood_calibrate): the run from arguments to card, and the provenance every result carries."""
+"""What the commands that measure a model and write the result into its serving.json share (train.calibrate,
+train.ood_calibrate): the run from arguments to model folder, and the provenance every result carries."""
 
 from __future__ import annotations
 
@@ -9,14 +9,29 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from latent_cnf import checkpoints, data
+from latent_cnf import data, model_folder
 
+from .cli import options_from
 from .loop import git_commit
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What every such command is given: which checkpoint, where the data is, the device. A command's options
+    add its own fields (with defaults) to these."""
+
+    checkpoint: str
+    data_dir: Path | None = None
+    device: str = "auto"
+
+
+Options = TypeVar("Options", bound=CardOptions)
 
 
 def provenance(command: str, device: torch.device | str, started: float) -> dict[str, Any]:
@@ -34,33 +49,35 @@ def parser(module: str, description: str | None, **kwargs: Any) -> argparse.Argu
     """A parser with the options every such command has: which checkpoint, where the data is, the device,
     the threads, and --dry-run."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description, **kwargs)
-    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
+    parser.add_argument("--checkpoint", required=True, help="shipped model name or model folder")
     parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default=CardOptions.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--dry-run", action="store_true", help="print the results, leave the card as it is")
+    parser.add_argument("--dry-run", action="store_true", help="print the results, leave the folder as it is")
     return parser
 
 
 def run(
     module: str,
     parser: argparse.ArgumentParser,
-    measure: Callable[[argparse.Namespace, str], dict[str, Any]],
+    options: type[Options],
+    measure: Callable[[Options, str], dict[str, Any]],
     report: Callable[[dict[str, Any]], None],
-    card_key: str,
+    serving_key: str,
     argv: list[str] | None = None,
 ) -> None:
-    """Parse, measure, print the report, then write the result under `card_key` (unless --dry-run); data and
-    checkpoint errors end the command with their message, not a traceback."""
+    """Parse into `options`, measure, print the report, then write the result under `serving_key` of
+    serving.json, which rewrites the model card too (unless --dry-run); data and model-folder errors end the
+    command with their message, not a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = measure(args, shlex.join(["python", "-m", module, *argv]))
-    except (data.DataError, checkpoints.CheckpointError) as error:
+        result = measure(options_from(args, options), shlex.join(["python", "-m", module, *argv]))
+    except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None
     report(result)
     if not args.dry_run:
-        folder = checkpoints.update_card(args.checkpoint, {card_key: result})
-        print(f"wrote {card_key} to {folder / checkpoints.CARD_FILE}")
+        folder = model_folder.update_serving(args.checkpoint, {serving_key: result})
+        print(f"wrote {serving_key} to {folder / model_folder.SERVING_FILE}")

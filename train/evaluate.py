@@ -5,7 +5,7 @@ Protocol (all NLL-like numbers are positive nats per image, lower is better):
   PROTOCOL_SEED (dynamic binarization, frozen so every evaluation scores the same binary images);
   test_nll_nats = -mean IWAE bound with K importance samples, test_elbo_nats = -mean ELBO,
   latent_nll_nats = -mean prior log-density of the encoder means.
-- sample quality, in the feature space of the judge classifier (train/metrics/classifier.py): FID of
+- sample quality, in the feature space of the judge classifier (latent_cnf/judges.py): FID of
   `--num-samples` samples (Bernoulli means) against the grey training images; fid_reference is the FID of
   the grey test images against the same training images, the floor a perfect model would reach; improved
   precision/recall against an equally large random subset of the training images.
@@ -31,38 +31,67 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from latent_cnf import SolverConfig, checkpoints, data
+from latent_cnf import SolverConfig, data, model_folder
+from latent_cnf.config import DEFAULT_SOLVER
+from latent_cnf.judges import load_classifier
 from latent_cnf.model import LatentCNF
 
 from . import distributed
-from .metrics.classifier import embed, load_classifier
+from .cli import options_from
+from .metrics.features import embed
 from .metrics.fid import fid
 from .metrics.ood import auroc, complexity_bits, complexity_corrected
 from .metrics.precision_recall import precision_recall
 
 PROTOCOL_SEED = 0
-PROTOCOL_SOLVER = SolverConfig("dopri5", rtol=1e-5, atol=1e-5)  # not the card's calibrated solvers: exact numbers
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "device", "git_commit")
 SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """One evaluation's inputs (the flags of python -m train.evaluate; the defaults are the protocol's)."""
+
+    checkpoint: str
+    dataset: str | None = None  # None: the dataset in the model's training.json
+    importance_samples: int = 1000
+    ood_importance_samples: int | None = None  # None: importance_samples
+    num_samples: int = 10_000
+    test_images: int = 10_000
+    ood_images: int | None = None  # None: test_images
+    reference_images: int | None = None  # None: every training image
+    temperatures: Sequence[float] = ()
+    neighbours: int = 3
+    batch_size: int = 100
+    feature_batch_size: int = 1000
+    data_dir: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    sample_solver: SolverConfig = DEFAULT_SOLVER  # not the calibrated solvers of serving.json: exact numbers
+
+
 def build_parser() -> argparse.ArgumentParser:
+    o = EvaluateOptions
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="shipped checkpoint name or checkpoint folder")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the checkpoint card's dataset")
-    parser.add_argument("--importance-samples", type=int, default=1000, help="K of the IWAE bound")
+    parser.add_argument("--checkpoint", required=True, help="shipped model name or model folder")
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the model's own dataset")
+    parser.add_argument("--importance-samples", type=int, default=o.importance_samples, help="K of the IWAE bound")
     parser.add_argument(
         "--ood-importance-samples", type=int, help="K for the outlier AUROCs (default: --importance-samples)"
     )
-    parser.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID, P/R, labels")
-    parser.add_argument("--test-images", type=int, default=10_000, help="first M test images (and M per outlier set)")
+    parser.add_argument("--num-samples", type=int, default=o.num_samples, help="generated images for FID, P/R, labels")
+    parser.add_argument(
+        "--test-images", type=int, default=o.test_images, help="first M test images (and M per outlier set)"
+    )
     parser.add_argument(
         "--ood-images", type=int, help="images per outlier set, vs the first as many test images (default all M)"
     )
@@ -71,22 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperatures",
         type=float,
         nargs="*",
-        default=[],
+        default=o.temperatures,
         help="also measure FID, precision/recall and label accuracy of samples at these temperatures (< 1)",
     )
-    parser.add_argument("--neighbours", type=int, default=3, help="k of the k-NN manifolds of precision/recall")
-    parser.add_argument("--batch-size", type=int, default=100, help="images per model.score / model.sample call")
     parser.add_argument(
-        "--feature-batch-size", type=int, default=1000, help="images per judge call, rows per distance block"
+        "--neighbours", type=int, default=o.neighbours, help="k of the k-NN manifolds of precision/recall"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=o.batch_size, help="images per model.score / model.sample call"
+    )
+    parser.add_argument(
+        "--feature-batch-size",
+        type=int,
+        default=o.feature_batch_size,
+        help="images per judge call, rows per distance block",
     )
     parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default=o.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and importance samples")
+    parser.add_argument("--seed", type=int, default=o.seed, help="seed of the sampling noise and importance samples")
     parser.add_argument(
         "--sample-solver",
         type=sample_solver,
-        default=PROTOCOL_SOLVER,
+        default=o.sample_solver,
         metavar="METHOD:STEPS",
         help="fixed-step solver of the samples, e.g. rk4:2 (FID at few function evaluations; default dopri5)",
     )
@@ -101,10 +137,6 @@ def sample_solver(text: str) -> SolverConfig:
         return SolverConfig(method, steps=int(steps))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:STEPS, e.g. rk4:2 ({error})") from None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
 
 
 def seeds(seed: int, stream: int, count: int) -> torch.Tensor:
@@ -144,7 +176,7 @@ def score(
         starts[distributed.shard(len(starts))], desc=desc, leave=False, disable=not distributed.is_main()
     ):
         end = start + batch_size
-        s = model.score(images[start:end], k=k, seed=image_seeds[start:end], solver=PROTOCOL_SOLVER)
+        s = model.score(images[start:end], k=k, seed=image_seeds[start:end], solver=DEFAULT_SOLVER)
         parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.latent_log_density.cpu()))
     mine = [torch.cat(p) for p in zip(*parts, strict=True)] if parts else [torch.empty(0)] * 3
     log_likelihood, elbo, latent = (distributed.gather_rows(t) for t in mine)
@@ -157,7 +189,7 @@ def reconstructions(model: LatentCNF, images: torch.Tensor, labels: torch.Tensor
     parts = []
     for start in range(0, len(images), batch_size):
         x = data.to_float(images[start : start + batch_size]).to(model.device)
-        y = labels[start : start + batch_size].to(model.device) if model.config.encoder_conditional else None
+        y = labels[start : start + batch_size].to(model.device) if model.config.encoder_uses_labels else None
         mean, _ = model.encode(x, y)
         parts.append(model.decode_images(mean).reshape(len(x), -1).cpu())
     return torch.cat(parts)
@@ -170,14 +202,14 @@ def generate(
     batch_size: int,
     seed: int,
     temperature: float = 1.0,
-    solver: SolverConfig = PROTOCOL_SOLVER,
+    solver: SolverConfig = DEFAULT_SOLVER,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """(images (n, 784) on the CPU, the labels they were drawn for or None, mean NFE per sample call).
 
     Each call draws its noise from its own seed, so samples depend on the batch size (as adaptive solves do);
     each rank generates its block of the calls.
     """
-    labels = torch.arange(n) % model.config.num_classes if model.prior.conditional else None
+    labels = torch.arange(n) % model.config.num_classes if model.prior.uses_labels else None
     images, nfe = [torch.empty(0, model.config.data_dim)], []
     starts = range(0, n, batch_size)
     mine = distributed.shard(len(starts))
@@ -194,37 +226,37 @@ def generate(
     return distributed.gather_rows(torch.cat(images)), labels, float(np.mean(distributed.gather(nfe)))
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(options: EvaluateOptions) -> dict:
     start_time = time.perf_counter()
-    device = distributed.setup(args.device)
-    model = checkpoints.load(args.checkpoint, device)
-    card = checkpoints.read_card(args.checkpoint)
-    dataset = args.dataset or card.get("dataset")
+    device = distributed.setup(options.device)
+    model = model_folder.load(options.checkpoint, device)
+    training = model_folder.read_training(options.checkpoint)
+    dataset = options.dataset or training.get("dataset")
     if dataset not in data.DATASETS:
-        raise SystemExit(f"the checkpoint card names no known dataset ({dataset!r}): pass --dataset")
+        raise SystemExit(f"the model's training.json names no known dataset ({dataset!r}): pass --dataset")
     judge = load_classifier(dataset, device)
-    fbs = args.feature_batch_size
+    fbs = options.feature_batch_size
 
     def bar(desc: str) -> str | None:
         return desc if distributed.is_main() else None  # progress bars on rank 0 only
 
     with distributed.local_leader_first():  # one download per node, not one per process
-        train = data.load_split(dataset, "train", args.data_dir)
-        test = data.load_split(dataset, "test", args.data_dir)
-        other_test = data.load_split(OTHER_DATASET[dataset], "test", args.data_dir)
-    reference = data.to_float(train.images[random_subset(len(train), args.reference_images)])
+        train = data.load_split(dataset, "train", options.data_dir)
+        test = data.load_split(dataset, "test", options.data_dir)
+        other_test = data.load_split(OTHER_DATASET[dataset], "test", options.data_dir)
+    reference = data.to_float(train.images[random_subset(len(train), options.reference_images)])
     reference_features, _ = embed(judge, reference, fbs, desc=bar("judge: training images"))
-    test_images = test.images[: args.test_images]
+    test_images = test.images[: options.test_images]
     test_features, _ = embed(judge, data.to_float(test_images), fbs, desc=bar("judge: test images"))
 
-    real_subset = reference_features[random_subset(len(reference_features), args.num_samples)]
+    real_subset = reference_features[random_subset(len(reference_features), options.num_samples)]
 
     def sample_quality(temperature: float) -> dict:
         samples, labels, nfe = generate(
-            model, args.num_samples, args.batch_size, args.seed, temperature, args.sample_solver
+            model, options.num_samples, options.batch_size, options.seed, temperature, options.sample_solver
         )
         features, predicted = embed(judge, samples, fbs, desc=bar(f"judge: samples at temperature {temperature:g}"))
-        precision, recall = precision_recall(real_subset, features, args.neighbours, fbs)
+        precision, recall = precision_recall(real_subset, features, options.neighbours, fbs)
         return {
             "fid": fid(features, reference_features),
             "precision": precision,
@@ -234,28 +266,28 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
 
     quality = sample_quality(1.0)
-    test_labels = test.labels[: args.test_images]
-    recon = reconstructions(model, test_images, test_labels, args.batch_size)
+    test_labels = test.labels[: options.test_images]
+    recon = reconstructions(model, test_images, test_labels, options.batch_size)
     _, recon_predicted = embed(judge, recon, fbs, desc=bar("judge: reconstructions"))
     recon_accuracy = (recon_predicted == test_labels).double().mean().item()
 
-    k, bs = args.importance_samples, args.batch_size
-    x_test = binarized(test.images)[: args.test_images]
-    inliers = score(model, x_test, k, bs, seeds(args.seed, TEST_STREAM, len(x_test)), "scoring test images")
-    n_ood = min(args.ood_images or len(x_test), len(x_test))
+    k, bs = options.importance_samples, options.batch_size
+    x_test = binarized(test.images)[: options.test_images]
+    inliers = score(model, x_test, k, bs, seeds(options.seed, TEST_STREAM, len(x_test)), "scoring test images")
+    n_ood = min(options.ood_images or len(x_test), len(x_test))
     outlier_sets = {
         OTHER_DATASET[dataset]: binarized(other_test.images)[:n_ood],
         "noise": binarized(noise_images(len(test)))[:n_ood],
     }
-    k_ood = args.ood_importance_samples or k
+    k_ood = options.ood_importance_samples or k
     in_ll = inliers["log_likelihood"][:n_ood]
     if k_ood != k:
-        in_seeds = seeds(args.seed, TEST_STREAM, n_ood)
+        in_seeds = seeds(options.seed, TEST_STREAM, n_ood)
         in_ll = score(model, x_test[:n_ood], k_ood, bs, in_seeds, "scoring test images (OOD K)")["log_likelihood"]
     in_corrected = complexity_corrected(in_ll, complexity_bits(x_test[:n_ood]))
     ood = {}
     for stream, (name, x_out) in enumerate(outlier_sets.items(), start=FIRST_OUTLIER_STREAM):
-        out_ll = score(model, x_out, k_ood, bs, seeds(args.seed, stream, len(x_out)), f"scoring {name}")[
+        out_ll = score(model, x_out, k_ood, bs, seeds(options.seed, stream, len(x_out)), f"scoring {name}")[
             "log_likelihood"
         ]
         ood[name] = {
@@ -264,7 +296,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
 
     return {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(options.checkpoint),
         "config_hash": model.config.hash(),
         "dataset": dataset,
         "test_nll_nats": -inliers["log_likelihood"].mean().item(),
@@ -273,20 +305,20 @@ def evaluate(args: argparse.Namespace) -> dict:
         **quality,
         "reconstruction_accuracy": recon_accuracy,
         "fid_reference": fid(test_features, reference_features),
-        "by_temperature": {f"{t:g}": sample_quality(t) for t in args.temperatures},
+        "by_temperature": {f"{t:g}": sample_quality(t) for t in options.temperatures},
         "ood_auroc": ood,
         "importance_samples": k,
         "ood_importance_samples": k_ood,
-        "num_samples": args.num_samples,
-        "sample_solver": dataclasses.asdict(args.sample_solver),
+        "num_samples": options.num_samples,
+        "sample_solver": dataclasses.asdict(options.sample_solver),
         "test_images": len(x_test),
         "ood_images": n_ood,
         "reference_images": len(reference),
-        "neighbours": args.neighbours,
-        "seed": args.seed,
+        "neighbours": options.neighbours,
+        "seed": options.seed,
         "protocol_seed": PROTOCOL_SEED,
         "seconds": round(time.perf_counter() - start_time, 1),
-        "training": {key: card.get(key) for key in TRAINING_FIELDS},
+        "training": {key: training.get(key) for key in TRAINING_FIELDS},
     }
 
 
@@ -304,13 +336,13 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        results = evaluate(args)
+        results = evaluate(options_from(args, EvaluateOptions))
         reporter = distributed.is_main()  # asked before the process group is gone
-    except (data.DataError, checkpoints.CheckpointError) as error:
+    except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
     finally:
         distributed.teardown()

@@ -44,12 +44,15 @@ def flow_matching_loss(
     labels: torch.Tensor | None = None,
     ot: bool = True,
     generator: torch.Generator | None = None,
+    z0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error (summed over latent dimensions) between the path's velocity in s and the flow's,
-    (t1 - t0) f(z_t, t): latents in their own units whatever the flow's time span."""
-    z0 = flow.base_sample(len(z1), generator).to(z1)
-    if ot:
-        z0 = ot_pairing(z0, z1, labels)
+    (t1 - t0) f(z_t, t): latents in their own units whatever the flow's time span. Base draws z0 coupled
+    with z1 already (reflow, train/reflow.py) are used as given; otherwise they are drawn and, with `ot`,
+    paired."""
+    if z0 is None:
+        z0 = flow.base_sample(len(z1), generator).to(z1)
+        z0 = ot_pairing(z0, z1, labels) if ot else z0
     s = torch.rand(len(z1), generator=generator).to(z1)
     path = STRAIGHT_PATH.sample(x_0=z0, x_1=z1, t=s)
     span = flow.t1 - flow.t0

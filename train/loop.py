@@ -1,4 +1,4 @@
-"""The training loop: steps, per-epoch validation and pictures, checkpoints and exact resume."""
+"""The training loop: steps, per-epoch validation and pictures, model-folder exports and exact resume."""
 
 from __future__ import annotations
 
@@ -14,21 +14,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from latent_cnf import checkpoints, data
-from latent_cnf.config import Preset, SolverConfig
-from latent_cnf.images import png_bytes, trajectory_strip
+from latent_cnf import data, model_folder
+from latent_cnf.config import DEFAULT_SOLVER, Preset, SolverConfig
+from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold, png_bytes, trajectory_strip
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
 
-from . import distributed
+from . import distributed, reflow
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss
 
 STATE_FILE = "state.pt"
-EVAL_SOLVER = SolverConfig(method="dopri5", rtol=1e-5, atol=1e-5)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
+    """What one invocation of `python -m train` asks for, beside the preset: fixed for the whole run."""
+
     preset: Preset
     dataset: str = "mnist"
     data_dir: Path | None = None
@@ -43,11 +44,24 @@ class RunOptions:
     resume: bool = False
     command: str = ""
     train_subset: int | None = None
-    eval_solver: SolverConfig = EVAL_SOLVER
+    eval_solver: SolverConfig = DEFAULT_SOLVER
 
     @property
     def checkpoint(self) -> Path:
         return self.export or self.out / "checkpoint"
+
+
+def score_reference(log_likelihood: torch.Tensor, split: str, binarization: str, k: int) -> dict:
+    """serving.json's score reference: the percentiles 0..100 of the IWAE bounds of the first `images` images
+    of `split`, and how they were made."""
+    quantiles = torch.quantile(log_likelihood.double().cpu(), torch.linspace(0, 1, 101, dtype=torch.float64))
+    return {
+        "split": split,
+        "binarization": binarization,
+        "images": len(log_likelihood),
+        "importance_samples": k,
+        "log_likelihood_quantiles": [round(q, 3) for q in quantiles.tolist()],
+    }
 
 
 def git_commit() -> str:
@@ -75,6 +89,9 @@ class Trainer:
             self.disc = PatchDiscriminator(self.cfg.disc_channels, self.cfg.disc_leaky).to(options.device)
             self.disc_optimizer = torch.optim.Adam(self.disc.parameters(), lr=self.cfg.disc_lr)
         self.step = 0
+        # The training solver's step count adapts during the run (adapt_train_solver) and is saved in the
+        # state; the configuration's count is where it starts.
+        self.train_solver_steps = self.cfg.train_solver.steps
         self.elapsed = 0.0
         self.sessions: list[dict] = []  # one entry per invocation: command, commit, first step
         self.objective = OBJECTIVES[self.cfg.objective]
@@ -93,6 +110,9 @@ class Trainer:
             fit = fit.subset(torch.arange(min(options.train_subset, len(fit))))
         self.train_x = data.to_float(fit.images).to(options.device)
         self.train_y = fit.labels.to(options.device)
+        self.teacher = self.reflow_teacher()
+        if self.cfg.objective == "flow_matching":
+            self.train_x = self.posterior_rows()
         val = val.subset(torch.arange(min(options.val_images, len(val))))
         if min(len(val), options.reference_images) < distributed.world_size():
             raise SystemExit("--val-images and --reference-images must be at least the number of processes")
@@ -106,20 +126,50 @@ class Trainer:
 
     def freeze_autoencoder(self) -> dict[str, str] | None:
         """Load the encoder and decoder of `frozen_autoencoder` and keep them fixed, so that only the prior
-        trains; what the card records of them (None when everything trains)."""
+        trains; what training.json records of them (None when everything trains)."""
         if self.cfg.frozen_autoencoder is None:
             return None
         if self.cfg.objective == "flow_matching" and self.cfg.adversarial:
             raise SystemExit("flow matching decodes nothing: it cannot train with the discriminator")
         name = self.cfg.frozen_autoencoder.format(dataset=self.options.dataset)
-        source = checkpoints.load(name, self.options.device)
+        source = model_folder.load(name, self.options.device)
         for part in ("encoder", "decoder"):
             try:
                 getattr(self.model, part).load_state_dict(getattr(source, part).state_dict())
             except RuntimeError as error:
                 raise SystemExit(f"{name}'s {part} does not fit this model: {error}") from None
             getattr(self.model, part).requires_grad_(False)
-        return {"checkpoint": name, "sha256": checkpoints.sha256(name)}
+        return {"checkpoint": name, "sha256": model_folder.weights_sha256(name)}
+
+    def reflow_teacher(self) -> dict[str, str] | None:
+        """Reflow: start the prior from `reflow_teacher`'s and replace the training images by the coupling its
+        flow makes of base draws (one per image, with the image's label); what training.json records of it."""
+        if self.cfg.reflow_teacher is None:
+            return None
+        name = self.cfg.reflow_teacher.format(dataset=self.options.dataset)
+        teacher = model_folder.load(name, self.options.device)
+        if teacher.config != self.model.config:
+            raise SystemExit(f"{name}'s model config differs from this preset's: it cannot be reflowed here")
+        self.model.prior.load_state_dict(teacher.prior.state_dict())
+        labels = self.train_y if teacher.prior.uses_labels else None
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.train_x = reflow.coupled_pairs(teacher.prior, labels, len(self.train_y), self.cfg.reflow_solver, generator)
+        return {"checkpoint": name, "sha256": model_folder.weights_sha256(name)}
+
+    @torch.no_grad()
+    def posterior_rows(self, batch: int = 1024) -> torch.Tensor:
+        """Flow matching: the frozen encoder's posterior of every training image as rows [mean, log_std], in
+        place of the images. The encoder is fixed and runs without dropout, so this is what encoding each batch
+        would give, once instead of every epoch (it was half the cost of a step)."""
+        if not self.frozen or self.cfg.binarize:
+            raise SystemExit("flow matching fits a prior to a frozen encoder's posterior of fixed images")
+        self.model.encoder.eval()
+        labels = self.train_y if self.model.config.encoder_uses_labels else None
+        rows = [
+            torch.cat(self.model.encode(x, None if labels is None else labels[i : i + batch]), dim=1)
+            for i, x in zip(range(0, len(self.train_x), batch), self.train_x.split(batch), strict=True)
+        ]
+        return torch.cat(rows)
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """The permutation of an epoch depends only on (seed, epoch), so any step can be resumed."""
@@ -137,11 +187,11 @@ class Trainer:
         Each rank integrates its block of the latents; the mean is over all of them."""
         part = distributed.shard(len(self.val_x))
         val_x, val_y = self.val_x[part], self.val_y[part]
-        labels = val_y if self.model.config.encoder_conditional else None
+        labels = val_y if self.model.config.encoder_uses_labels else None
         z, _ = self.model.encode(val_x, labels)
-        prior_labels = val_y if self.model.prior.conditional else None
+        prior_labels = val_y if self.model.prior.uses_labels else None
         exact = self.model.prior.log_prob(z, prior_labels, self.options.eval_solver).log_prob
-        solver = self.cfg.train_solver
+        solver = self.train_solver
 
         def gap(steps: int) -> float:
             coarse = self.model.prior.log_prob(z, prior_labels, dataclasses.replace(solver, steps=steps)).log_prob
@@ -155,7 +205,7 @@ class Trainer:
         the steps would stay within a quarter of it (rk4's error falls 16-fold per halving of the step, so
         this leaves margin). The flow smooths as it trains: the final weights often need far fewer steps
         than the epochs where it was learning fastest."""
-        solver = self.cfg.train_solver
+        solver = self.train_solver
         limit = self.cfg.max_solver_gap_nats
         if limit is None:
             return
@@ -165,8 +215,13 @@ class Trainer:
             steps = solver.steps // 2
         else:
             return
-        self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(solver, steps=steps))
+        self.train_solver_steps = steps
         tqdm.write(f"solver gap {gap:.3f} nats: training solver now {solver.method} x{steps}")
+
+    @property
+    def train_solver(self) -> SolverConfig:
+        """The configured training solver at the step count the run has adapted it to."""
+        return dataclasses.replace(self.cfg.train_solver, steps=self.train_solver_steps)
 
     def learning_rate(self, step: int) -> float:
         """A pure function of the step (no scheduler state), so resume and --max-steps need nothing extra."""
@@ -191,7 +246,7 @@ class Trainer:
         if self.frozen:  # no dropout either: the prior fits the posterior that scoring and sampling see
             self.model.encoder.eval()
             self.model.decoder.eval()
-        out = self.objective_step(target, labels, self.cfg, self.step)
+        out = self.objective_step(target, labels, self.cfg, self.train_solver, self.step)
         terms = dict(out.terms, nfe=out.nfe)
         loss = out.loss
         if self.disc is not None:
@@ -226,23 +281,26 @@ class Trainer:
         return tuple(distributed.gather_rows(t) for t in parts)
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        iwae, elbo, latent = self.score_rows(self.val_x, self.options.val_importance_samples)
+    def validate(self) -> tuple[dict[str, float], dict]:
+        """The validation metrics, and the score reference their per-image bounds give an epoch's export."""
+        k = self.options.val_importance_samples
+        iwae, elbo, latent = self.score_rows(self.val_x, k)
         gap, half_gap = self.solver_gaps()
         coarser = {} if half_gap is None else {"val_solver_gap_half_steps_nats": half_gap}
+        reference = score_reference(iwae, f"{self.options.dataset} val", "random, seed 0 (data.binarize)", k)
         return coarser | {
             "val_solver_gap_nats": gap,
-            "train_solver_steps": self.cfg.train_solver.steps,
+            "train_solver_steps": self.train_solver_steps,
             "val_iwae_nats": iwae.mean().item(),
             "val_elbo_nats": elbo.mean().item(),
             "val_latent_nll_nats": -latent.mean().item(),
-            "val_importance_samples": self.options.val_importance_samples,
-        }
+            "val_importance_samples": k,
+        }, reference
 
     @torch.no_grad()
     def trajectory_png(self) -> bytes:
         self.model.eval()
-        label = torch.arange(4) if self.model.prior.conditional else None
+        label = torch.arange(4) if self.model.prior.uses_labels else None
         z0, labels = self.model.draw_base(4, seed=0)
         if label is not None:
             labels = label.to(self.model.device)
@@ -259,7 +317,7 @@ class Trainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "sessions": self.sessions,
-            "train_solver_steps": self.cfg.train_solver.steps,
+            "train_solver_steps": self.train_solver_steps,
             "rng": rngs[0],
             "rng_ranks": rngs,
         }
@@ -282,18 +340,16 @@ class Trainer:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.sessions = state.get("sessions", [])  # runs begun before sessions were recorded have none
-        self.set_train_solver_steps(int(state["train_solver_steps"]))
+        self.train_solver_steps = int(state["train_solver_steps"])
         rngs = state.get("rng_ranks", [state["rng"]])  # runs begun before distributed training have one
         if len(rngs) == distributed.world_size() or distributed.rank() == 0:
             torch.set_rng_state(rngs[distributed.rank()].cpu())
         else:  # resumed with another number of processes: rank 0 continues its stream, the others start anew
             torch.manual_seed(distributed.rank_seed(self.cfg.seed, self.step))
 
-    def set_train_solver_steps(self, steps: int) -> None:
-        self.cfg = dataclasses.replace(self.cfg, train_solver=dataclasses.replace(self.cfg.train_solver, steps=steps))
-
-    def save(self, metrics: dict[str, float]) -> None:
-        """Rank 0 writes the state and checkpoint; every rank calls this (the state gathers from all)."""
+    def save(self, metrics: dict[str, float], reference: dict) -> None:
+        """Rank 0 writes the state and a complete export (loadable and servable as is); every rank calls this
+        (the state gathers from all)."""
         state = self.state()
         if not distributed.is_main():
             return
@@ -301,16 +357,22 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(state, out / f"{STATE_FILE}.tmp")
         (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
-        checkpoints.save(self.model, self.options.checkpoint, self.card(metrics))
+        self.export(metrics, reference)
 
-    def card(self, metrics: dict[str, float]) -> dict:
+    def export(self, metrics: dict[str, float], reference: dict) -> None:
+        """The model folder of the weights now, with `reference` as its score reference."""
+        training = self.training_record(metrics)
+        model_folder.save_pretrained(self.model, self.options.checkpoint, training, {"score_reference": reference})
+
+    def training_record(self, metrics: dict[str, float]) -> dict:
+        """training.json: how the weights now were made."""
         o = self.options
         return {
             "preset": o.preset.name,
             "description": o.preset.description,
             "dataset": o.dataset,
             "dataset_sha256": data.DATASETS[o.dataset],
-            "train_config": self.cfg.to_dict(),
+            "train_config": self.cfg.to_dict() | {"train_solver": dataclasses.asdict(self.train_solver)},
             "command": o.command,
             "seed": self.cfg.seed,
             "git_commit": self.sessions[-1]["git_commit"],
@@ -325,23 +387,19 @@ class Trainer:
             "torch": torch.__version__,
             "validation": metrics,
             **({"frozen_autoencoder": self.frozen} if self.frozen else {}),
+            **({"reflow_teacher": self.teacher} if self.teacher else {}),
         }
 
     @torch.no_grad()
-    def score_reference(self) -> dict:
-        """Test-set score quantiles, the reference behind the service's `percentile`."""
+    def test_score_reference(self) -> dict:
+        """The final export's reference behind the service's `percentile`: test images, as the service binarizes."""
         o = self.options
         with distributed.local_leader_first():
             test = data.load_split(o.dataset, "test", o.data_dir)
         images = data.to_float(test.images[: o.reference_images])
-        log_likelihood, _, _ = self.score_rows((images > 0.5).float(), o.reference_importance_samples)
-        quantiles = torch.quantile(log_likelihood.cpu(), torch.linspace(0, 1, 101))
-        return {
-            "binarization": "threshold 0.5",
-            "images": len(images),
-            "importance_samples": o.reference_importance_samples,
-            "log_likelihood_quantiles": [round(q, 3) for q in quantiles.tolist()],
-        }
+        log_likelihood, _, _ = self.score_rows(binarize_at_threshold(images), o.reference_importance_samples)
+        binarization = f"threshold {BINARIZE_THRESHOLD:g}"
+        return score_reference(log_likelihood, f"{o.dataset} test", binarization, o.reference_importance_samples)
 
     def run(self) -> dict[str, float]:
         o = self.options
@@ -381,7 +439,7 @@ class Trainer:
                 {k: f"{v:.3g}" for k, v in terms.items()} | {"img/s": f"{self.cfg.batch_size / seconds:.0f}"}
             )
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                metrics = self.validate()
+                metrics, reference = self.validate()
                 epoch = self.step / self.steps_per_epoch
                 record = {
                     "step": self.step,
@@ -399,18 +457,15 @@ class Trainer:
                     gaps = metrics["val_solver_gap_nats"], metrics.get("val_solver_gap_half_steps_nats")
                     self.adapt_train_solver(*gaps)
                 # Rank 0 decides and the others follow: one decision, so every rank integrates the same way.
-                steps = distributed.broadcast(self.cfg.train_solver.steps)
-                if steps != self.cfg.train_solver.steps:
-                    self.set_train_solver_steps(steps)
-                self.save(metrics)
+                self.train_solver_steps = distributed.broadcast(self.train_solver_steps)
+                self.save(metrics, reference)
                 if log is not None:
                     bar.write(json.dumps(record))
         bar.close()
         if log is not None:
             log.close()
-        metrics = metrics or self.validate()
-        final = self.card(metrics)
-        final["score_reference"] = self.score_reference()
+        metrics = metrics or self.validate()[0]
+        reference = self.test_score_reference()
         if main:
-            checkpoints.save(self.model, o.checkpoint, final)
+            self.export(metrics, reference)
         return metrics

@@ -1,4 +1,6 @@
-"""One loss per training stage of the original, plus the adversarial add-on of the final stage."""
+"""One loss per training stage of the original, plus the adversarial add-on of the final stage.
+
+The training solver comes apart from the TrainConfig: the trainer adapts its step count during a run."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from latent_cnf.config import TrainConfig
+from latent_cnf.config import SolverConfig, TrainConfig
 from latent_cnf.likelihood import bernoulli_log_likelihood, gaussian_entropy, kl_to_standard_normal
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
@@ -25,15 +27,15 @@ class Objective:
 
 
 def _encode(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, sample: bool):
-    mean, log_std = model.encode(x, labels if model.config.encoder_conditional else None)
+    mean, log_std = model.encode(x, labels if model.config.encoder_uses_labels else None)
     z = mean + torch.exp(log_std) * torch.randn_like(mean) if sample else mean
     recon = -bernoulli_log_likelihood(model.decode(z), x).mean()
     return mean, log_std, z, recon
 
 
-def _prior(model: LatentCNF, z: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
-    prior_labels = labels if model.prior.conditional else None
-    return model.prior.log_prob(z, prior_labels, cfg.train_solver, kinetic=cfg.kinetic_weight > 0)
+def _prior(model: LatentCNF, z: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig):
+    prior_labels = labels if model.prior.uses_labels else None
+    return model.prior.log_prob(z, prior_labels, solver, kinetic=cfg.kinetic_weight > 0)
 
 
 def _kinetic(cfg: TrainConfig, prior, terms: dict[str, float]) -> torch.Tensor:
@@ -45,31 +47,37 @@ def _kinetic(cfg: TrainConfig, prior, terms: dict[str, float]) -> torch.Tensor:
     return cfg.kinetic_weight * energy
 
 
-def ae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+def ae_cnf(
+    model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig, step: int
+) -> Objective:
     """Stage 1: autoencoder reconstruction plus the CNF's NLL of the (deterministic) latents."""
     _, _, z, recon = _encode(model, x, labels, sample=False)
-    prior = _prior(model, z, labels, cfg)
+    prior = _prior(model, z, labels, cfg, solver)
     cnf_nll = -prior.log_prob.mean()
     terms = {"recon": recon.item(), "cnf_nll": cnf_nll.item()}
     loss = cfg.recon_weight * recon + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior, terms)
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
-def vae_cnf(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+def vae_cnf(
+    model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig, step: int
+) -> Objective:
     """Stage 2: VAE with KL to N(0, I); the CNF separately fits the sampled latents."""
     mean, log_std, z, recon = _encode(model, x, labels, sample=True)
     kl = kl_to_standard_normal(mean, log_std).mean()
-    prior = _prior(model, z, labels, cfg)
+    prior = _prior(model, z, labels, cfg, solver)
     cnf_nll = -prior.log_prob.mean()
     terms = {"recon": recon.item(), "kl": kl.item(), "cnf_nll": cnf_nll.item()}
     loss = cfg.recon_weight * recon + cfg.kl_weight * kl + cfg.cnf_weight * cnf_nll + _kinetic(cfg, prior, terms)
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
-def vae_cnf_prior(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
+def vae_cnf_prior(
+    model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig, step: int
+) -> Objective:
     """Stage 3: the CNF is the prior; KL = -H[q] - log p_CNF(z) with one sample of z."""
     mean, log_std, z, recon = _encode(model, x, labels, sample=True)
-    prior = _prior(model, z, labels, cfg)
+    prior = _prior(model, z, labels, cfg, solver)
     kl = (-gaussian_entropy(log_std) - prior.log_prob).mean()
     warmup = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
     terms = {"recon": recon.item(), "kl": kl.item(), "elbo": -(recon + kl).item()}
@@ -77,14 +85,27 @@ def vae_cnf_prior(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: 
     return Objective(loss, terms, model.decode(z), prior.nfe)
 
 
-def flow_matching(model: LatentCNF, x: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, step: int) -> Objective:
-    """The prior alone, by conditional flow matching on posterior samples of the encoder (frozen: no
-    gradient reaches it); one velocity evaluation per latent, nothing decoded."""
-    with torch.no_grad():
-        mean, log_std = model.encode(x, labels if model.config.encoder_conditional else None)
-        z = mean + torch.exp(log_std) * torch.randn_like(mean)
-    prior_labels = labels if model.prior.conditional else None
+def flow_matching(
+    model: LatentCNF, posterior: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig, step: int
+) -> Objective:
+    """The prior alone, by conditional flow matching on posterior samples of the frozen encoder, given as rows
+    [mean, log_std] that the trainer encodes once (Trainer.posterior_rows); one velocity evaluation per
+    latent, nothing encoded or decoded."""
+    mean, log_std = posterior.chunk(2, dim=1)
+    z = mean + torch.exp(log_std) * torch.randn_like(mean)
+    prior_labels = labels if model.prior.uses_labels else None
     loss = flow_matching_loss(model.prior, z, prior_labels, ot=cfg.ot_pairing)
+    return Objective(loss, {"flow_matching": loss.item()}, None, 1)
+
+
+def reflow(
+    model: LatentCNF, pairs: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, solver: SolverConfig, step: int
+) -> Objective:
+    """The prior alone, by flow matching on rows [z0, z1] of a teacher flow's own coupling (train/reflow.py):
+    no pairing, no encoder, one velocity evaluation per pair."""
+    z0, z1 = pairs.chunk(2, dim=1)
+    prior_labels = labels if model.prior.uses_labels else None
+    loss = flow_matching_loss(model.prior, z1, prior_labels, z0=z0)
     return Objective(loss, {"flow_matching": loss.item()}, None, 1)
 
 
@@ -93,6 +114,7 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "vae_cnf": vae_cnf,
     "vae_cnf_prior": vae_cnf_prior,
     "flow_matching": flow_matching,
+    "reflow": reflow,
 }
 
 

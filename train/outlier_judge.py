@@ -17,20 +17,42 @@ turn: the rule rejects them for having no ink.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import dataclasses
 import json
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from latent_cnf import data, ood, outlier
+from latent_cnf import data, model_folder, ood, outlier
 
 from . import ood_calibrate, ood_set
+from .cli import options_from
+from .loop import git_commit
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """The training recipe and where the data is (the flags of python -m train.outlier_judge but what to write)."""
+
+    data_dir: Path | None = None
+    per_category: int = 2500
+    seed: int = 1
+    generated_share: float = 0.4
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 2e-3
+
+    def recipe(self) -> dict[str, int | float]:
+        """What the judge's training.json records of how it was trained."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "data_dir"}
 
 
 def served(pngs: list[bytes]) -> torch.Tensor:
@@ -89,21 +111,21 @@ def train(
     return judge.eval()
 
 
-def leave_one_out(args: argparse.Namespace) -> dict:
+def leave_one_out(signals: Path, options: JudgeOptions) -> dict:
     """Per left-out category ("none": the same recipe with every category), the false acceptance of each
     category (evaluation seed): the diagonal says how the judge generalizes to a kind it never saw."""
-    saved = torch.load(args.leave_one_out, weights_only=True)
-    val = data.load_split(outlier.DATASET, "val", args.data_dir).images[: len(saved["val"]["ink_pixels"])]
+    saved = torch.load(signals, weights_only=True)
+    val = data.load_split(outlier.DATASET, "val", options.data_dir).images[: len(saved["val"]["ink_pixels"])]
     val_x = served(ood_calibrate.digit_pngs(val))
     categories = saved["categories"]
     per_category = len(categories) // len(ood_set.CATEGORIES)
     ood_x = served([p for _, p in ood_set.generate(per_category, saved["ood_seed"])])
-    images = exposure(args.data_dir, args.per_category, args.seed)
+    images = exposure(options.data_dir, options.per_category, options.seed)
     out = {}
     for left_out in ("none", *(c for c in ood_set.CATEGORIES if c != "blank")):
         started = time.perf_counter()
-        x, y, w, _ = training_set(images, args.generated_share, None if left_out == "none" else left_out)
-        judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
+        x, y, w, _ = training_set(images, options.generated_share, None if left_out == "none" else left_out)
+        judge = train(x, y, w, options.epochs, options.batch_size, options.lr, options.seed)
         val_values = saved["val"] | {"digit_logit": outlier.digit_logit(judge, val_x)}
         ood_values = saved["ood"] | {"digit_logit": outlier.digit_logit(judge, ood_x)}
         bounds = ood.bounds(val_values, saved["false_rejection"])
@@ -120,20 +142,26 @@ def leave_one_out(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    o = JudgeOptions
     parser = argparse.ArgumentParser(prog="python -m train.outlier_judge", description=__doc__)
     parser.add_argument(
         "--data-dir", type=Path, help="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)"
     )
-    parser.add_argument("--per-category", type=int, default=2500, help="generated non-digits per category")
-    parser.add_argument("--seed", type=int, default=1, help="training seed (non-digits and weights); not 0")
-    parser.add_argument("--generated-share", type=float, default=0.4, help="of the loss; digits weigh 0.5")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=outlier.WEIGHTS, help="weights file; its card is the .json beside")
+    parser.add_argument("--per-category", type=int, default=o.per_category, help="generated non-digits per category")
+    parser.add_argument("--seed", type=int, default=o.seed, help="training seed (non-digits and weights); not 0")
     parser.add_argument(
-        "--leave-one-out", type=Path, metavar="SIGNALS", help="write <out>-loco.json instead of training the judge"
+        "--generated-share", type=float, default=o.generated_share, help="of the loss; digits weigh 0.5"
+    )
+    parser.add_argument("--epochs", type=int, default=o.epochs)
+    parser.add_argument("--batch-size", type=int, default=o.batch_size)
+    parser.add_argument("--lr", type=float, default=o.lr)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=outlier.FOLDER, help="model folder to write")
+    parser.add_argument(
+        "--leave-one-out",
+        type=Path,
+        metavar="SIGNALS",
+        help="write docs/results/<out's name>-loco.json instead of training the judge",
     )
     return parser
 
@@ -147,23 +175,30 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     command = shlex.join(["python", "-m", "train.outlier_judge", *argv])
     started = time.perf_counter()
-    settings = {k: getattr(args, k) for k in ("per_category", "generated_share", "seed", "epochs", "batch_size", "lr")}
+    options = options_from(args, JudgeOptions)
+    settings = options.recipe()
     if args.leave_one_out:
-        report = {"left_out": leave_one_out(args), **settings, "signals": str(args.leave_one_out)}
-        path = args.out.with_name(f"{args.out.stem}-loco.json")
+        report = {
+            "left_out": leave_one_out(args.leave_one_out, options),
+            **settings,
+            "signals": str(args.leave_one_out),
+        }
+        report |= {"command": command, "torch": torch.__version__, "wall_time_s": wall_time(started)}
+        path = RESULTS_DIR / f"{args.out.name}-loco.json"
+        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {path}")
     else:
-        x, y, w, counts = training_set(exposure(args.data_dir, args.per_category, args.seed), args.generated_share)
-        judge = train(x, y, w, args.epochs, args.batch_size, args.lr, args.seed)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().contiguous() for k, v in judge.state_dict().items()}, args.out)
-        raw = args.out.read_bytes()
+        images = exposure(options.data_dir, options.per_category, options.seed)
+        x, y, w, counts = training_set(images, options.generated_share)
+        judge = train(x, y, w, options.epochs, options.batch_size, options.lr, options.seed)
         parameters = sum(p.numel() for p in judge.parameters())
-        report = {**counts, **settings, "parameters": parameters, "bytes": len(raw)}
-        report["sha256"] = hashlib.sha256(raw).hexdigest()
-        path = args.out.with_suffix(".json")
-    report |= {"command": command, "torch": torch.__version__, "wall_time_s": round(time.perf_counter() - started, 1)}
-    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {path}")
+        training = {**counts, **settings, "parameters": parameters, "dataset": outlier.DATASET, "command": command}
+        training |= {"git_commit": git_commit(), "torch": torch.__version__, "wall_time_s": wall_time(started)}
+        print(f"wrote {model_folder.save_folder(judge, args.out, outlier.CONFIG, training)}")
+
+
+def wall_time(started: float) -> float:
+    return round(time.perf_counter() - started, 1)
 
 
 if __name__ == "__main__":

@@ -60,17 +60,17 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
-    name = latent_cnf.checkpoints.display_name(args.checkpoint)
+    name = latent_cnf.model_folder.display_name(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
-    conditional = model.prior.conditional
+    conditional = model.prior.uses_labels
     rows = [model.sample(10, label=y if conditional else None, seed=y) for y in range(10)]
     grid(torch.cat([r.images for r in rows]), columns=10).resize((604, 604)).save(args.out / f"samples-{name}.png")
     path = model.trajectory(4, steps=11, label=torch.tensor([0, 3, 7, 9]) if conditional else None, seed=0)
     trajectory_strip(path.times, path.images).save(args.out / f"trajectory-{name}.png")
-    dataset = latent_cnf.checkpoints.read_card(args.checkpoint).get("dataset", "mnist")
+    dataset = latent_cnf.model_folder.read_training(args.checkpoint).get("dataset", "mnist")
     test = data.load_split(dataset, "test", args.data_dir).subset(torch.arange(args.points))
     labels = test.labels.to(device)
-    encoder_labels = labels if model.config.encoder_conditional else None
+    encoder_labels = labels if model.config.encoder_uses_labels else None
     encoded, _ = model.encode(data.to_float(test.images).to(device), encoder_labels)
     sampled = model.sample(args.points, seed=0)
     sample_labels = sampled.labels if sampled.labels is not None else torch.zeros(args.points, dtype=torch.long)

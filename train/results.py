@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from latent_cnf import checkpoints
+from latent_cnf import model_folder
 
 COLUMNS = (
     "checkpoint", "test NLL", "-ELBO", "latent NLL", "FID (floor)", "precision / recall", "label acc.",
@@ -26,7 +26,7 @@ def label_accuracy(result: dict) -> str:
 
 
 def row(result: dict) -> str:
-    name = checkpoints.display_name(result["checkpoint"])
+    name = model_folder.display_name(result["checkpoint"])
     training = result["training"]
     k, k_ood = result["importance_samples"], result["ood_importance_samples"]
     other, noise = (result["ood_auroc"][key] for key in result["ood_auroc"])

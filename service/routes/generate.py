@@ -6,15 +6,15 @@ import base64
 import math
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import grid, image_pngs, png_bytes
 from latent_cnf.model import Trajectory
 
-from ..dependencies import fresh_seed, get_hub
-from ..inference import ModelHub, SampleJob
+from ..dependencies import Hub, fresh_seed
+from ..inference import SampleJob
 from ..schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"])
@@ -34,13 +34,13 @@ def wants_png(request: Request, format: str | None) -> bool:
 async def generate(
     body: GenerateRequest,
     request: Request,
+    hub: Hub,
     format: Literal["json", "png"] | None = Query(None, description="png: one grid image (same as Accept: image/png)"),
-    hub: ModelHub = Depends(get_hub),
 ) -> GenerateResponse | Response:
     """Draw `n` samples; the same seed and parameters give the same images."""
     served = hub.get(body.model)
     hub.check_label(served, body.label)
-    solver = hub.solver(served, body.solver.model_dump() if body.solver else None)
+    solver = hub.sample_solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
     job = SampleJob(body.n, body.label, seed, body.temperature)
     path = await hub.sample("generate", served, job, solver, 2, request.is_disconnected)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from ..dependencies import get_hub
-from ..inference import ModelHub
+from ..dependencies import Hub
 from ..schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -17,14 +16,14 @@ router = APIRouter(tags=["operations"])
     "/healthz", response_model=Health, include_in_schema=False
 )  # probes that send HEAD: the same answer, without a body
 @router.get("/healthz", response_model=Health)
-async def healthz(hub: ModelHub = Depends(get_hub)) -> Health:
+async def healthz(hub: Hub) -> Health:
     """The process is alive: always 200, with the models loaded so far (more may still be loading)."""
     return Health(status="ok", ready=hub.ready, models=sorted(hub.models), failed=hub.failed)
 
 
 @router.head("/readyz", response_model=Health, include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-async def readyz(hub: ModelHub = Depends(get_hub)) -> Health | JSONResponse:
+async def readyz(hub: Hub) -> Health | JSONResponse:
     """200 once every checkpoint was tried and the default model is served; `failed` names those that could not be."""
     ready = hub.ready  # read once: the loading thread may flip it while this answers
     status = "ready" if ready else "loading" if hub.loading else "failed"

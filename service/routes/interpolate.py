@@ -6,16 +6,15 @@ import base64
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import image_pngs
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory, slerp
 
-from ..dependencies import get_hub
-from ..errors import ServiceError
-from ..inference import ModelHub
+from ..dependencies import Hub
+from ..failures import LabelRequired
 from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, InterpolateResponse
 
 router = APIRouter(tags=["generate"])
@@ -25,6 +24,7 @@ MAX_WEIGHTS = 64
 @router.get("/interpolate", response_model=InterpolateResponse, responses=ERROR_RESPONSES)
 async def interpolate(
     request: Request,
+    hub: Hub,
     seed_a: int = Query(..., ge=0, le=MAX_SEED, description="the sample at t=0: /generate's n=1 sample of this seed"),
     seed_b: int = Query(..., ge=0, le=MAX_SEED, description="the sample at t=1"),
     t: list[Annotated[float, Field(ge=0, le=1)]] = Query(
@@ -33,18 +33,17 @@ async def interpolate(
     label: int | None = Query(None, ge=0, le=9, description="required for label-conditioned models"),
     temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
     model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
-    hub: ModelHub = Depends(get_hub),
 ) -> InterpolateResponse:
     """Spherical interpolation of the two seeds' base noise, pushed through the flow and decoded."""
     served = hub.get(model)
     hub.check_label(served, label)
-    if served.conditional and label is None:
-        raise ServiceError(422, "label_required", f"model {served.name!r} is label-conditioned: give 'label'")
+    if served.prior_uses_labels and label is None:
+        raise LabelRequired(f"model {served.name!r} is label-conditioned: give 'label'")
     z_a, labels = served.model.draw_base(1, label, seed_a, temperature)
     z_b, _ = served.model.draw_base(1, label, seed_b, temperature)
     z0 = slerp(z_a, z_b, torch.tensor(t, dtype=z_a.dtype).unsqueeze(1))
     labels = labels.expand(len(t)) if labels is not None else None
-    path = await hub.flow("generate", served, z0, labels, hub.solver(served, None), 2, request.is_disconnected)
+    path = await hub.flow("generate", served, z0, labels, hub.sample_solver(served), 2, request.is_disconnected)
     return await run_in_threadpool(respond, served.name, seed_a, seed_b, t, label, temperature, path)
 
 

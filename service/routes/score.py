@@ -7,31 +7,37 @@ from typing import Literal
 
 import torch
 from anyio import to_thread
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from latent_cnf.images import image_pngs, preprocess_mnist, preprocess_resize
+from latent_cnf.images import binarize_at_threshold, image_pngs, preprocess_mnist, preprocess_resize
 
-from ..dependencies import get_hub, get_settings
-from ..errors import ServiceError
-from ..inference import ModelHub
-from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, ImageScore, ScoreResponse
-from ..settings import Settings
-from ..uploads import check_request_pixels, decode_image, decode_limiter
+from ..dependencies import DecodeLimiter, Hub, ServiceSettings
+from ..failures import TooManyFiles
+from ..schemas import (
+    DEFAULT_IMPORTANCE_SAMPLES,
+    ERROR_RESPONSES,
+    MAX_IMPORTANCE_SAMPLES,
+    MAX_MODEL_NAME,
+    ImageScore,
+    ScoreResponse,
+)
+from ..scores import score_rows
+from ..uploads import check_request_pixels, decode_image
 
 router = APIRouter(tags=["score"])
 PREPROCESSORS = {"mnist": preprocess_mnist, "resize": preprocess_resize}
 
 
 def prepare(data: bytes, filename: str, preprocess: str, max_pixels: int) -> torch.Tensor:
-    """Decode, make MNIST-like, and binarize at 0.5 (the model is a Bernoulli likelihood of binary pixels)."""
+    """Decode, make MNIST-like, and binarize (the model is a Bernoulli likelihood of binary pixels)."""
     image = decode_image(data, filename, max_pixels)
-    return (PREPROCESSORS[preprocess](image) > 0.5).float()
+    return binarize_at_threshold(PREPROCESSORS[preprocess](image))
 
 
-def encode_pictures(batch: torch.Tensor, reconstructions: list[torch.Tensor]) -> list[dict[str, str]]:
+def encode_pictures(batch: torch.Tensor, reconstructions: torch.Tensor) -> list[dict[str, str]]:
     """What the model saw and what it kept of it, as base64 PNGs: encoded off the event loop."""
-    inputs, kept = image_pngs(batch), image_pngs(torch.stack(reconstructions))
+    inputs, kept = image_pngs(batch), image_pngs(reconstructions)
     return [
         {"input_png": base64.b64encode(a).decode(), "reconstruction_png": base64.b64encode(b).decode()}
         for a, b in zip(inputs, kept, strict=True)
@@ -41,20 +47,22 @@ def encode_pictures(batch: torch.Tensor, reconstructions: list[torch.Tensor]) ->
 @router.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
 async def score(
     request: Request,
+    hub: Hub,
+    settings: ServiceSettings,
+    limiter: DecodeLimiter,
     file: list[UploadFile] = File(..., description="one or more images (PNG, JPEG, BMP, GIF, WebP, TIFF)"),
     model: str | None = Form(None, min_length=1, max_length=MAX_MODEL_NAME),
-    importance_samples: int = Form(64, ge=1, le=1024, description="K of the IWAE bound"),
+    importance_samples: int = Form(
+        DEFAULT_IMPORTANCE_SAMPLES, ge=1, le=MAX_IMPORTANCE_SAMPLES, description="K of the IWAE bound"
+    ),
     preprocess: Literal["mnist", "resize"] = Form("mnist"),
-    hub: ModelHub = Depends(get_hub),
-    settings: Settings = Depends(get_settings),
 ) -> ScoreResponse:
     """IWAE bound on log p(x) per image; higher is more digit-like. See the README for what the number means."""
     served = hub.get(model)
     if len(file) > settings.max_files:
-        raise ServiceError(422, "too_many_files", f"at most {settings.max_files} images per request, got {len(file)}")
+        raise TooManyFiles(f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]
     uploads = [(await upload.read(), name) for upload, name in zip(file, names, strict=True)]
-    limiter = decode_limiter(request.app, settings.max_concurrent_decodes)
     await to_thread.run_sync(
         check_request_pixels, uploads, settings.max_image_pixels, settings.max_request_pixels, limiter=limiter
     )
@@ -64,20 +72,11 @@ async def score(
             await to_thread.run_sync(prepare, data, name, preprocess, settings.max_image_pixels, limiter=limiter)
         )
     batch = torch.stack(images)
-    rows = await hub.score(served, batch, importance_samples, request.is_disconnected)
-    results = []
-    verdicts = await run_in_threadpool(served.out_of_distribution, batch, rows)  # PNG code lengths, a CNN
-    pictures = await run_in_threadpool(encode_pictures, batch, [row.pop("reconstruction") for row in rows])
-    for name, row, verdict, picture in zip(names, rows, verdicts, pictures, strict=True):
-        percentile = served.percentile(row["log_likelihood_nats"])
-        results.append(
-            ImageScore(
-                filename=name,
-                importance_samples=importance_samples,
-                percentile=percentile,
-                **picture,
-                **verdict,
-                **row,
-            )
-        )
+    score = await hub.score(served, batch, importance_samples, request.is_disconnected)
+    rows = await run_in_threadpool(score_rows, served, batch, score)
+    pictures = await run_in_threadpool(encode_pictures, batch, score.decoded_mean)
+    results = [
+        ImageScore(filename=name, importance_samples=importance_samples, **picture, **vars(row))
+        for name, row, picture in zip(names, rows, pictures, strict=True)
+    ]
     return ScoreResponse(model=served.name, preprocess=preprocess, results=results)

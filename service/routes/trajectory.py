@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
-from ..dependencies import fresh_seed, get_hub
-from ..inference import ModelHub, SampleJob
+from ..dependencies import Hub, fresh_seed
+from ..inference import SampleJob
 from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
 
 router = APIRouter(tags=["trajectory"])
@@ -26,6 +26,7 @@ router = APIRouter(tags=["trajectory"])
 )
 async def trajectory(
     request: Request,
+    hub: Hub,
     steps: int = Query(11, ge=2, le=64, description="decoded times from t0 to t1"),
     n: int = Query(1, ge=1, le=16, description="rows (samples)"),
     seed: int | None = Query(None, ge=0, le=MAX_SEED),
@@ -33,13 +34,12 @@ async def trajectory(
     temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
     model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
     format: Literal["png", "json"] = Query("png"),
-    hub: ModelHub = Depends(get_hub),
 ) -> Response | TrajectoryResponse:
     """PNG: n rows of `steps` images with each column's time written above it."""
     served = hub.get(model)
     hub.check_label(served, label)
     seed = fresh_seed(seed)
-    solver = hub.solver(served, None)
+    solver = hub.sample_solver(served)
     job = SampleJob(n, label, seed, temperature)
     path = await hub.sample("trajectory", served, job, solver, steps, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from .. import request_id
-from ..dependencies import get_hub, get_settings
-from ..inference import ModelHub
+from ..dependencies import Hub, ServiceSettings
 from ..open_inference import (
     HEADER_LENGTH,
     ErrorMessage,
@@ -28,7 +27,6 @@ from ..open_inference import (
     encode_response,
 )
 from ..schemas import error_responses
-from ..settings import Settings
 from ..v2_models import lookup, run
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -54,7 +52,8 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
             return [inline(value) for value in node]
         return node
 
-    return inline(schema)
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
 
 
 @router.get("", response_model=ServerMetadata)
@@ -68,7 +67,7 @@ async def live() -> Live:
 
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
-async def ready(hub: ModelHub = Depends(get_hub)) -> Ready | JSONResponse:
+async def ready(hub: Hub) -> Ready | JSONResponse:
     """200 when /readyz is; 503 otherwise, with the body saying so (clients read either)."""
     if not hub.ready:
         return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
@@ -76,21 +75,19 @@ async def ready(hub: ModelHub = Depends(get_hub)) -> Ready | JSONResponse:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(name: str, hub: ModelHub = Depends(get_hub)) -> ModelMetadata:
+async def model_metadata(name: str, hub: Hub) -> ModelMetadata:
     """Inputs and outputs of `<model>.generate` or `<model>.score`."""
     return lookup(hub, name).metadata()
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_ready(name: str, hub: ModelHub = Depends(get_hub)) -> ModelReady:
+async def model_ready(name: str, hub: Hub) -> ModelReady:
     """200 once the model is loaded and warm; 503 while it loads, 404 for a model that is not served."""
     return ModelReady(name=lookup(hub, name).name, ready=True)
 
 
 @router.get("/models/{name}/config", response_model=dict[str, Any], responses=ERRORS)
-async def model_config(
-    name: str, hub: ModelHub = Depends(get_hub), settings: Settings = Depends(get_settings)
-) -> dict[str, Any]:
+async def model_config(name: str, hub: Hub, settings: ServiceSettings) -> dict[str, Any]:
     """Triton's model configuration (the model_configuration extension), as perf_analyzer asks for it."""
     return lookup(hub, name).config(settings)
 
@@ -119,7 +116,7 @@ async def model_config(
         }
     },
 )
-async def infer(name: str, request: Request, hub: ModelHub = Depends(get_hub)) -> Response:
+async def infer(name: str, request: Request, hub: Hub) -> Response:
     """Sample (`<model>.generate`) or score (`<model>.score`) through the same batcher and limits as
     /generate and /score; `id` is echoed (default: the request's X-Request-ID)."""
     model = lookup(hub, name)

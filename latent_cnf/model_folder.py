@@ -1,0 +1,196 @@
+"""Model folders: the one on-disk format of every model and judge of the project.
+
+A folder holds `model.safetensors` (the weights: tensors only, so loading executes nothing), `config.json`
+(what building the network needs), `training.json` (how it was made), `README.md` (a model card for people
+and model hubs, written from the JSON files; never parsed on load) and, for generative models,
+`serving.json` (what the service needs: score reference, OOD bounds, calibrated solvers). Keeping the three
+JSON files apart means a calibration rewrites what it measured, never the weights or their provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import model_card
+from .config import ModelConfig, SolverConfig
+from .model import LatentCNF
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+MODELS_DIR = PRETRAINED_DIR / "models"
+JUDGES_DIR = PRETRAINED_DIR / "judges"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINING_FILE = "training.json"
+SERVING_FILE = "serving.json"
+CARD_FILE = "README.md"
+FORMAT = "latent-cnf-model-folder/1"
+Module = TypeVar("Module", bound=nn.Module)
+
+
+class ModelFolderError(RuntimeError):
+    """A model folder is missing, unreadable, or its weights do not fit its config."""
+
+
+def available(root: Path = MODELS_DIR) -> list[str]:
+    """Names of the folders shipped under `root` (the generative models by default)."""
+    return sorted(p.parent.name for p in root.glob(f"*/{CONFIG_FILE}") if (p.parent / WEIGHTS_FILE).exists())
+
+
+def resolve(name_or_path: str | Path, root: Path = MODELS_DIR) -> Path:
+    """A shipped folder's name under `root`, or a model folder anywhere."""
+    path = Path(name_or_path)
+    if (path / CONFIG_FILE).exists():
+        return path
+    shipped = root / str(name_or_path)
+    if (shipped / CONFIG_FILE).exists():
+        return shipped
+    raise ModelFolderError(
+        f"no model folder {name_or_path!r}: not a folder with {CONFIG_FILE}, nor one of {available(root)}"
+    )
+
+
+def display_name(folder: str | Path) -> str:
+    """A model's name for tables and files: its folder, or the run's for runs/<name>/checkpoint."""
+    path = Path(folder)
+    return path.parent.name if path.name == "checkpoint" else path.name
+
+
+def _read_json(path: Path, required: bool = True) -> dict[str, Any]:
+    if not required and not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{path}: not a readable JSON file: {error}") from error
+    if not isinstance(value, dict):
+        raise ModelFolderError(f"{path}: not a JSON object")
+    return value
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """config.json without its format marker."""
+    config = _read_json(Path(folder) / CONFIG_FILE)
+    if config.pop("format", None) != FORMAT:
+        raise ModelFolderError(f"{Path(folder) / CONFIG_FILE}: not a {FORMAT} config")
+    return config
+
+
+def read_training(name_or_path: str | Path, root: Path = MODELS_DIR) -> dict[str, Any]:
+    return _read_json(resolve(name_or_path, root) / TRAINING_FILE)
+
+
+def read_serving(name_or_path: str | Path) -> dict[str, Any]:
+    """serving.json, or {} for a folder that has none (the service then answers without percentiles)."""
+    return _read_json(resolve(name_or_path) / SERVING_FILE, required=False)
+
+
+def write_card(folder: Path) -> None:
+    """(Re)write README.md from the folder's JSON files."""
+    card = model_card.render(
+        display_name(folder),
+        read_config(folder),
+        _read_json(folder / TRAINING_FILE),
+        _read_json(folder / SERVING_FILE, required=False),
+    )
+    (folder / CARD_FILE).write_text(card)
+
+
+def save_folder(
+    module: nn.Module,
+    folder: str | Path,
+    config: dict[str, Any],
+    training: dict[str, Any],
+    serving: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model or judge: weights, config, provenance, serving data when given, and the card."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    (folder / WEIGHTS_FILE).write_bytes(safetensors.torch.save(state, metadata={"format": "pt"}))
+    _write_json(folder / CONFIG_FILE, {"format": FORMAT, **config})
+    _write_json(folder / TRAINING_FILE, training)
+    if serving is not None:
+        _write_json(folder / SERVING_FILE, serving)
+    else:
+        (folder / SERVING_FILE).unlink(missing_ok=True)  # an older export's serving data would not fit
+    write_card(folder)
+    return folder
+
+
+def save_pretrained(
+    model: LatentCNF, folder: str | Path, training: dict[str, Any], serving: dict[str, Any] | None = None
+) -> Path:
+    """Write a generative model's folder; its config is the model's ModelConfig."""
+    return save_folder(model, folder, model.config.to_dict(), training, serving)
+
+
+def update_serving(name_or_path: str | Path, fields: dict[str, Any]) -> Path:
+    """Merge `fields` into serving.json (e.g. calibrated solvers, OOD bounds) and rewrite the card; the
+    weights and the training record are not touched."""
+    folder = resolve(name_or_path)
+    _write_json(folder / SERVING_FILE, {**read_serving(folder), **fields})
+    write_card(folder)
+    return folder
+
+
+def serving_solvers(serving: dict[str, Any]) -> dict[str, SolverConfig]:
+    """The calibrated default solvers ("sample", "score") in serving data, if train.calibrate wrote them."""
+    fields = {f.name for f in dataclasses.fields(SolverConfig)}
+    return {
+        use: SolverConfig(**{k: v for k, v in spec.items() if k in fields})
+        for use, spec in serving.get("solvers", {}).items()
+        if use in ("sample", "score")
+    }
+
+
+def weights_sha256(name_or_path: str | Path, root: Path = MODELS_DIR) -> str:
+    return hashlib.sha256((resolve(name_or_path, root) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+def load_weights(module: Module, folder: Path) -> Module:
+    """Fill `module` with the folder's weights, which must match its parameters name for name and shape."""
+    path = folder / WEIGHTS_FILE
+    try:
+        state = safetensors.torch.load_file(path, device="cpu")
+    except (OSError, safetensors.SafetensorError) as error:
+        raise ModelFolderError(f"{folder}: cannot read {WEIGHTS_FILE} as safetensors: {error}") from error
+    expected = module.state_dict()
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ModelFolderError(
+            f"{folder}: weights do not match the config: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}, wrong shape {sorted(wrong)}"
+        )
+    module.load_state_dict(state)
+    return module
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentCNF:
+    """A ready model in eval mode on `device`, with the calibrated solvers of serving.json as its defaults."""
+    folder = resolve(name_or_path)
+    try:
+        config = ModelConfig.from_dict(read_config(folder))
+    except (TypeError, ValueError) as error:
+        raise ModelFolderError(f"{folder}: invalid {CONFIG_FILE}: {error}") from error
+    model = load_weights(LatentCNF(config), folder)
+    try:
+        solvers = serving_solvers(read_serving(folder))
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ModelFolderError(f"{folder / SERVING_FILE}: invalid solvers: {error}") from error
+    for use, solver in solvers.items():
+        setattr(model, f"{use}_solver", solver)
+    return model.to(device).eval()

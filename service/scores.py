@@ -1,0 +1,82 @@
+"""What the service says about a scored image: every field of a /score result and of a v2 score output, made from
+the model's Score in one place, so the two APIs cannot drift apart."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from latent_cnf import ood, outlier
+from latent_cnf.model import Score
+
+from .inference import ServedModel
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One image's result; the field names are those of the JSON answer (service/schemas.py, ImageScore)."""
+
+    log_likelihood_nats: float
+    bits_per_dim: float
+    elbo_nats: float
+    latent_log_density: float
+    kl_nats: float
+    reconstruction_nats: float
+    percentile: float | None
+    complexity_corrected_nats: float
+    in_distribution: bool | None
+    ood_reason: str | None
+    predicted_label: int | None
+    label_probabilities: list[float] | None
+
+
+def percentiles(reference: np.ndarray | None, log_likelihood: torch.Tensor) -> list[float | None]:
+    """Where each score falls among the model's reference scores (serving.json's quantiles 0..100); None without."""
+    if reference is None:
+        return [None] * len(log_likelihood)
+    levels = np.linspace(0, 100, len(reference))
+    return [float(np.interp(value, reference, levels)) for value in log_likelihood.tolist()]
+
+
+def score_rows(served: ServedModel, images: torch.Tensor, score: Score) -> list[ScoreRow]:
+    """The rows of binary images (m, 28, 28) that `score` (on the CPU) scored. The verdict tests the bounds
+    calibrated in serving.json (null without them; an image without ink is never in distribution); the outlier
+    judge's digit logit is tested only when its shipped weights are those the bounds were calibrated with
+    (latent_cnf/ood.py). Slow enough (PNG code lengths, a CNN) to be run off the event loop."""
+    judge = ood.serving_outlier_judge(served.serving)
+    signals = ood.signals(
+        images,
+        score.log_likelihood,
+        score.reconstruction,
+        score.latent_log_density,
+        outlier.digit_logit(judge, images) if judge is not None else None,
+    )
+    limits = ood.serving_bounds(served.serving)
+    # With the uniform class prior, p(y | x) = p(x | y) / sum_y' p(x | y'): a softmax of the per-label bounds,
+    # exact up to the bounds' gaps (equal gaps cancel).
+    posterior = score.label_log_likelihood.softmax(1) if score.label_log_likelihood is not None else None
+    rows = []
+    for i, percentile in enumerate(percentiles(served.reference, score.log_likelihood)):
+        own = {name: float(value[i]) for name, value in signals.items()}
+        in_distribution, reason = ood.verdict(own, limits)
+        log_likelihood = float(score.log_likelihood[i])
+        rows.append(
+            ScoreRow(
+                log_likelihood_nats=log_likelihood,
+                bits_per_dim=-log_likelihood / (images[i].numel() * math.log(2)),
+                elbo_nats=float(score.elbo[i]),
+                latent_log_density=float(score.latent_log_density[i]),
+                kl_nats=float(score.kl[i]),
+                reconstruction_nats=float(score.reconstruction[i]),
+                percentile=percentile,
+                complexity_corrected_nats=own["complexity_corrected_nats"],
+                in_distribution=in_distribution,
+                ood_reason=reason,
+                predicted_label=int(score.predicted_label[i]) if score.predicted_label is not None else None,
+                label_probabilities=posterior[i].tolist() if posterior is not None else None,
+            )
+        )
+    return rows
