@@ -8,6 +8,7 @@ from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder
 from train.__main__ import main
 from train.loop import RunOptions, Trainer
 from train.objectives import OBJECTIVES
+from train.resume_state import STATE_FILE
 
 from .conftest import run_offline
 
@@ -117,7 +118,7 @@ def test_training_solver_refines_while_it_is_far_from_the_exact_density(tiny_dat
         tiny_dataset, tmp_path, "vae-cnf-prior", run={"resume": True, "max_steps": 5}, max_solver_gap_nats=1e-9
     )
     again = Trainer(resumed)
-    again.load_state(tmp_path / "state.pt")
+    again.load_state(tmp_path / STATE_FILE)
     assert again.train_solver_steps == 4  # the refined solver survives a resume
     loose = Trainer(options(tiny_dataset, tmp_path / "loose", "vae-cnf-prior", max_solver_gap_nats=1e3))
     loose.adapt_train_solver(*loose.solver_gaps())

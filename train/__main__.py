@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="run folder: state, metrics.jsonl, pictures (default runs/<preset>-<dataset>)"
     )
     parser.add_argument("--export", type=Path, help="where the checkpoint goes (default <out>/checkpoint)")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from <out>/state.pt")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from <out>/state.safetensors")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images (smoke runs)")
     parser.add_argument(

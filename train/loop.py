@@ -20,10 +20,9 @@ from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold, png_byt
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
 
-from . import distributed, reflow
+from . import distributed, reflow, resume_state
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss
-
-STATE_FILE = "state.pt"
+from .resume_state import STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -326,7 +325,7 @@ class Trainer:
         return state
 
     def load_state(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.options.device, weights_only=True)
+        state = resume_state.load(path)
         saved = state.get("model_config")  # runs begun before it was recorded have none
         if saved is not None and saved != self.model.config.to_json():
             raise SystemExit(
@@ -355,8 +354,7 @@ class Trainer:
             return
         out = self.options.out
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out / f"{STATE_FILE}.tmp")
-        (out / f"{STATE_FILE}.tmp").replace(out / STATE_FILE)
+        resume_state.save(state, out / STATE_FILE)
         self.export(metrics, reference)
 
     def export(self, metrics: dict[str, float], reference: dict) -> None:
