@@ -2,6 +2,7 @@
 # The latent-cnf service image.
 #   docker build -t latent-cnf:cuda .                         # default: CUDA
 #   docker build --build-arg VARIANT=cpu -t latent-cnf:cpu .  # CPU only, GBs smaller (no CUDA libraries)
+#   docker build --build-arg EXTRAS=serve,train -t latent-cnf:cuda-train .  # also trains (deploy/k8s/train-job.yaml)
 # The CUDA variant needs no CUDA base image: PyTorch's Linux x86-64 wheels on PyPI bundle the CUDA runtime
 # and cuDNN as pip packages, so the host needs only the NVIDIA driver and the NVIDIA container toolkit.
 
@@ -15,9 +16,12 @@ WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# Runtime: torch for the chosen variant, then the wheel with its serve extra (the web stack) from pyproject.toml.
+# Runtime: torch for the chosen variant, then the wheel with its EXTRAS (by default serve, the web stack).
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ARG VARIANT=cuda
+# The package's extras to install: serve (the web stack) for the service; serve,train for an image that also
+# runs `torchrun -m train` (tqdm, scipy, flow_matching).
+ARG EXTRAS=serve
 # Pinned so both variants get the same torch; torch>=2.1 in pyproject.toml is the floor, this is the build.
 ARG TORCH_VERSION=2.13.0
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -34,10 +38,10 @@ RUN case "${VARIANT}" in \
         *) echo "VARIANT must be cuda or cpu, not '${VARIANT}'" >&2; exit 1 ;; \
     esac
 
-# The serve extra alone: the train/bench/dev extras (tqdm, scipy, psutil, pytest, ...) stay out of the image.
+# EXTRAS alone: by default the train/bench/dev extras (tqdm, scipy, psutil, pytest, ...) stay out of the image.
 # torch is already satisfied above, so pip keeps the variant's build instead of pulling another one.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install "$(echo /wheels/*.whl)[serve]"
+    pip install "$(echo /wheels/*.whl)[${EXTRAS}]"
 
 # A fixed numeric uid, so Kubernetes' runAsNonRoot can check it without resolving names.
 RUN useradd --system --uid 10001 --create-home --home-dir /home/app app

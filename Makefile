@@ -48,7 +48,7 @@ typecheck: $(BIN)/.installed
 # For bench/gpu.sh on the lent GPU machine (Python 3.12, torch and torchdiffeq, no network): the wheels it
 # lacks and the MNIST files, in .device/ (gitignored), to carry along. About 15 MiB.
 GPU_WHEELS := fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn h11 python-multipart \
-	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection \
+	fastapi-offline torchode torchtyping 'typeguard<3' annotated-types typing-inspection safetensors PyYAML \
 	python-json-logger opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions \
 	opentelemetry-instrumentation opentelemetry-instrumentation-asgi opentelemetry-instrumentation-fastapi \
 	psutil opentelemetry-util-http opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common \

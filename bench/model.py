@@ -30,17 +30,29 @@ import latent_cnf
 from bench.harness import fmt, int_list, machine, render
 from latent_cnf import SolverConfig, model_folder
 from latent_cnf import data as datasets
+from latent_cnf.config import DEFAULT_SOLVER, FIXED_STEP_METHODS
 from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF
 from train.cli import options_from
 
+
+def solver_name(solver: SolverConfig) -> str:
+    """How --solvers and the tables name a solver: `dopri5 1e-5` (rtol = atol), `rk4 32 steps`."""
+    if solver.method in FIXED_STEP_METHODS:
+        return f"{solver.method} {solver.steps} steps"
+    mantissa, exponent = f"{solver.rtol:.0e}".split("e")
+    return f"{solver.method} {mantissa}e{int(exponent)}"
+
+
+# DEFAULT_SOLVER is what evaluations and LATENT_CNF_EXACT_SCORES use; the service otherwise serves each model's
+# calibrated solvers (CALIBRATED below), which the fixed-step rows bracket.
 SOLVERS = {
-    "dopri5 1e-5": SolverConfig("dopri5", rtol=1e-5, atol=1e-5),
-    "dopri5 1e-3": SolverConfig("dopri5", rtol=1e-3, atol=1e-3),
-    "rk4 4 steps": SolverConfig("rk4", steps=4),
-    "rk4 8 steps": SolverConfig("rk4", steps=8),
-    "rk4 16 steps": SolverConfig("rk4", steps=16),
-    "rk4 32 steps": SolverConfig("rk4", steps=32),  # the service default
+    solver_name(solver): solver
+    for solver in (
+        DEFAULT_SOLVER,
+        SolverConfig("dopri5", rtol=1e-3, atol=1e-3),
+        *(SolverConfig("rk4", steps=steps) for steps in (4, 8, 16, 32)),
+    )
 }
 DECODER = "decoder only"
 CALIBRATED = "calibrated"  # the checkpoint's own solvers (train.calibrate): no solver passed
@@ -105,12 +117,12 @@ def make_call(
 
 
 def sweep(
-    op: str, model: LatentCNF, args: BenchOptions, device: torch.device, test_images: torch.Tensor | None
+    op: str, model: LatentCNF, options: BenchOptions, device: torch.device, test_images: torch.Tensor | None
 ) -> list[dict]:
     """One row per (solver, batch size) of `op`; larger batches are skipped once a call is too slow."""
     rows = []
-    solvers = [DECODER] if op == "decode" else args.solvers
-    sizes = args.score_batch_sizes if op == "score" else args.batch_sizes
+    solvers = [DECODER] if op == "decode" else options.solvers
+    sizes = options.score_batch_sizes if op == "score" else options.batch_sizes
     for name in solvers:
         too_slow = False
         for batch in sizes:
@@ -118,16 +130,16 @@ def sweep(
             if too_slow:
                 rows.append(row | {"skipped": True})
                 continue
-            call = make_call(op, model, batch, SOLVERS.get(name), args.importance_samples, test_images)
-            result = timed(call, device, args.min_time)
+            call = make_call(op, model, batch, SOLVERS.get(name), options.importance_samples, test_images)
+            result = timed(call, device, options.min_time)
             result["items_per_s"] = batch / result["seconds_per_call"]
             rows.append(row | result)
-            too_slow = result["seconds_per_call"] > args.max_call_seconds
+            too_slow = result["seconds_per_call"] > options.max_call_seconds
             print(f"{op:6s} {name:13s} batch {batch:5d}: {result['items_per_s']:12,.1f}/s", flush=True)
     return rows
 
 
-def quality(model: LatentCNF, args: BenchOptions, device: torch.device, dataset: str) -> list[dict]:
+def quality(model: LatentCNF, options: BenchOptions, device: torch.device, dataset: str) -> list[dict]:
     """FID (and label accuracy) of --fid samples per solver, against the judge features of training images."""
     from latent_cnf.judges import load_classifier
     from train.evaluate import SAMPLE_STREAM, random_subset, seeds
@@ -135,16 +147,16 @@ def quality(model: LatentCNF, args: BenchOptions, device: torch.device, dataset:
     from train.metrics.fid import fid
 
     judge = load_classifier(dataset, device)
-    train = datasets.load_split(dataset, "train", args.data_dir, download=False)
-    reference = datasets.to_float(train.images[random_subset(len(train), args.reference_images)])
+    train = datasets.load_split(dataset, "train", options.data_dir, download=False)
+    reference = datasets.to_float(train.images[random_subset(len(train), options.reference_images)])
     reference_features, _ = embed(judge, reference, 1000)
-    n, batch = args.fid, args.fid_batch_size
-    test = datasets.load_split(dataset, "test", args.data_dir, download=False)
+    n, batch = options.fid, options.fid_batch_size
+    test = datasets.load_split(dataset, "test", options.data_dir, download=False)
     test_features, _ = embed(judge, datasets.to_float(test.images[:n]), 1000)  # as many as samples: FID is biased by n
     rows = [{"solver": f"{len(test_features):,} test images (floor)", "fid": fid(test_features, reference_features)}]
     labels = torch.arange(n) % model.config.num_classes if model.prior.uses_labels else None
-    chunk_seeds = seeds(args.seed, SAMPLE_STREAM, -(-n // batch)).tolist()
-    for name in args.solvers:
+    chunk_seeds = seeds(options.seed, SAMPLE_STREAM, -(-n // batch)).tolist()
+    for name in options.solvers:
         started, images, nfe = time.perf_counter(), [], []
         for start, seed in zip(range(0, n, batch), chunk_seeds, strict=True):
             label = labels[start : start + batch] if labels is not None else None
@@ -166,13 +178,13 @@ def quality(model: LatentCNF, args: BenchOptions, device: torch.device, dataset:
     return rows
 
 
-def report(rows: list[dict], fid_rows: list[dict] | None, args: BenchOptions, markdown: bool) -> str:
+def report(rows: list[dict], fid_rows: list[dict] | None, options: BenchOptions, markdown: bool) -> str:
     text = ""
     for op, unit, sizes in (
-        ("sample", "samples/s", args.batch_sizes),
-        ("score", f"images/s (K = {args.importance_samples})", args.score_batch_sizes),
+        ("sample", "samples/s", options.batch_sizes),
+        ("score", f"images/s (K = {options.importance_samples})", options.score_batch_sizes),
     ):
-        solvers = args.solvers + ([DECODER] if op == "sample" else [])
+        solvers = options.solvers + ([DECODER] if op == "sample" else [])
         cells = {(r["solver"], r["batch"]): r for r in rows if r["op"] in (op, "decode" if op == "sample" else op)}
         if not any(r["op"] == op for r in rows):
             continue
@@ -198,7 +210,7 @@ def report(rows: list[dict], fid_rows: list[dict] | None, args: BenchOptions, ma
             for r in fid_rows
         ]
         columns = ["solver", "NFE per call", "FID", "label accuracy %", "sampling s"]
-        text += render(f"Quality: FID of {args.fid:,} samples per solver", columns, table, markdown)
+        text += render(f"Quality: FID of {options.fid:,} samples per solver", columns, table, markdown)
     return text
 
 

@@ -1,7 +1,8 @@
 """Seconds per optimiser step of a latent prior trained on a frozen encoder: flow matching (the `fm-cond` preset)
 against maximum likelihood through the training solver (the same preset with the ML objective, RNODE's kinetic
 term and the solver-gap guard's rk4 x 8, as `mnist-final-cond` was trained). Both are the trainer's own
-`train_step` on the same batches, interleaved so that machine noise hits both alike.
+`train_step` on the same batches, interleaved so that machine noise hits both alike. Flow matching's trainer
+encodes the training set once, when it is built (not timed here); the ML step encodes and decodes its batch.
 
     python bench/prior_step.py --data-dir ../shared/data --threads 1 [--steps 40]
 """

@@ -255,11 +255,11 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(p) for p in process_tree(pid))
 
 
-def throughput(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
+def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Every scenario at every concurrency, driven by wrk; scenarios interleaved per concurrency so drift hits
     all alike. The naive server and the peer start only if a chosen scenario needs them; idle, they cost no CPU."""
     results: list[dict] = []
-    targets = {SCENARIOS[name].target for name in args.scenarios}
+    targets = {SCENARIOS[name].target for name in options.scenarios}
     with contextlib.ExitStack() as stack:
         servers = {"service": stack.enter_context(running_server(SERVICE_APP, env))}
         if "naive" in targets:
@@ -267,18 +267,20 @@ def throughput(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
         if "peer" in targets:
             servers["peer"] = stack.enter_context(running_script(PEER_SCRIPT, env, ready_path="/health"))
         service = servers["service"]
-        for concurrency in args.concurrency:
-            for name in args.scenarios:
+        for concurrency in options.concurrency:
+            for name in options.scenarios:
                 scenario = SCENARIOS[name]
                 server, body = servers[scenario.target], request_body(scenario, digit)
                 url = server.url + scenario.path
-                drive = functools.partial(wrk_load.run, url, scenario.method, body, concurrency, timeout_s=args.timeout)
+                drive = functools.partial(
+                    wrk_load.run, url, scenario.method, body, concurrency, timeout_s=options.timeout
+                )
                 before = model_calls(service.url)
                 started = time.perf_counter()
-                if args.warmup > 0:
-                    drive(args.warmup)
+                if options.warmup > 0:
+                    drive(options.warmup)
                 cpu_before, measured = tree_cpu_seconds(server.pid), time.perf_counter()
-                row = {"scenario": name, "concurrency": concurrency} | drive(args.duration)
+                row = {"scenario": name, "concurrency": concurrency} | drive(options.duration)
                 server_cpu = tree_cpu_seconds(server.pid) - cpu_before
                 row["server_core_share"] = server_cpu / (time.perf_counter() - measured)
                 row["items_per_s"] = row["ok_per_s"] * scenario.items if scenario.items else None
@@ -328,30 +330,30 @@ def references(rows: list[dict]) -> dict:
     return {"ratios": ratios, "targets": checks}
 
 
-def overload(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
+def overload(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """A burst at high concurrency on a small queue: only 200 and 503 (with Retry-After), bounded memory,
     and a normal request served afterwards. Each request opens its own connection: a client this overloaded
     lags by seconds, and reusing a keep-alive connection would race uvicorn closing it as idle."""
-    env = {**env, "LATENT_CNF_MAX_QUEUE": str(args.queue)}
-    scenario = SCENARIOS[args.burst_scenario]
+    env = {**env, "LATENT_CNF_MAX_QUEUE": str(options.queue)}
+    scenario = SCENARIOS[options.burst_scenario]
     with running_server(SERVICE_APP, env) as service:
-        load = Load({"service": service.url}, digit, args.timeout)
+        load = Load({"service": service.url}, digit, options.timeout)
         rss_before, peak_before = rss_bytes(service.pid), peak_rss_bytes(service.pid)
         with MemorySampler(service.pid) as memory:
             started = asyncio.run(
-                load.drive(lambda _: scenario, args.burst_concurrency, args.burst_seconds, keep_alive=False)
+                load.drive(lambda _: scenario, options.burst_concurrency, options.burst_seconds, keep_alive=False)
             )
             seconds = time.perf_counter() - started
         peak_after = peak_rss_bytes(service.pid)
-        after = httpx.post(f"{service.url}/generate", json={"n": 1, "seed": 0}, timeout=args.timeout).status_code
-        healthz = httpx.get(f"{service.url}/healthz", timeout=args.timeout).status_code
+        after = httpx.post(f"{service.url}/generate", json={"n": 1, "seed": 0}, timeout=options.timeout).status_code
+        healthz = httpx.get(f"{service.url}/healthz", timeout=options.timeout).status_code
         rss_after = rss_bytes(service.pid)
     statuses = Counter(str(o.status) for o in load.outcomes)
     rejected = [o for o in load.outcomes if o.status == 503]
     return {
         "scenario": scenario.name,
-        "concurrency": args.burst_concurrency,
-        "queue": args.queue,
+        "concurrency": options.burst_concurrency,
+        "queue": options.queue,
         "seconds": seconds,
         "statuses": dict(statuses),
         "only_200_and_503": set(statuses) <= {"200", "503"},
@@ -367,18 +369,18 @@ def overload(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     }
 
 
-def soak(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
-    """Mixed traffic for args.soak minutes; per-minute rates, errors, p50 and RSS show any drift."""
+def soak(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
+    """Mixed traffic for options.soak minutes; per-minute rates, errors, p50 and RSS show any drift."""
     names, weights = list(SOAK_MIX), list(SOAK_MIX.values())
 
     def pick(rng: random.Random) -> Scenario:
         return SCENARIOS[rng.choices(names, weights)[0]]
 
-    seconds = args.soak * 60
+    seconds = options.soak * 60
     with running_server(SERVICE_APP, env) as service:
-        load = Load({"service": service.url}, digit, args.timeout)
+        load = Load({"service": service.url}, digit, options.timeout)
         with MemorySampler(service.pid, interval_s=1.0) as memory:
-            start = asyncio.run(load.drive(pick, args.soak_concurrency, seconds))
+            start = asyncio.run(load.drive(pick, options.soak_concurrency, seconds))
         peak = peak_rss_bytes(service.pid)
     minutes = []
     for minute in range(max(1, round(seconds / 60))):
@@ -400,7 +402,7 @@ def soak(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     first, last = minutes[0], minutes[-1]
     return {
         "minutes": minutes,
-        "concurrency": args.soak_concurrency,
+        "concurrency": options.soak_concurrency,
         "mix": SOAK_MIX,
         "served": sum(m["ok"] for m in minutes),
         "errors": dict(Counter(str(o.status) for o in load.outcomes if o.status not in (200, 503))),
@@ -411,12 +413,12 @@ def soak(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     }
 
 
-def chaos(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
+def chaos(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Normal traffic (/generate n = 1) next to hostile but valid clients: the heaviest /score requests in a
     closed loop and clients that send the heaviest /generate and hang up. Reports the normal traffic's
     latency and errors, what the heavy clients got, and how much abandoned work the service dropped."""
     with running_server(SERVICE_APP, env) as service:
-        load = Load({"service": service.url}, digit, args.timeout)
+        load = Load({"service": service.url}, digit, options.timeout)
         before = httpx.get(f"{service.url}/metrics").text
 
         async def hang_ups(seconds: float) -> int:
@@ -429,20 +431,20 @@ def chaos(args: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
             return sent
 
         async def mix() -> tuple[float, int]:
-            normal = load.drive(lambda _: SCENARIOS["generate-1"], args.chaos_normal, args.chaos)
-            heavy = load.drive(lambda _: SCENARIOS["score-heaviest"], args.chaos_heavy, args.chaos)
-            started, _, sent = await asyncio.gather(normal, heavy, hang_ups(args.chaos))
+            normal = load.drive(lambda _: SCENARIOS["generate-1"], options.chaos_normal, options.chaos)
+            heavy = load.drive(lambda _: SCENARIOS["score-heaviest"], options.chaos_heavy, options.chaos)
+            started, _, sent = await asyncio.gather(normal, heavy, hang_ups(options.chaos))
             return started, sent
 
         started, hung_up = asyncio.run(mix())
         after = httpx.get(f"{service.url}/metrics").text
-    ended = started + args.chaos
+    ended = started + options.chaos
     normal = [o for o in load.outcomes if o.scenario == "generate-1"]
     heavy = [o for o in load.outcomes if o.scenario == "score-heaviest"]
     return {
-        "seconds": args.chaos,
-        "normal": summarize(normal, started, ended, 1) | {"clients": args.chaos_normal},
-        "heavy": summarize(heavy, started, ended + args.timeout, 16) | {"clients": args.chaos_heavy},
+        "seconds": options.chaos,
+        "normal": summarize(normal, started, ended, 1) | {"clients": options.chaos_normal},
+        "heavy": summarize(heavy, started, ended + options.timeout, 16) | {"clients": options.chaos_heavy},
         "hung_up": hung_up,
         "abandoned": metric(after, "latent_cnf_abandoned_total") - metric(before, "latent_cnf_abandoned_total"),
         "samples_generated": metric(after, "latent_cnf_samples_generated_total")

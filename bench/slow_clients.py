@@ -129,21 +129,21 @@ def probe(url: str, until: float, every_s: float, pid: int | None) -> tuple[list
     return latencies, samples
 
 
-def run(url: str, pid: int | None, log: Path | None, args: HoldOptions) -> str:
+def run(url: str, pid: int | None, log: Path | None, options: HoldOptions) -> str:
     parts = urlsplit(url)
-    modes = args.modes.split(",")
-    plan = [modes[i % len(modes)] for i in range(args.connections)]
+    modes = options.modes.split(",")
+    plan = [modes[i % len(modes)] for i in range(options.connections)]
     started = time.monotonic()
     chunks = [
-        (parts.hostname, parts.port, plan[i :: args.processes], started, args.hold, args.drip)
-        for i in range(args.processes)
+        (parts.hostname, parts.port, plan[i :: options.processes], started, options.hold, options.drip)
+        for i in range(options.processes)
     ]
     probed: dict[str, tuple] = {}
     prober = threading.Thread(
-        target=lambda: probed.setdefault("r", probe(url, started + args.hold, args.probe_every, pid)), daemon=True
+        target=lambda: probed.setdefault("r", probe(url, started + options.hold, options.probe_every, pid)), daemon=True
     )
     prober.start()
-    with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+    with multiprocessing.get_context("spawn").Pool(options.processes) as pool:
         outcomes = [o for chunk in pool.map(_client_process, chunks) for o in chunk]
     prober.join()
     latencies, samples = probed["r"]
@@ -166,10 +166,10 @@ def run(url: str, pid: int | None, log: Path | None, args: HoldOptions) -> str:
             ]
         )
     report = render(
-        f"{args.connections} slow connections for {args.hold:g} s ({args.drip:g} s between dripped bytes)",
+        f"{options.connections} slow connections for {options.hold:g} s ({options.drip:g} s between dripped bytes)",
         ["mode", "tried", "opened", "last opened at s", "closed by server", "closed p50 s", "last closed s", "answers"],
         rows,
-        args.markdown,
+        options.markdown,
     )
     fds = [s[1] for s in samples if s[1] is not None]
     rss = [s[2] for s in samples if s[2] is not None]
@@ -195,12 +195,12 @@ def run(url: str, pid: int | None, log: Path | None, args: HoldOptions) -> str:
         fmt(log.stat().st_size / 1024 if log else None, 0),
     ]
     probe_rows[1] += ["", "", ""]
-    timeline = [f"{t - started:.0f}s:{n}" for t, n, _ in samples[:: max(1, round(5 / args.probe_every))] if n]
+    timeline = [f"{t - started:.0f}s:{n}" for t, n, _ in samples[:: max(1, round(5 / options.probe_every))] if n]
     report += f"\nserver open files every 5 s: {' '.join(timeline) or '-'}\n"
     slow = [f"{t - started:.0f}s:" + ("none" if x is None else f"{x:.1f}s") for t, x in latencies if x is None or x > 1]
     report += f"/healthz probes over 1 s or unanswered, by start: {' '.join(slow) or '-'}\n"
     report += "\n" + render(
-        f"/healthz every {args.probe_every:g} s meanwhile (a probe waits at most 5 s)",
+        f"/healthz every {options.probe_every:g} s meanwhile (a probe waits at most 5 s)",
         [
             "phase",
             "probes",
@@ -213,7 +213,7 @@ def run(url: str, pid: int | None, log: Path | None, args: HoldOptions) -> str:
             "log KiB",
         ],
         probe_rows,
-        args.markdown,
+        options.markdown,
     )
     return report
 

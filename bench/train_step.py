@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--train-steps", type=int, help="rk4 steps of the fixed-step solves (default: the config's)")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        help="rk4 steps of the fixed-step solves (default: the preset's, or where the checkpoint's run ended)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint:
         training = model_folder.read_training(args.checkpoint)
         name, cfg = training["preset"], TrainConfig.from_dict(training["train_config"])
+        # train_config is the run's configuration; its training solver adapted to this many steps by the end
+        cfg = replace(cfg, train_solver=replace(cfg.train_solver, steps=training["validation"]["train_solver_steps"]))
     else:
         name, cfg = args.preset, PRESETS[args.preset].train
     cfg = replace(cfg, batch_size=args.batch_size or cfg.batch_size)

@@ -37,7 +37,11 @@ class SolverConfig:
         if self.method not in SOLVER_METHODS:
             raise ValueError(f"unknown solver method {self.method!r}")
         if self.steps < 1 or self.max_nfe < 1 or self.rtol <= 0 or self.atol <= 0:
-            raise ValueError(f"solver settings out of range: {self}")
+            raise ValueError(f"solver settings out of range: {self!r}")
+
+    def __str__(self) -> str:
+        """What matters of a solver in a table or card: its tolerance when adaptive, else its step count."""
+        return f"dopri5 {self.rtol:g}" if self.method == "dopri5" else f"{self.method} x {self.steps}"
 
 
 # The documented default: adaptive dopri5 at rtol = atol = 1e-5, scores within 0.01 nats of a 1e-7 solve. It is
@@ -61,7 +65,8 @@ def _from_dict(cls: type[_Config], data: dict[str, Any]) -> _Config:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that fixes the shapes and behaviour of a LatentCNF; stored in every checkpoint."""
+    """Everything building a LatentCNF needs (its config.json); how it samples and scores by default is
+    serving data (serving.json), so a calibration never changes what the weights are."""
 
     image_size: int = 28
     latent_dim: int = 8
@@ -85,7 +90,6 @@ class ModelConfig:
     base_variance: float = 0.1
     t0: float = 0.0
     t1: float = 10.0
-    sample_solver: SolverConfig = DEFAULT_SOLVER
 
     @property
     def data_dim(self) -> int:

@@ -4,7 +4,8 @@ The old format is the only place that needs `torch.load` (with `weights_only=Tru
 with weights.pt and card.json (config, provenance and serving data in one file), a judge a `<name>.pt`
 state dict with a `<name>.json` card beside it. The tensors are copied unchanged; the card is split into
 config.json, training.json and serving.json, with the old config keys renamed (`encoder_conditional`,
-`cnf_conditional`), and training.json records which file the weights came from.
+`cnf_conditional`) and `sample_solver` dropped (a model's default solvers are serving data: serving.json's
+calibrated ones), and training.json records which file the weights came from.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .model import LatentCNF
 
 OLD_WEIGHTS, OLD_CARD = "weights.pt", "card.json"
 RENAMED_CONFIG_KEYS = {"encoder_conditional": "encoder_uses_labels", "cnf_conditional": "prior_uses_labels"}
+DROPPED_CONFIG_KEYS = ("sample_solver",)
 SERVING_KEYS = ("score_reference", "ood_reference", "solvers")
 OLD_FILE_RECORDS = ("sha256", "bytes")  # a judge card's facts about its old .pt file, not about the training
 
@@ -37,10 +39,12 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_card(path: Path) -> dict[str, Any]:
     try:
-        card: dict[str, Any] = json.loads(path.read_text())
-        return card
+        card = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise model_folder.ModelFolderError(f"{path}: not a readable JSON card: {error}") from error
+    if not isinstance(card, dict):
+        raise model_folder.ModelFolderError(f"{path}: not a JSON object")
+    return card
 
 
 def _origin(path: Path) -> dict[str, str]:
@@ -59,8 +63,16 @@ def _converted_judge(old_sha256: str) -> dict[str, str] | None:
 def convert_model(old: Path, new: Path) -> Path:
     """A model folder from an old weights.pt + card.json folder."""
     card = _read_card(old / OLD_CARD)
-    config = {RENAMED_CONFIG_KEYS.get(k, k): v for k, v in card.pop("config").items()}
-    model, state = LatentCNF(ModelConfig.from_dict(config)), _read_state(old / OLD_WEIGHTS)
+    if not isinstance(card.get("config"), dict):
+        raise model_folder.ModelFolderError(f"{old / OLD_CARD}: no `config` object: not a model's card")
+    old_config = card.pop("config").items()
+    try:
+        config = ModelConfig.from_dict(
+            {RENAMED_CONFIG_KEYS.get(k, k): v for k, v in old_config if k not in DROPPED_CONFIG_KEYS}
+        )
+    except (TypeError, ValueError) as error:
+        raise model_folder.ModelFolderError(f"{old / OLD_CARD}: invalid config: {error}") from error
+    model, state = LatentCNF(config), _read_state(old / OLD_WEIGHTS)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -78,7 +78,7 @@ class LatentCNF(nn.Module):
         super().__init__()
         self.config = config
         # The solvers used when a call names none; `latent_cnf.load` sets serving.json's calibrated ones.
-        self.sample_solver: SolverConfig = config.sample_solver
+        self.sample_solver: SolverConfig = DEFAULT_SOLVER
         self.score_solver: SolverConfig = DEFAULT_SOLVER
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)

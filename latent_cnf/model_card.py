@@ -1,19 +1,18 @@
 """The README.md of a model folder: a model card with the YAML front matter model hubs read.
 
-Written from the folder's JSON files whenever they change, so the card never says more than they hold;
-nothing loads a model from it. Test metrics come from docs/results/<name>.json (source checkouts only),
-and only when that evaluation was of this very training run (same command and epochs).
+Written from the folder's JSON files whenever they change, so the card never says more than they hold and
+renders from the folder alone (an installed wheel has no docs/); nothing loads a model from it. Test metrics
+come from the folder's evaluation.json, which only an evaluation of these very weights writes.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+from .config import SolverConfig
+
 HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist"}
 JUDGES = {
     "classifier": (
@@ -28,6 +27,15 @@ JUDGES = {
     ),
 }
 TEST_METRICS = ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "fid", "precision", "recall", "label_accuracy")
+# The provenance hubs index (front matter `training:`) and people read (the Training section); `command` is
+# the command as it was run, `current_command` today's equivalent where modules or paths have moved since.
+PROVENANCE = (
+    ("command", "command", "`{}`"),
+    ("current_command", "command today", "`{}`"),
+    ("git_commit", "git commit", "`{}`"),
+    ("wall_time_s", "wall time", "{} s"),
+    ("device", "device", "{}"),
+)
 
 
 def _metrics(values: dict[str, Any], keys: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
@@ -36,17 +44,6 @@ def _metrics(values: dict[str, Any], keys: list[str] | tuple[str, ...]) -> list[
         for key in keys
         if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool)
     ]
-
-
-def _evaluation(name: str, training: dict[str, Any]) -> dict[str, Any] | None:
-    """docs/results/<name>.json when it evaluated this run's weights."""
-    path = RESULTS_DIR / f"{name}.json"
-    if not path.exists():
-        return None
-    result = json.loads(path.read_text())
-    run = result.get("training", {})
-    same = run.get("command") == training.get("command") and run.get("epochs") == training.get("epochs")
-    return result if same else None
 
 
 def _result(task: str, dataset: str, split: str, metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,46 +55,73 @@ def _result(task: str, dataset: str, split: str, metrics: list[dict[str, Any]]) 
     }
 
 
-def render(name: str, config: dict[str, Any], training: dict[str, Any], serving: dict[str, Any]) -> str:
-    """The card of a generative model (its config has a latent_dim) or of a judge."""
+def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The Evaluation section: the headline test metrics and how they were measured."""
+    protocol = [
+        f"{symbol} = {evaluation[key]} {what}"
+        for symbol, key, what in (
+            ("K", "importance_samples", "importance samples"),
+            ("M", "test_images", "test images"),
+            ("N", "num_samples", "generated samples"),
+        )
+        if evaluation.get(key) is not None
+    ]
+    if solver := evaluation.get("sample_solver"):
+        protocol.append(f"sampled by {SolverConfig(**solver)}")
+    lines = ["", "## Evaluation", ""]
+    lines += [f"- {m['name']}: {m['value']:.4f}" for m in _metrics(evaluation, TEST_METRICS)]
+    lines += [f"- protocol: {', '.join(protocol)}"] if protocol else []
+    lines += [f"- command: `{evaluation['command']}`"] if evaluation.get("command") else []
+    lines += [f"- date: {evaluation['date']}"] if evaluation.get("date") else []
+    return lines
+
+
+def render(
+    name: str,
+    config: dict[str, Any],
+    training: dict[str, Any],
+    serving: dict[str, Any],
+    solvers: dict[str, SolverConfig],
+    evaluation: dict[str, Any],
+    load_as: str | None,
+) -> str:
+    """The card of a generative model (its config has a latent_dim) or of a judge. `solvers` are serving's
+    calibrated ones, parsed; `load_as` the shipped name `latent_cnf.load` takes, None for a folder elsewhere
+    (the snippet then shows a path). A training record without a dataset names none."""
     generative = "latent_dim" in config
-    dataset = training.get("dataset", "mnist")
+    dataset: str | None = training.get("dataset")
     task = "unconditional-image-generation" if generative else "image-classification"
     results = []
     if generative:
         validation = training.get("validation", {})
         nats = sorted(key for key in validation if key.endswith("_nats"))
-        results.append(_result(task, dataset, "validation", _metrics(validation, nats)))
-        if (evaluation := _evaluation(name, training)) is not None:
-            results.append(_result(task, dataset, "test", _metrics(evaluation, TEST_METRICS)))
-    else:
+        if dataset is not None:
+            results.append(_result(task, dataset, "validation", _metrics(validation, nats)))
+        if (tested := evaluation.get("dataset", dataset)) is not None:
+            results.append(_result(task, tested, "test", _metrics(evaluation, TEST_METRICS)))
+    elif dataset is not None:
         for split, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
             results.append(_result(task, dataset, split, _metrics(training, (key,))))
-    front = {
-        "license": "mit",
-        "library_name": "latent-cnf",
-        "datasets": [HUB_DATASETS.get(dataset, dataset)],
-        "tags": ["latent-cnf", "pytorch", "safetensors"]
-        + (["vae", "continuous-normalizing-flow", "likelihood"] if generative else ["judge"]),
-        "pipeline_tag": task,
-    }
+    front: dict[str, Any] = {"license": "mit", "library_name": "latent-cnf"}
+    if dataset is not None:
+        front["datasets"] = [HUB_DATASETS.get(dataset, dataset)]
+    front["tags"] = ["latent-cnf", "pytorch", "safetensors"] + (
+        ["vae", "continuous-normalizing-flow", "likelihood"] if generative else ["judge"]
+    )
+    front["pipeline_tag"] = task
+    if provenance := {key: training[key] for key, _, _ in PROVENANCE if training.get(key) is not None}:
+        front["training"] = provenance
     if results := [r for r in results if r["metrics"]]:
         front["model-index"] = [{"name": name, "results": results}]
     if generative:
         description = training.get("description") or "A latent-cnf model."
-        load = f'import latent_cnf\n\nmodel = latent_cnf.load("{name}")'
+        call = f'latent_cnf.load("{load_as}")' if load_as else 'latent_cnf.load("<path>")  # <path>: this folder'
+        load = f"import latent_cnf\n\nmodel = {call}"
     else:
         description, load = (text.format(dataset=dataset) for text in JUDGES[config["architecture"]])
-    provenance = (
-        ("command", "`{}`", training.get("command")),
-        ("git commit", "`{}`", training.get("git_commit")),
-        ("wall time", "{} s", training.get("wall_time_s")),
-        ("device", "{}", training.get("device")),
-        ("torch", "{}", training.get("torch")),
-    )
     lines = [
         "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        yaml.safe_dump(front, sort_keys=False, width=10_000).rstrip(),  # a command on one line
         "---",
         "",
         f"# {name}",
@@ -112,22 +136,27 @@ def render(name: str, config: dict[str, Any], training: dict[str, Any], serving:
         "",
         "## Training",
         "",
-        f"- dataset: {dataset}",
-        *(f"- {label}: {form.format(value)}" for label, form, value in provenance if value is not None),
+        *([f"- dataset: {dataset}"] if dataset is not None else []),
+        *(f"- {label}: {form.format(provenance[key])}" for key, label, form in PROVENANCE if key in provenance),
+        *([f"- torch: {training['torch']}"] if training.get("torch") is not None else []),
     ]
+    if evaluation:
+        lines += _evaluation_lines(evaluation)
     if serving:
         lines += ["", "## Serving", ""]
-        for use, spec in sorted(serving.get("solvers", {}).items()):
-            if use in ("sample", "score"):
-                lines.append(f"- calibrated {use} solver: {spec['method']} x {spec['steps']} ({spec.get('nfe')} NFE)")
+        for use, solver in sorted(solvers.items()):
+            nfe = serving["solvers"][use].get("nfe")
+            lines.append(f"- calibrated {use} solver: {solver}" + (f" ({nfe} NFE)" if nfe is not None else ""))
         if reference := serving.get("score_reference"):
-            split = reference.get("split", f"{dataset} test")
+            split = reference.get("split", f"{dataset} test" if dataset else "the test set")
             lines.append(
                 f"- score reference: the first {reference['images']} images of {split}, "
                 f"K = {reference['importance_samples']} ({reference['binarization']})"
             )
         if "ood_reference" in serving:
             lines.append("- OOD bounds: calibrated (train.ood_calibrate)")
-    files = "config.json (architecture), training.json (full provenance)"
-    lines += ["", f"Files: model.safetensors (weights), {files}{', serving.json' if serving else ''}."]
+    files = ["model.safetensors (weights)", "config.json (architecture)", "training.json (full provenance)"]
+    files += ["serving.json"] if serving else []
+    files += ["evaluation.json"] if evaluation else []
+    lines += ["", f"Files: {', '.join(files)}."]
     return "\n".join(lines) + "\n"

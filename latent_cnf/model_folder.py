@@ -3,8 +3,10 @@
 A folder holds `model.safetensors` (the weights: tensors only, so loading executes nothing), `config.json`
 (what building the network needs), `training.json` (how it was made), `README.md` (a model card for people
 and model hubs, written from the JSON files; never parsed on load) and, for generative models,
-`serving.json` (what the service needs: score reference, OOD bounds, calibrated solvers). Keeping the three
-JSON files apart means a calibration rewrites what it measured, never the weights or their provenance.
+`serving.json` (what the service needs: score reference, OOD bounds, calibrated solvers) and
+`evaluation.json` (the headline test metrics, written by `python -m train.evaluate --record-in-folder`).
+Keeping the JSON files apart means a calibration or evaluation rewrites what it measured, never the weights
+or their provenance; writing new weights drops the serving and evaluation data of the old ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.json"
 SERVING_FILE = "serving.json"
+EVALUATION_FILE = "evaluation.json"
 CARD_FILE = "README.md"
 FORMAT = "latent-cnf-model-folder/1"
 Module = TypeVar("Module", bound=nn.Module)
@@ -97,15 +100,29 @@ def read_serving(name_or_path: str | Path) -> dict[str, Any]:
     return _read_json(resolve(name_or_path) / SERVING_FILE, required=False)
 
 
+def _card(folder: Path, serving: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """The card of the folder's config and training record with this serving and evaluation data; raises
+    ModelFolderError for data the card cannot show, before anything is written."""
+    shipped = folder.resolve().parent == MODELS_DIR.resolve()
+    try:
+        return model_card.render(
+            display_name(folder),
+            read_config(folder),
+            _read_json(folder / TRAINING_FILE),
+            serving,
+            serving_solvers(serving),
+            evaluation,
+            load_as=display_name(folder) if shipped else None,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ModelFolderError(f"{folder}: serving or evaluation data the card cannot show: {error!r}") from error
+
+
 def write_card(folder: Path) -> None:
     """(Re)write README.md from the folder's JSON files."""
-    card = model_card.render(
-        display_name(folder),
-        read_config(folder),
-        _read_json(folder / TRAINING_FILE),
-        _read_json(folder / SERVING_FILE, required=False),
-    )
-    (folder / CARD_FILE).write_text(card)
+    serving = _read_json(folder / SERVING_FILE, required=False)
+    evaluation = _read_json(folder / EVALUATION_FILE, required=False)
+    (folder / CARD_FILE).write_text(_card(folder, serving, evaluation))
 
 
 def save_folder(
@@ -115,7 +132,8 @@ def save_folder(
     training: dict[str, Any],
     serving: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a model or judge: weights, config, provenance, serving data when given, and the card."""
+    """Write a model or judge: weights, config, provenance, serving data when given, and the card. An
+    evaluation.json already there is removed: its numbers were measured on other weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -126,34 +144,54 @@ def save_folder(
         _write_json(folder / SERVING_FILE, serving)
     else:
         (folder / SERVING_FILE).unlink(missing_ok=True)  # an older export's serving data would not fit
+    (folder / EVALUATION_FILE).unlink(missing_ok=True)
     write_card(folder)
     return folder
 
 
 def save_pretrained(
-    model: LatentCNF, folder: str | Path, training: dict[str, Any], serving: dict[str, Any] | None = None
+    model: LatentCNF,
+    folder: str | Path,
+    training: dict[str, Any] | None = None,
+    serving: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a generative model's folder; its config is the model's ModelConfig."""
-    return save_folder(model, folder, model.config.to_dict(), training, serving)
+    """Write a generative model's folder; its config is the model's ModelConfig, `training` its provenance
+    (none recorded by default)."""
+    return save_folder(model, folder, model.config.to_dict(), training or {}, serving)
 
 
 def update_serving(name_or_path: str | Path, fields: dict[str, Any]) -> Path:
     """Merge `fields` into serving.json (e.g. calibrated solvers, OOD bounds) and rewrite the card; the
-    weights and the training record are not touched."""
+    weights and the training record are not touched. Malformed fields raise ModelFolderError and leave the
+    folder as it was."""
     folder = resolve(name_or_path)
-    _write_json(folder / SERVING_FILE, {**read_serving(folder), **fields})
-    write_card(folder)
+    serving = {**read_serving(folder), **fields}
+    card = _card(folder, serving, _read_json(folder / EVALUATION_FILE, required=False))
+    _write_json(folder / SERVING_FILE, serving)
+    (folder / CARD_FILE).write_text(card)
+    return folder
+
+
+def record_evaluation(name_or_path: str | Path, evaluation: dict[str, Any]) -> Path:
+    """Write evaluation.json (the headline test metrics of these weights) and rewrite the card."""
+    folder = resolve(name_or_path)
+    card = _card(folder, read_serving(folder), evaluation)
+    _write_json(folder / EVALUATION_FILE, evaluation)
+    (folder / CARD_FILE).write_text(card)
     return folder
 
 
 def serving_solvers(serving: dict[str, Any]) -> dict[str, SolverConfig]:
     """The calibrated default solvers ("sample", "score") in serving data, if train.calibrate wrote them."""
     fields = {f.name for f in dataclasses.fields(SolverConfig)}
-    return {
-        use: SolverConfig(**{k: v for k, v in spec.items() if k in fields})
-        for use, spec in serving.get("solvers", {}).items()
-        if use in ("sample", "score")
-    }
+    try:
+        return {
+            use: SolverConfig(**{k: v for k, v in spec.items() if k in fields})
+            for use, spec in serving.get("solvers", {}).items()
+            if use in ("sample", "score")
+        }
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ModelFolderError(f"invalid solvers in serving data: {error}") from error
 
 
 def weights_sha256(name_or_path: str | Path, root: Path = MODELS_DIR) -> str:
@@ -180,7 +218,8 @@ def load_weights(module: Module, folder: Path) -> Module:
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentCNF:
-    """A ready model in eval mode on `device`, with the calibrated solvers of serving.json as its defaults."""
+    """A ready model in eval mode on `device`, with the calibrated solvers of serving.json as its defaults
+    (DEFAULT_SOLVER where it has none)."""
     folder = resolve(name_or_path)
     try:
         config = ModelConfig.from_dict(read_config(folder))
@@ -189,8 +228,8 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Latent
     model = load_weights(LatentCNF(config), folder)
     try:
         solvers = serving_solvers(read_serving(folder))
-    except (AttributeError, TypeError, ValueError) as error:
-        raise ModelFolderError(f"{folder / SERVING_FILE}: invalid solvers: {error}") from error
+    except ModelFolderError as error:
+        raise ModelFolderError(f"{folder / SERVING_FILE}: {error}") from error
     for use, solver in solvers.items():
         setattr(model, f"{use}_solver", solver)
     return model.to(device).eval()

@@ -3,7 +3,7 @@
 Likelihoods of the VAE-CNF rank circles, strokes and scribbles as digits (a circle is a good 0), so a
 discriminative model trained on digits against exposed outliers gives latent_cnf/ood.py one more signal: the
 digit logit log p(digit | x) / p(not a digit | x) of a binarized, preprocessed 28x28 image. It is trained by
-`python -m train.outlier_judge` and shipped as the model folder latent_cnf/pretrained/judges/outlier-mnist/;
+`python -m train.outlier_judge` and shipped as the model folder latent_cnf/pretrained/judges/mnist-outlier-judge/;
 without it the signal is skipped.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from . import model_folder
 
-FOLDER = model_folder.JUDGES_DIR / "outlier-mnist"
+FOLDER = model_folder.JUDGES_DIR / "mnist-outlier-judge"
 CONFIG = {"architecture": "outlier-judge", "image_size": 28}
 DATASET = "mnist"  # its positives: the checkpoints whose rule may use it
 log = logging.getLogger(__name__)

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from latent_cnf.config import FIXED_STEP_METHODS, SolverConfig
+from latent_cnf.config import DEFAULT_SOLVER, FIXED_STEP_METHODS, SolverConfig
 from latent_cnf.fixed_step import STAGE_FRACTIONS
 
 EVALUATION_OVERHEAD_ROWS = 1024
 DECODER_EVALUATIONS = 64
-DOPRI5_REFERENCE_TOLERANCE = 1e-5
 DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when serving.json has no measured value
 # An adaptive solve steps every row on its own clock, so it runs the hypernetwork once per row and evaluation
 # (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
@@ -30,14 +29,19 @@ DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when serving.json has n
 HYPERNETWORK_PARAMETERS_PER_UNIT = 5_600
 
 
+def _tolerance(solver: SolverConfig) -> float:
+    """The tighter of a dopri5 solve's two tolerances, which sets its step count."""
+    return min(solver.rtol, solver.atol)
+
+
 def solve_evaluations(solver: SolverConfig, frames: int, dopri5_nfe: int) -> int:
     """Function evaluations of one solve over `frames` evenly spaced times: exact for fixed-step methods (whose
-    steps round up to a multiple of the frame intervals); for dopri5 the NFE measured at 1e-5, scaled by
-    tolerance^(-1/5) as the steps of a fifth-order method grow."""
+    steps round up to a multiple of the frame intervals); for dopri5 the NFE measured at the default tolerance
+    (DEFAULT_SOLVER's), scaled by tolerance^(-1/5) as the steps of a fifth-order method grow."""
     if solver.method in FIXED_STEP_METHODS:
         intervals = frames - 1
         return -(-solver.steps // intervals) * intervals * len(STAGE_FRACTIONS[solver.method])
-    ratio = DOPRI5_REFERENCE_TOLERANCE / min(solver.rtol, solver.atol)
+    ratio = _tolerance(DEFAULT_SOLVER) / _tolerance(solver)
     growth: float = ratio**0.2  # typeshed's float ** float is Any (a negative base gives a complex)
     return max(6, math.ceil(dopri5_nfe * growth))
 
@@ -51,10 +55,11 @@ def row_evaluation_units(solver: SolverConfig, hypernetwork_parameters: int) -> 
 
 
 def measured_dopri5_nfe(serving: Mapping[str, Any], kind: str) -> int:
-    """The NFE of dopri5 at 1e-5 from serving.json's solver calibration (`kind` is sampling or scoring)."""
+    """The NFE of dopri5 at the default tolerance from serving.json's solver calibration (`kind` is sampling or
+    scoring), which solve_evaluations scales to other tolerances."""
     for entry in serving.get("solvers", {}).get("calibration", {}).get(kind, []):
         spec = entry["spec"]
-        if spec["method"] == "dopri5" and min(spec["rtol"], spec["atol"]) == DOPRI5_REFERENCE_TOLERANCE:
+        if spec["method"] == "dopri5" and min(spec["rtol"], spec["atol"]) == _tolerance(DEFAULT_SOLVER):
             return int(entry["nfe"])
     return DOPRI5_DEFAULT_NFE[kind]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from anyio import CapacityLimiter
@@ -35,8 +34,3 @@ def get_decode_limiter(request: Request) -> CapacityLimiter:
 Hub = Annotated[ModelHub, Depends(get_hub)]
 ServiceSettings = Annotated[Settings, Depends(get_settings)]
 DecodeLimiter = Annotated[CapacityLimiter, Depends(get_decode_limiter)]
-
-
-def fresh_seed(seed: int | None) -> int:
-    """Requests without a seed get a random one, returned so the result can be reproduced."""
-    return seed if seed is not None else secrets.randbelow(2**31)

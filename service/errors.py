@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import metrics, request_id
@@ -79,6 +80,17 @@ def error_response(
     return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
+def _retry_headers(kind: type[Refusal]) -> dict[str, str] | None:
+    retry = RETRY_AFTER_S.get(kind)
+    return {"Retry-After": str(retry)} if retry is not None else None
+
+
+def not_ready(body: BaseModel) -> JSONResponse:
+    """A readiness probe's answer while models load: its own body (probes read `ready`, not an error), with the
+    status and Retry-After of a NotReady refusal, so probes and refused requests agree."""
+    return JSONResponse(body.model_dump(), status_code=STATUSES[NotReady], headers=_retry_headers(NotReady))
+
+
 def _describe(errors: Sequence[dict[str, Any]]) -> str:
     """`field: problem`, the field named the same way whether it came in a JSON body, a form or the query string."""
     parts = []
@@ -100,9 +112,7 @@ def install(app: FastAPI) -> None:
         status = STATUSES[type(error)]
         if status in REJECTED:
             metrics.REJECTED.labels(reason=error.code).inc()
-        retry = RETRY_AFTER_S.get(type(error))
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return error_response(request, status, error.code, error.message, headers)
+        return error_response(request, status, error.code, error.message, _retry_headers(type(error)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

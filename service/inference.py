@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
 Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
+
+
+def fresh_seed(seed: int | None) -> int:
+    """Requests without a seed get a random one, returned so the result can be reproduced."""
+    return seed if seed is not None else secrets.randbelow(2**31)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The Open Inference Protocol (KServe v2 REST) on the wire: its JSON bodies, its tensor datatypes, and the
 binary tensor data extension (a JSON header of Inference-Header-Content-Length bytes, then raw tensors), so
-clients such as tritonclient, the kserve SDK and perf_analyzer can talk to the service unchanged.
+clients such as tritonclient, the kserve SDK and perf_analyzer can talk to the service unchanged. It encodes and
+decodes bytes and knows no web framework: service/routes/v2.py sends them, and the core's v2 models
+(service/v2_models.py) describe themselves in its bodies.
 
 Spec: https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/ and Triton's
 binary_data extension (docs/protocol/extension_binary_data.md of triton-inference-server/server).
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from .failures import MalformedRequest
@@ -177,9 +179,18 @@ def check_outputs(request: InferRequest, names: list[str]) -> None:
         raise MalformedRequest(f"no outputs named {unknown}; this model has {sorted(names)}")
 
 
+@dataclass(frozen=True)
+class EncodedResponse:
+    """An infer response's bytes: JSON alone, or (`header_length` set) a JSON header of that many bytes followed
+    by the raw tensors, sent as application/octet-stream with the length in Inference-Header-Content-Length."""
+
+    content: bytes
+    header_length: int | None
+
+
 def encode_response(
     request: InferRequest, model_name: str, outputs: dict[str, tuple[str, np.ndarray]], request_id: str | None
-) -> Response:
+) -> EncodedResponse:
     """The requested outputs ((datatype, array) by name), each as JSON data or raw bytes as the request asks.
     The response `id` is the request's, else the request ID of the X-Request-ID header."""
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
@@ -198,12 +209,8 @@ def encode_response(
             output.data = array.reshape(-1).tolist()
         described.append(output)
     body = InferResponse(model_name=model_name, model_version="1", id=request.id or request_id, outputs=described)
-    header = body.model_dump(exclude_none=True)
+    # strict JSON (no NaN or Infinity), as clients' parsers read it
+    header = json.dumps(body.model_dump(exclude_none=True), separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
-        return JSONResponse(header)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return Response(
-        encoded + b"".join(chunks),
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(encoded))},
-    )
+        return EncodedResponse(header, None)
+    return EncodedResponse(header + b"".join(chunks), len(header))

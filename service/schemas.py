@@ -53,7 +53,9 @@ class GenerateResponse(BaseModel):
     model: str
     n: int
     label: int | None
-    labels: list[int] | None = Field(description="label of each sample (conditional models), drawn if not given")
+    labels: list[int] | None = Field(
+        description="label of each sample (models whose prior uses labels), drawn if not given"
+    )
     seed: int
     temperature: float
     nfe: int = Field(description="ODE function evaluations of the model call that produced these samples")
@@ -132,7 +134,10 @@ class ModelInfo(BaseModel):
     name: str
     dataset: str | None
     preset: str | None
-    conditional: bool
+    prior_uses_labels: bool = Field(
+        description="the CNF prior is p(z | label): sampling takes a label and scoring gives label probabilities"
+    )
+    encoder_uses_labels: bool = Field(description="the encoder reads the label too (scoring tries every label)")
     class_names: list[str] | None = Field(description="name of each label 0..9 in the model's dataset")
     latent_dim: int
     parameters: int

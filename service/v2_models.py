@@ -4,6 +4,7 @@ served checkpoint, with named tensors in and out, run by the same hub, batcher a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,13 +12,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import binarize_at_threshold
 
-from .dependencies import fresh_seed
 from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownModel
-from .inference import Disconnected, ModelHub, SampleJob, ServedModel
+from .inference import Disconnected, ModelHub, SampleJob, ServedModel, fresh_seed
 from .open_inference import ModelMetadata, TensorMetadata
 from .schemas import DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES, MAX_MODEL_NAME, GenerateRequest
 from .scores import score_rows
@@ -70,17 +69,17 @@ class V2Model:
 
     @property
     def outputs(self) -> list[Tensor]:
-        conditional = self.served.prior_uses_labels
+        uses_labels = self.served.prior_uses_labels
         if self.operation == "score":
             return [
                 *(Tensor(name, "FP64", (-1,)) for name in SCORE_FIELDS),
-                *([Tensor("PREDICTED_LABEL", "INT32", (-1,))] if conditional else []),
+                *([Tensor("PREDICTED_LABEL", "INT32", (-1,))] if uses_labels else []),
                 *([Tensor("PERCENTILE", "FP64", (-1,))] if self.served.reference is not None else []),
             ]
         return [
             Tensor("IMAGES", "FP32", (-1, *IMAGE)),
             Tensor("LATENTS", "FP32", (-1, self.served.model.config.latent_dim)),
-            *([Tensor("LABELS", "INT32", (-1,))] if conditional else []),
+            *([Tensor("LABELS", "INT32", (-1,))] if uses_labels else []),
             Tensor("SEED", "INT64", (1,)),
             Tensor("NFE", "INT32", (1,)),
         ]
@@ -224,7 +223,7 @@ async def _score(
     if not 1 <= k <= MAX_IMPORTANCE_SAMPLES:
         raise InvalidRequest(f"input IMPORTANCE_SAMPLES: must be 1 to {MAX_IMPORTANCE_SAMPLES}")
     score = await hub.score(model.served, images, k, disconnected)
-    rows = await run_in_threadpool(score_rows, model.served, images, score)
+    rows = await asyncio.to_thread(score_rows, model.served, images, score)
     outputs = {name: ("FP64", np.array([getattr(row, field) for row in rows])) for name, field in SCORE_FIELDS.items()}
     if model.served.prior_uses_labels:
         outputs["PREDICTED_LABEL"] = ("INT32", np.array([row.predicted_label for row in rows]))

@@ -26,7 +26,7 @@ def test_candidates_cover_every_fixed_step_method_and_fall_back_to_dopri5():
     assert {s.method for s in solvers} == {"euler", "midpoint", "rk4", "dopri5"}
     assert {s.steps for s in solvers if s.method == "rk4"} == set(calibrate.STEPS)
     assert [s.rtol for s in solvers if s.method == "dopri5"] == [1e-3, 1e-5]
-    assert calibrate.name(solvers[-1]) == "dopri5 1e-05"
+    assert str(solvers[-1]) == "dopri5 1e-05"
 
 
 def rows(*specs: tuple[str, int, float]) -> list[dict]:

@@ -5,7 +5,8 @@
 - the compose files and Grafana provisioning parse, agree with each other, and mount only what exists;
 - the Kubernetes manifests validate against the Kubernetes schemas and probe routes the app serves;
 - the training Job validates too, and its torchrun and `python -m train` arguments parse and agree with it;
-- the Dockerfile lints clean, its build context holds the package with its checkpoints, and it agrees with the app.
+- the Dockerfile lints clean, its build context holds the package with its checkpoints, and it agrees with the app;
+- each package of the wheel imports only what its extra brings (a base install: latent_cnf alone).
 
 A check whose tool is missing is skipped with the reason locally, and fails under CI (CI=true), where
 `bash deploy/install-prometheus.sh` and the dev extra provide every tool.
@@ -13,6 +14,8 @@ A check whose tool is missing is skipped with the reason locally, and fails unde
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import io
 import json
 import math
@@ -31,6 +34,14 @@ import httpx
 import pytest
 
 from bench.harness import free_port, running_command, running_server
+
+try:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+except ImportError:  # under CI a failure, like every missing tool (see `need`)
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("packaging is needed to read requirements (dev extra)", allow_module_level=True)
 
 try:
     import yaml
@@ -492,6 +503,10 @@ def test_train_job_runs_torchrun_across_its_pods() -> None:
     assert Path(train.out).is_relative_to(mounts[runs])  # state and checkpoint outlive the pods
     assert "ReadWriteMany" in claim["spec"]["accessModes"]  # every rank reads the state on --resume
     assert pod["spec"]["securityContext"]["fsGroup"] == int(dockerfile_instruction("USER"))
+    # The serving image lacks train's dependencies: the Job runs the training build docs/operations.md describes.
+    tag = container["image"].rpartition("/")[2]
+    build = f"docker build --build-arg EXTRAS=serve,train -t <registry>/{tag} ."
+    assert build in (REPO / "docs" / "operations.md").read_text(), build
 
 
 def test_k8s_manifests_match_the_app(routes: set[str], settings_env: set[str]) -> None:
@@ -579,7 +594,8 @@ def test_dockerfile_matches_the_app(routes: set[str]) -> None:
     healthcheck = dockerfile_instruction("HEALTHCHECK")
     assert "http://127.0.0.1:8000/healthz" in healthcheck and "/healthz" in routes
     [install] = [rest for word, rest in instructions if word == "RUN" and "/wheels/*.whl" in rest]
-    assert install.endswith('pip install "$(echo /wheels/*.whl)[serve]"'), "the image installs the serve extra alone"
+    assert install.endswith('pip install "$(echo /wheels/*.whl)[${EXTRAS}]"')
+    assert ("ARG", "EXTRAS=serve") in instructions, "by default the image installs the serve extra alone"
 
 
 DOCKERIGNORE_REGEX_CACHE: dict[str, re.Pattern] = {}
@@ -663,3 +679,68 @@ def test_build_context_holds_the_package_and_its_model_folders(tmp_path: Path) -
     assert set(page) <= names, "the demo page's files would miss the image"
     missing = [p for p in shipped if p not in names]
     assert not missing, f"model folder files left out of the wheel: {missing}"
+
+
+# --- what each package of the wheel needs ---------------------------------------------------------------
+
+# The wheel's top-level packages and the extras that bring their dependencies, as the README says: a base
+# install imports latent_cnf alone, `python -m service` needs [serve], `python -m train` needs [train].
+PACKAGE_EXTRAS = {"latent_cnf": (), "service": ("serve",), "train": ("train",)}
+
+
+def third_party_imports(package: str) -> set[str]:
+    """Top-level modules the package's code imports from outside the standard library and the project, leaving
+    out imports for type checkers only (under `if TYPE_CHECKING:`), which never run."""
+    modules = set()
+    for path in (REPO / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        checking_only = {
+            id(child)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for statement in node.body
+            for child in ast.walk(statement)
+        }
+        for node in ast.walk(tree):
+            if id(node) in checking_only:
+                continue
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - set(PACKAGE_EXTRAS)
+
+
+def brought_by(requirements: list[str]) -> set[str]:
+    """The distributions these requirements install, with what those require in turn (as installed here)."""
+    brought: set[str] = set()
+    pending = [Requirement(r) for r in requirements]
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in brought:
+            continue
+        brought.add(name)
+        try:
+            needs = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:  # not installed here: its own needs are unknown
+            continue
+        for need_ in map(Requirement, needs):
+            extras = ["", *requirement.extras]
+            if need_.marker is None or any(need_.marker.evaluate({"extra": extra}) for extra in extras):
+                pending.append(need_)
+    return brought
+
+
+@pytest.mark.parametrize(("package", "extras"), PACKAGE_EXTRAS.items())
+def test_each_package_imports_only_what_its_extra_brings(package: str, extras: tuple[str, ...]) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    brought = brought_by(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]])
+    distributions = importlib.metadata.packages_distributions()
+    missing = {
+        module
+        for module in third_party_imports(package)
+        if not {canonicalize_name(d) for d in distributions.get(module, [module])} & brought
+    }
+    assert not missing, f"{package} imports {sorted(missing)}, which {['base', *extras]} does not install"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, data, save_pretrained
+from latent_cnf import PRESETS, LatentCNF, data, model_folder, save_pretrained
 from latent_cnf.judges import load_classifier
 from train import evaluate
 from train import results as results_table
@@ -53,9 +53,13 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     model = untrained("final-cond", tmp_path / "ck", training)
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
-    evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5"])
+    evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5", "--record-in-folder"])
     results = json.loads(out.read_text())
     assert KEYS <= results.keys()
+    recorded = json.loads((tmp_path / "ck" / model_folder.EVALUATION_FILE).read_text())
+    assert all(recorded[key] == results[key] for key in evaluate.HEADLINE_FIELDS)
+    assert recorded["command"].startswith("python -m train.evaluate --checkpoint") and recorded["date"]
+    assert f"- test_nll_nats: {results['test_nll_nats']:.4f}" in (tmp_path / "ck" / model_folder.CARD_FILE).read_text()
     assert results["config_hash"] == model.config.hash()
     assert results["dataset"] == "mnist"
     sizes = ("importance_samples", "ood_importance_samples", "num_samples", "test_images", "ood_images")

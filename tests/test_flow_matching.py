@@ -161,6 +161,15 @@ def test_fm_cond_training_moves_the_prior_only(tiny_dataset, tmp_path):
     }
 
 
+def test_fm_cond_trains_on_the_frozen_posterior_encoded_once(tiny_dataset, tmp_path):
+    """The training images are replaced by their posterior rows [mean, log_std], as encoding each batch gives."""
+    trainer = Trainer(options(tiny_dataset, tmp_path, "fm-cond", run={"max_steps": 1}))
+    fit = data.load_split("mnist", "fit", tiny_dataset)
+    with torch.no_grad():
+        mean, log_std = trainer.model.eval().encode(data.to_float(fit.images), fit.labels)
+    torch.testing.assert_close(trainer.train_x, torch.cat([mean, log_std], dim=1))
+
+
 def test_mnist_fm_cond_loads_with_its_calibrated_few_step_sampler():
     model = latent_cnf.load("mnist-fm-cond")
     training = model_folder.read_training("mnist-fm-cond")

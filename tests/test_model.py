@@ -11,8 +11,9 @@ FAST = SolverConfig(method="rk4", steps=4)
 
 def model(preset: str = "final-cond", **overrides) -> LatentCNF:
     torch.manual_seed(0)
-    config = dataclasses.replace(PRESETS[preset].model, sample_solver=FAST, **overrides)
-    return LatentCNF(config).eval()
+    m = LatentCNF(dataclasses.replace(PRESETS[preset].model, **overrides)).eval()
+    m.sample_solver = FAST
+    return m
 
 
 def images(n: int = 6) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from latent_cnf import PRESETS, LatentCNF, ModelFolderError, SolverConfig, data, judges, model_folder, outlier
+from latent_cnf.config import DEFAULT_SOLVER
 from latent_cnf.legacy_checkpoint import convert, main
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "shipped_golden.json").read_text())
@@ -22,12 +23,24 @@ REFERENCE = {
     "binarization": "threshold 0.5",
     "log_likelihood_quantiles": [-9, -1],
 }
+EVALUATION = {
+    "dataset": "mnist",
+    "test_nll_nats": 90.5,
+    "fid": 30.25,
+    "importance_samples": 16,
+    "test_images": 1000,
+    "num_samples": 10000,
+    "sample_solver": {"method": "rk4", "steps": 2},
+    "command": "python -m train.evaluate --checkpoint ck --record-in-folder",
+    "date": "2026-12-01",
+}
 
 
 def tiny() -> LatentCNF:
     torch.manual_seed(0)
-    config = dataclasses.replace(PRESETS["final-cond"].model, sample_solver=FAST, cnf_width=8, cnf_hidden=8)
-    return LatentCNF(config).eval()
+    m = LatentCNF(dataclasses.replace(PRESETS["final-cond"].model, cnf_width=8, cnf_hidden=8)).eval()
+    m.sample_solver = FAST
+    return m
 
 
 def front_matter(folder: Path) -> dict:
@@ -45,6 +58,60 @@ def test_round_trip(tmp_path: Path) -> None:
     assert model_folder.read_training(folder) == {"dataset": "mnist"}
     torch.testing.assert_close(loaded.sample(4, seed=3, solver=FAST).images, m.sample(4, seed=3).images)
     assert front_matter(folder)["license"] == "mit"
+
+
+def test_solvers_are_serving_data_not_config(tmp_path: Path) -> None:
+    """config.json holds what building the network needs; a folder without calibrated solvers loads with
+    DEFAULT_SOLVER, whatever solver the saved model object had."""
+    m = tiny()
+    folder = model_folder.save_pretrained(m, tmp_path / "ck")
+    assert "sample_solver" not in json.loads((folder / model_folder.CONFIG_FILE).read_text())
+    assert model_folder.read_training(folder) == {}
+    loaded = model_folder.load(folder)
+    assert m.sample_solver == FAST and loaded.sample_solver == loaded.score_solver == DEFAULT_SOLVER
+
+
+def test_solver_names() -> None:
+    assert str(SolverConfig("rk4", steps=4)) == "rk4 x 4"
+    assert str(DEFAULT_SOLVER) == "dopri5 1e-05"
+
+
+def test_card_of_a_folder_alone(tmp_path: Path) -> None:
+    """A folder outside the package: the snippet loads it by path, no dataset is made up, and the test
+    metrics and provenance come from its own JSON files."""
+    training = {"command": "python -m train --out x", "git_commit": "abc", "wall_time_s": 12.5, "device": "cpu"}
+    folder = model_folder.save_pretrained(tiny(), tmp_path / "ck", training)
+    card = (folder / model_folder.CARD_FILE).read_text()
+    assert 'latent_cnf.load("<path>")' in card and "dataset" not in card
+    assert front_matter(folder)["training"] == training
+    assert "model-index" not in front_matter(folder)
+    model_folder.record_evaluation(folder, EVALUATION)
+    results = front_matter(folder)["model-index"][0]["results"]
+    assert [r["dataset"]["split"] for r in results] == ["test"]
+    assert {m["type"]: m["value"] for m in results[0]["metrics"]} == {"test_nll_nats": 90.5, "fid": 30.25}
+    card = (folder / model_folder.CARD_FILE).read_text()
+    assert "K = 16 importance samples, M = 1000 test images, N = 10000 generated samples, sampled by rk4 x 2" in card
+    assert "- command: `python -m train.evaluate --checkpoint ck --record-in-folder`" in card
+    model_folder.save_pretrained(tiny(), folder, training)  # new weights: the old numbers are not theirs
+    assert not (folder / model_folder.EVALUATION_FILE).exists()
+    assert "## Evaluation" not in (folder / model_folder.CARD_FILE).read_text()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"solvers": {"sample": {"method": "heun", "steps": 2}}},
+        {"solvers": {"score": {"method": "rk4", "steps": 0}}},
+        {"solvers": ["rk4"]},
+        {"score_reference": {"images": 3}},
+    ],
+)
+def test_malformed_serving_fields_leave_the_folder_as_it_was(tmp_path: Path, fields: dict) -> None:
+    folder = model_folder.save_pretrained(tiny(), tmp_path / "ck", {"dataset": "mnist"}, {"score_reference": REFERENCE})
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ModelFolderError):
+        model_folder.update_serving(folder, fields)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_update_serving_merges_and_rewrites_the_card(tmp_path: Path) -> None:
@@ -99,8 +166,10 @@ def test_shipped_models_hold_what_the_service_reads(name: str) -> None:
     assert len(quantiles) >= 2 and quantiles == sorted(quantiles)
     training = model_folder.read_training(name)
     assert training["steps"] > 0 and training["command"].startswith("python -m train")
-    results = front_matter(model_folder.resolve(name))["model-index"][0]["results"]
-    assert {r["dataset"]["split"] for r in results} == {"validation", "test"}
+    front = front_matter(model_folder.resolve(name))
+    assert {r["dataset"]["split"] for r in front["model-index"][0]["results"]} == {"validation", "test"}
+    assert front["training"]["command"] == training["command"] and front["training"]["git_commit"]
+    assert f'latent_cnf.load("{name}")' in (model_folder.resolve(name) / model_folder.CARD_FILE).read_text()
 
 
 @torch.no_grad()
@@ -124,12 +193,16 @@ def test_shipped_models_reproduce_their_old_format_outputs(name: str, data_dir: 
     [(name, model_folder.MODELS_DIR) for name in model_folder.available()]
     + [(name, model_folder.JUDGES_DIR) for name in model_folder.available(model_folder.JUDGES_DIR)],
 )
-def test_shipped_cards_say_what_their_json_files_hold(name: str, root: Path, tmp_path: Path) -> None:
+def test_shipped_cards_say_what_their_json_files_hold(
+    name: str, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every shipped README.md is the card its JSON files give today (rewrite them with write_card)."""
     folder = model_folder.resolve(name, root)
+    monkeypatch.setattr(model_folder, "MODELS_DIR", tmp_path)  # the copy stands where the shipped folders do
     copy = tmp_path / name
     copy.mkdir()
-    for file in (model_folder.CONFIG_FILE, model_folder.TRAINING_FILE, model_folder.SERVING_FILE):
+    files = (model_folder.CONFIG_FILE, model_folder.TRAINING_FILE, model_folder.SERVING_FILE)
+    for file in (*files, model_folder.EVALUATION_FILE):
         if (folder / file).exists():
             (copy / file).write_text((folder / file).read_text())
     model_folder.write_card(copy)
@@ -140,7 +213,7 @@ def test_shipped_judges_load() -> None:
     assert model_folder.available(model_folder.JUDGES_DIR) == [
         "fashion-mnist-classifier",
         "mnist-classifier",
-        "outlier-mnist",
+        "mnist-outlier-judge",
     ]
     assert isinstance(judges.load_classifier("fashion-mnist"), judges.Classifier)
     assert outlier.load() is not None
@@ -158,6 +231,7 @@ def legacy_folder(folder: Path, model: LatentCNF) -> Path:
     config = model.config.to_dict()
     config["encoder_conditional"] = config.pop("encoder_uses_labels")
     config["cnf_conditional"] = config.pop("prior_uses_labels")
+    config["sample_solver"] = dataclasses.asdict(FAST)
     card = {"dataset": "mnist", "command": "python -m train", "config": config, "score_reference": REFERENCE}
     (folder / "card.json").write_text(json.dumps(card))
     return folder
@@ -171,7 +245,7 @@ def test_a_legacy_checkpoint_converts_to_the_same_model(tmp_path: Path) -> None:
     assert loaded.config == m.config
     assert loaded.state_dict().keys() == m.state_dict().keys()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in m.state_dict().items())
-    torch.testing.assert_close(loaded.sample(3, seed=1).images, m.sample(3, seed=1).images, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.sample(3, seed=1, solver=FAST).images, m.sample(3, seed=1).images, atol=0, rtol=0)
     assert model_folder.read_serving(tmp_path / "new") == {"score_reference": REFERENCE}
     training = model_folder.read_training(tmp_path / "new")
     assert training["dataset"] == "mnist" and training["converted_from"]["file"] == "weights.pt"
@@ -187,6 +261,24 @@ def test_a_legacy_judge_converts(tmp_path: Path) -> None:
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in judge.state_dict().items())
     training = model_folder.read_training("mnist-classifier", tmp_path / "judges")
     assert training["test_accuracy"] == 0.5 and training["converted_from"]["file"] == "mnist.pt"
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ({"dataset": "mnist"}, "no `config` object"),
+        ({"config": {"latent_dim": 8, "colour": True}}, r"invalid config: unknown ModelConfig fields: \['colour'\]"),
+        ({"config": [8, 32]}, "no `config` object"),
+    ],
+)
+def test_converter_refuses_a_card_without_a_valid_config(tmp_path: Path, card: dict, message: str) -> None:
+    folder = legacy_folder(tmp_path / "old", tiny())
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFolderError, match=message):
+        convert(folder, tmp_path / "new")
+    with pytest.raises(SystemExit, match=f"error: .*card.json: {message}"):
+        main([str(folder), str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
 
 
 def test_converter_errors_end_with_a_message(tmp_path: Path) -> None:

@@ -75,7 +75,12 @@ def test_models_metadata(client):
     listing = client.get("/v1/models").json()
     assert listing["default"] == "mnist-final-cond"
     one = client.get("/v1/models/mnist-final-cond").json()
-    assert one["conditional"] is True and one["latent_dim"] == 8 and one["device"] == "cpu"
+    assert (
+        one["prior_uses_labels"] is True
+        and one["encoder_uses_labels"] is True
+        and one["latent_dim"] == 8
+        and one["device"] == "cpu"
+    )
     assert len(one["checkpoint_sha256"]) == 64 and one["parameters"] > 10_000
     assert one["training"]["dataset"] == "mnist" and "validation" in one["training"]
     assert "solvers" in one["serving"] and "score_reference" not in one["serving"]
@@ -186,7 +191,8 @@ def test_metrics_move_after_requests(client):
     assert metric(after, requests, **generate_ok) == metric(before, requests, **generate_ok) + 1
     samples = "latent_cnf_samples_generated_total"
     assert metric(after, samples, model="mnist-final-cond") == metric(before, samples, model="mnist-final-cond") + 3
-    assert "latent_cnf_model_info{" in after and "process_resident_memory_bytes" in after
+    assert metric(after, "latent_cnf_model_info", model="mnist-final-cond") == 1
+    assert metric(after, "process_resident_memory_bytes") > 0
 
 
 def test_conditional_samples_are_the_requested_digit(client):

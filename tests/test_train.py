@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder
+from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold
 from train.__main__ import main
 from train.loop import RunOptions, Trainer
 from train.objectives import OBJECTIVES
-from train.resume_state import STATE_FILE
+from train.resume_state import LEGACY_STATE_FILE, STATE_FILE
 
 from .conftest import run_offline
 
@@ -52,7 +53,8 @@ def test_every_preset_trains(tiny_dataset, tmp_path, preset):
 
 
 def test_an_epoch_export_is_servable_as_is(tiny_dataset, tmp_path, monkeypatch):
-    """A run stopped before its final export leaves a folder with a score reference: its validation bounds."""
+    """A run stopped before its final export leaves a folder with a score reference: its validation bounds, of
+    the validation images binarized as /score binarizes them."""
     trainer = Trainer(options(tiny_dataset, tmp_path / "run", run={"max_steps": 4}))
 
     def stopped() -> dict:
@@ -65,6 +67,9 @@ def test_an_epoch_export_is_servable_as_is(tiny_dataset, tmp_path, monkeypatch):
     reference = model_folder.read_serving(folder)["score_reference"]
     assert (reference["split"], reference["images"]) == ("mnist val", len(trainer.val_x))
     assert reference["importance_samples"] == trainer.options.val_importance_samples
+    assert reference["binarization"] == f"threshold {BINARIZE_THRESHOLD:g}"
+    served, _, _ = trainer.score_rows(binarize_at_threshold(trainer.val_grey), trainer.options.val_importance_samples)
+    assert reference["log_likelihood_quantiles"][0] == round(served.min().item(), 3)
     assert len(reference["log_likelihood_quantiles"]) == 101
     assert model_folder.load(folder).config == trainer.model.config
 
@@ -80,6 +85,14 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
     sessions = model_folder.read_training(tmp_path / "split" / "checkpoint")["sessions"]
     assert [s["from_step"] for s in sessions] == [0, 4]  # training.json records every invocation of a resumed run
+
+
+def test_resume_refuses_a_state_of_the_old_format(tiny_dataset, tmp_path):
+    """A run begun before the safetensors state is not restarted at step 0 over its export: it is refused by name."""
+    (tmp_path / LEGACY_STATE_FILE).write_bytes(b"a pickle")
+    with pytest.raises(SystemExit, match=f"{LEGACY_STATE_FILE}.*old format.*new run.*commit"):
+        Trainer(options(tiny_dataset, tmp_path, run={"resume": True})).run()
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_resume_with_other_networks_names_the_flags(tiny_dataset, tmp_path):
@@ -114,6 +127,8 @@ def test_training_solver_refines_while_it_is_far_from_the_exact_density(tiny_dat
     metrics = trainer.run()
     assert metrics["val_solver_gap_nats"] > 0 and metrics["train_solver_steps"] == 2
     assert trainer.train_solver_steps == 4 and trainer.cfg.train_solver.steps == 2  # the config stays as given
+    training = model_folder.read_training(tmp_path / "checkpoint")
+    assert training["train_config"]["train_solver"]["steps"] == 2  # training.json records it as given too
     resumed = options(
         tiny_dataset, tmp_path, "vae-cnf-prior", run={"resume": True, "max_steps": 5}, max_solver_gap_nats=1e-9
     )

@@ -15,12 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
 from latent_cnf.data import DATASETS, DataError
 
-from . import distributed
+from . import cli, distributed
 from .loop import RunOptions, Trainer
 
 
@@ -32,22 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="final-cond", help="what to train (--list-presets)"
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="training data")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=RunOptions.dataset, help="training data")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
     parser.add_argument(
         "--batch-size", type=int, help="override the preset's batch size (the global batch under torchrun)"
     )
     parser.add_argument("--lr", type=float, help="override the preset's learning rate")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, help="override the preset's seed")
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
+    cli.add_common_flags(parser, RunOptions)  # --data-dir, --device (auto: RunOptions holds the resolved one)
     parser.add_argument(
         "--out", type=Path, help="run folder: state, metrics.jsonl, pictures (default runs/<preset>-<dataset>)"
     )
     parser.add_argument("--export", type=Path, help="where the checkpoint goes (default <out>/checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue exactly from <out>/state.safetensors")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--train-subset", type=int, help="train on the first N training images (smoke runs)")
     parser.add_argument(
         "--set",
@@ -63,15 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=JSON",
         help="override any ModelConfig field, e.g. --model-set 'decoder_hidden=[512,512]' (repeat it on --resume)",
     )
-    parser.add_argument("--val-images", type=int, default=1000, help="validation images scored each epoch")
-    parser.add_argument(
-        "--reference-images", type=int, default=1000, help="test images behind the final export's score quantiles"
+    cli.add_flags(
+        parser,
+        RunOptions,
+        val_images="validation images scored each epoch (again, binarized as /score does, for its export)",
+        reference_images="test images behind the final export's score quantiles",
     )
     return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
 
 
 def parse_sets(
@@ -93,15 +87,13 @@ def parse_sets(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = cli.parse(build_parser(), argv)
     if args.list_presets:
         for name, preset in PRESETS.items():
             print(f"{name:15s} {preset.description}")
             print(f"{'':15s} model: {json.dumps(preset.model.to_dict())}")
             print(f"{'':15s} train: {json.dumps(preset.train.to_dict())}")
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     overrides = {k: v for k, v in overrides.items() if v is not None} | parse_sets(args.set, TrainConfig)

@@ -28,11 +28,11 @@ from latent_cnf.device import resolve_device
 from latent_cnf.judges import load_classifier
 from latent_cnf.model import LatentCNF
 
-from . import card_writer
-from .card_writer import CardOptions, provenance
+from . import cli, serving_writer
 from .evaluate import PROTOCOL_SEED, binarized, random_subset
 from .metrics.features import embed
 from .metrics.fid import fid
+from .serving_writer import FolderOptions, provenance
 
 REFERENCE = SolverConfig("dopri5", rtol=1e-7, atol=1e-7, max_nfe=1_000_000)
 STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # from 1: a reflowed flow may need no more
@@ -40,7 +40,7 @@ TOLERANCES = (1e-3, 1e-5)  # dopri5 candidates, for flows no fixed-step solver f
 
 
 @dataclass(frozen=True)
-class CalibrateOptions(CardOptions):
+class CalibrateOptions(FolderOptions):
     """The flags of python -m train.calibrate: how much is measured, and the error budgets."""
 
     samples: int = 2000
@@ -50,7 +50,6 @@ class CalibrateOptions(CardOptions):
     max_pixel_error: float = 0.05
     max_fid_change: float = 0.005
     max_score_error: float = 0.02
-    seed: int = 0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -58,24 +57,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    o = CalibrateOptions
-    parser = card_writer.parser("train.calibrate", __doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--samples", type=int, default=o.samples, help="base draws for the sampling errors")
-    parser.add_argument(
-        "--reference-images", type=int, default=o.reference_images, help="training images behind the FID"
+    seed_help = "seed of the base draws and importance samples"
+    parser = serving_writer.parser(
+        "train.calibrate", __doc__, CalibrateOptions, seed_help, formatter_class=HelpFormatter
     )
-    parser.add_argument("--score-images", type=int, default=o.score_images, help="test images for the score errors")
-    parser.add_argument("--importance-samples", type=int, default=o.importance_samples, help="K of the scores compared")
-    parser.add_argument(
-        "--max-pixel-error", type=float, default=o.max_pixel_error, help="sampling budget, pixel intensity"
+    cli.add_flags(
+        parser,
+        CalibrateOptions,
+        samples="base draws for the sampling errors",
+        reference_images="training images behind the FID",
+        score_images="test images for the score errors",
+        importance_samples="K of the scores compared",
+        max_pixel_error="sampling budget, pixel intensity",
+        max_fid_change="sampling budget, relative FID change",
+        max_score_error="scoring budget, nats per image",
     )
-    parser.add_argument(
-        "--max-fid-change", type=float, default=o.max_fid_change, help="sampling budget, relative FID change"
-    )
-    parser.add_argument(
-        "--max-score-error", type=float, default=o.max_score_error, help="scoring budget, nats per image"
-    )
-    parser.add_argument("--seed", type=int, default=o.seed, help="seed of the base draws and importance samples")
     return parser
 
 
@@ -85,14 +81,10 @@ def candidates() -> list[SolverConfig]:
     return fixed + [SolverConfig("dopri5", rtol=tol, atol=tol) for tol in TOLERANCES]
 
 
-def name(solver: SolverConfig) -> str:
-    return f"dopri5 {solver.rtol:g}" if solver.method == "dopri5" else f"{solver.method} x {solver.steps}"
-
-
 def row(solver: SolverConfig, nfe: int, **errors: float) -> dict:
     """One candidate's measurements; `nfe` is what the call measured (a dopri5 batch runs to its slowest sample)."""
     spec = {"method": solver.method, "steps": solver.steps, "rtol": solver.rtol, "atol": solver.atol}
-    return {"solver": name(solver), "nfe": nfe, **errors, "spec": spec}
+    return {"solver": str(solver), "nfe": nfe, **errors, "spec": spec}
 
 
 def by_cost(rows: list[dict]) -> list[dict]:
@@ -100,14 +92,14 @@ def by_cost(rows: list[dict]) -> list[dict]:
 
 
 def sampling_errors(
-    model: LatentCNF, judge: torch.nn.Module, train_features: torch.Tensor, args: CalibrateOptions
+    model: LatentCNF, judge: torch.nn.Module, train_features: torch.Tensor, options: CalibrateOptions
 ) -> tuple[float, list[dict]]:
     """The reference's FID, and each candidate's worst pixel error and relative FID change against it."""
-    z0, labels = model.draw_base(args.samples, seed=args.seed)
+    z0, labels = model.draw_base(options.samples, seed=options.seed)
 
     def images(solver: SolverConfig) -> tuple[torch.Tensor, int]:
         path = model.generate(z0, labels, solver)
-        return path.images[-1].reshape(args.samples, -1).cpu(), path.nfe
+        return path.images[-1].reshape(options.samples, -1).cpu(), path.nfe
 
     def fid_of(pictures: torch.Tensor) -> float:
         return fid(embed(judge, pictures, 1000)[0].numpy(), train_features.numpy())
@@ -122,13 +114,13 @@ def sampling_errors(
     return reference_fid, by_cost(rows)
 
 
-def scoring_errors(model: LatentCNF, test_images: torch.Tensor, args: CalibrateOptions) -> list[dict]:
+def scoring_errors(model: LatentCNF, test_images: torch.Tensor, options: CalibrateOptions) -> list[dict]:
     """Worst and mean absolute error of each candidate's IWAE bound against the reference's, same proposals."""
-    x = binarized(test_images[: args.score_images]).to(model.device)
-    seeds = args.seed + torch.arange(len(x))
+    x = binarized(test_images[: options.score_images]).to(model.device)
+    seeds = options.seed + torch.arange(len(x))
 
     def bound(solver: SolverConfig) -> tuple[torch.Tensor, int]:
-        score = model.score(x, k=args.importance_samples, solver=solver, seed=seeds)
+        score = model.score(x, k=options.importance_samples, solver=solver, seed=seeds)
         return score.log_likelihood.cpu(), score.nfe
 
     reference, _ = bound(REFERENCE)
@@ -165,22 +157,22 @@ def table(title: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def calibrate(args: CalibrateOptions, command: str) -> dict:
-    device = resolve_device(args.device)
-    model = model_folder.load(args.checkpoint, device)
-    dataset = model_folder.read_training(args.checkpoint)["dataset"]
+def calibrate(options: CalibrateOptions, command: str) -> dict:
+    device = resolve_device(options.device)
+    model = model_folder.load(options.checkpoint, device)
+    dataset = model_folder.read_training(options.checkpoint)["dataset"]
     started = time.perf_counter()
-    train = data.load_split(dataset, "train", args.data_dir)
-    test = data.load_split(dataset, "test", args.data_dir)
+    train = data.load_split(dataset, "train", options.data_dir)
+    test = data.load_split(dataset, "test", options.data_dir)
     judge = load_classifier(dataset, device)
-    chosen_train = random_subset(len(train), args.reference_images)
+    chosen_train = random_subset(len(train), options.reference_images)
     train_features = embed(judge, data.to_float(train.images[chosen_train]).reshape(-1, 784), 1000)[0]
-    reference_fid, sampling = sampling_errors(model, judge, train_features, args)
-    scoring = scoring_errors(model, test.images, args)
+    reference_fid, sampling = sampling_errors(model, judge, train_features, options)
+    scoring = scoring_errors(model, test.images, options)
     print(table("sampling (vs dopri5 1e-7, FID change relative)", sampling))
     print(table("scoring (vs dopri5 1e-7, nats)", scoring))
-    sample = cheapest(sampling, {"max_pixel_error": args.max_pixel_error, "fid_change": args.max_fid_change})
-    score = cheapest(scoring, {"max_error_nats": args.max_score_error})
+    sample = cheapest(sampling, {"max_pixel_error": options.max_pixel_error, "fid_change": options.max_fid_change})
+    score = cheapest(scoring, {"max_error_nats": options.max_score_error})
     return {
         "sample": as_solver(sample),
         "score": as_solver(score),
@@ -188,16 +180,16 @@ def calibrate(args: CalibrateOptions, command: str) -> dict:
             "reference": "dopri5, rtol = atol = 1e-7, step size per sample",
             "reference_fid": reference_fid,
             "budgets": {
-                "max_pixel_error": args.max_pixel_error,
-                "fid_change": args.max_fid_change,
-                "max_score_error_nats": args.max_score_error,
+                "max_pixel_error": options.max_pixel_error,
+                "fid_change": options.max_fid_change,
+                "max_score_error_nats": options.max_score_error,
             },
-            "samples": args.samples,
-            "reference_images": args.reference_images,
-            "score_images": args.score_images,
-            "importance_samples": args.importance_samples,
+            "samples": options.samples,
+            "reference_images": options.reference_images,
+            "score_images": options.score_images,
+            "importance_samples": options.importance_samples,
             "protocol_seed": PROTOCOL_SEED,
-            "seed": args.seed,
+            "seed": options.seed,
             "sampling": sampling,
             "scoring": scoring,
         }
@@ -207,11 +199,11 @@ def calibrate(args: CalibrateOptions, command: str) -> dict:
 
 def report(solvers: dict) -> None:
     for use, solver in model_folder.serving_solvers({"solvers": solvers}).items():
-        print(f"{use}: {name(solver)}")
+        print(f"{use}: {solver}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    card_writer.run("train.calibrate", build_parser(), CalibrateOptions, calibrate, report, "solvers", argv)
+    serving_writer.run("train.calibrate", build_parser(), CalibrateOptions, calibrate, report, "solvers", argv)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,18 @@ drives the model's randomness (sampling noise, importance samples).
 Under `torchrun --nproc_per_node=N -m train.evaluate ...` the expensive parts, the IWAE scores and the sample
 generation, are shared out by chunks of --batch-size (each chunk with its own seeds, as in one process) and
 gathered; the rest runs on every rank and rank 0 writes the JSON, which is that of one process.
+`--record-in-folder` also writes the headline numbers into the model folder's evaluation.json, which its
+model card shows (an opt-in: evaluating a shipped model should not edit the installed package by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +49,7 @@ from latent_cnf.config import DEFAULT_SOLVER
 from latent_cnf.judges import load_classifier
 from latent_cnf.model import LatentCNF
 
-from . import distributed
-from .cli import options_from
+from . import cli, distributed
 from .metrics.features import embed
 from .metrics.fid import fid
 from .metrics.ood import auroc, complexity_bits, complexity_corrected
@@ -55,6 +59,22 @@ PROTOCOL_SEED = 0
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "device", "git_commit")
 SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
+# What a model folder's evaluation.json keeps of the results: the headline test metrics and K, M, N.
+HEADLINE_FIELDS = (
+    "dataset",
+    "test_nll_nats",
+    "test_elbo_nats",
+    "latent_nll_nats",
+    "fid",
+    "fid_reference",
+    "precision",
+    "recall",
+    "label_accuracy",
+    "importance_samples",
+    "test_images",
+    "num_samples",
+    "sample_solver",
+)
 
 
 @dataclass(frozen=True)
@@ -80,17 +100,21 @@ class EvaluateOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    o = EvaluateOptions
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="shipped model name or model folder")
+    cli.add_common_flags(parser, EvaluateOptions, seed="seed of the sampling noise and importance samples")
     parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the model's own dataset")
-    parser.add_argument("--importance-samples", type=int, default=o.importance_samples, help="K of the IWAE bound")
+    cli.add_flags(
+        parser,
+        EvaluateOptions,
+        importance_samples="K of the IWAE bound",
+        num_samples="generated images for FID, P/R, labels",
+        test_images="first M test images (and M per outlier set)",
+        neighbours="k of the k-NN manifolds of precision/recall",
+        batch_size="images per model.score / model.sample call",
+        feature_batch_size="images per judge call, rows per distance block",
+    )
     parser.add_argument(
         "--ood-importance-samples", type=int, help="K for the outlier AUROCs (default: --importance-samples)"
-    )
-    parser.add_argument("--num-samples", type=int, default=o.num_samples, help="generated images for FID, P/R, labels")
-    parser.add_argument(
-        "--test-images", type=int, default=o.test_images, help="first M test images (and M per outlier set)"
     )
     parser.add_argument(
         "--ood-images", type=int, help="images per outlier set, vs the first as many test images (default all M)"
@@ -100,33 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperatures",
         type=float,
         nargs="*",
-        default=o.temperatures,
+        default=EvaluateOptions.temperatures,
         help="also measure FID, precision/recall and label accuracy of samples at these temperatures (< 1)",
     )
     parser.add_argument(
-        "--neighbours", type=int, default=o.neighbours, help="k of the k-NN manifolds of precision/recall"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=o.batch_size, help="images per model.score / model.sample call"
-    )
-    parser.add_argument(
-        "--feature-batch-size",
-        type=int,
-        default=o.feature_batch_size,
-        help="images per judge call, rows per distance block",
-    )
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--device", default=o.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=o.seed, help="seed of the sampling noise and importance samples")
-    parser.add_argument(
         "--sample-solver",
         type=sample_solver,
-        default=o.sample_solver,
+        default=EvaluateOptions.sample_solver,
         metavar="METHOD:STEPS",
         help="fixed-step solver of the samples, e.g. rk4:2 (FID at few function evaluations; default dopri5)",
     )
     parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
+    parser.add_argument(
+        "--record-in-folder",
+        action="store_true",
+        help="also write the headline numbers to the model folder's evaluation.json and rewrite its card",
+    )
     return parser
 
 
@@ -322,6 +335,12 @@ def evaluate(options: EvaluateOptions) -> dict:
     }
 
 
+def headline(results: dict, command: str) -> dict:
+    """A model folder's evaluation.json: the headline numbers, the command that measured them, the date."""
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    return {key: results[key] for key in HEADLINE_FIELDS} | {"command": command, "date": today}
+
+
 def table(results: dict) -> str:
     """One aligned `name  value` row per number; nested dicts flatten to dotted names."""
 
@@ -336,11 +355,10 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    argv = sys.argv[1:] if argv is None else argv
+    args = cli.parse(build_parser(), argv)
     try:
-        results = evaluate(options_from(args, EvaluateOptions))
+        results = evaluate(cli.options_from(args, EvaluateOptions))
         reporter = distributed.is_main()  # asked before the process group is gone
     except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
@@ -353,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+    if args.record_in_folder:
+        command = shlex.join(["python", "-m", "train.evaluate", *argv])
+        folder = model_folder.record_evaluation(args.checkpoint, headline(results, command))
+        print(f"wrote {folder / model_folder.EVALUATION_FILE}")
 
 
 if __name__ == "__main__":

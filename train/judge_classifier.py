@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import shlex
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from latent_cnf import data, judges, model_folder
 from latent_cnf.device import resolve_device
 from latent_cnf.judges import IMAGE_SIZE, Classifier
 
+from . import cli
 from .loop import git_commit
 from .metrics.features import accuracy
 
@@ -35,40 +39,65 @@ def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
-def train(
-    dataset: str,
-    data_dir: Path | None,
-    device: torch.device,
-    epochs: int = 8,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-    augment: bool = True,
-) -> tuple[Classifier, dict]:
+@dataclass(frozen=True)
+class JudgeClassifierOptions:
+    """The flags of python -m train.judge_classifier but where to write: the data, the device, the recipe."""
+
+    dataset: str = "mnist"
+    data_dir: Path | None = None
+    device: str = "auto"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    augment: bool = True
+
+    def recipe(self) -> dict[str, int | float | bool]:
+        """What the judge's training.json records of how it was trained."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dataset", "data_dir", "device")}
+
+
+class CosineAdam:
+    """The judges' optimiser (this one's and train.outlier_judge's): Adam, its learning rate falling along a
+    cosine to 0 over `steps` steps."""
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], lr: float, steps: int):
+        self.optimizer = torch.optim.Adam(parameters, lr=lr)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One epoch's batches of indices of `n` rows, in an order drawn from `generator` (the last may be smaller)."""
+    return torch.randperm(n, generator=generator).split(batch_size)
+
+
+def train(options: JudgeClassifierOptions) -> tuple[Classifier, dict]:
     """Adam with a cosine schedule on the 'fit' split; keeps the weights of the epoch with the best 'val' accuracy."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    fit, val = (data.load_split(dataset, split, data_dir) for split in ("fit", "val"))
+    o = options
+    torch.manual_seed(o.seed)
+    generator = torch.Generator().manual_seed(o.seed)
+    device = resolve_device(o.device)
+    fit, val = (data.load_split(o.dataset, split, o.data_dir) for split in ("fit", "val"))
     x = data.to_float(fit.images).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
     val_x = data.to_float(val.images)
     judge = Classifier().to(device)
-    optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
-    steps_per_epoch = -(-len(x) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    steps = o.epochs * -(-len(x) // o.batch_size)
+    optimizer = CosineAdam(judge.parameters(), o.lr, steps)
     best: dict = {"val_accuracy": -1.0}
     postfix: dict[str, str] = {}
-    bar = tqdm(total=epochs * steps_per_epoch, desc=f"judge {dataset}", unit="step", dynamic_ncols=True)
-    for epoch in range(1, epochs + 1):
+    bar = tqdm(total=steps, desc=f"judge {o.dataset}", unit="step", dynamic_ncols=True)
+    for epoch in range(1, o.epochs + 1):
         judge.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            index = order[start : start + batch_size]
-            batch = shift(x[index], generator) if augment else x[index]
+        for index in shuffled_batches(len(x), o.batch_size, generator):
+            batch = shift(x[index], generator) if o.augment else x[index]
             loss = F.cross_entropy(judge(batch.to(device)), fit.labels[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            optimizer.step(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", **postfix)
         val_accuracy = accuracy(judge, val_x, val.labels, batch_size=1000)
@@ -83,15 +112,14 @@ def train(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.judge_classifier", description=__doc__)
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-augment", action="store_true", help="train without random shifts")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    cli.add_common_flags(parser, JudgeClassifierOptions, seed="seed of the weights, the order and the shifts")
+    parser.add_argument(
+        "--dataset", choices=sorted(data.DATASETS), default=JudgeClassifierOptions.dataset, help="training data"
+    )
+    cli.add_flags(
+        parser, JudgeClassifierOptions, epochs="epochs of 'fit'", batch_size="images per step", lr="Adam's initial rate"
+    )
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without random shifts")
     parser.add_argument(
         "--out", type=Path, help="model folder to write (default latent_cnf/pretrained/judges/<dataset>-classifier)"
     )
@@ -99,38 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(build_parser(), argv)
+    options = cli.options_from(args, JudgeClassifierOptions)
     start = time.perf_counter()
-    device = resolve_device(args.device)
-    judge, selection = train(
-        args.dataset,
-        args.data_dir,
-        device,
-        args.epochs,
-        args.batch_size,
-        args.lr,
-        args.seed,
-        not args.no_augment,
-    )
-    test = data.load_split(args.dataset, "test", args.data_dir)
+    judge, selection = train(options)
+    test = data.load_split(options.dataset, "test", options.data_dir)
+    device = next(judge.parameters()).device
     training = {
-        "dataset": args.dataset,
+        "dataset": options.dataset,
         "test_accuracy": accuracy(judge, data.to_float(test.images), test.labels, batch_size=1000),
         **selection,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "augment": not args.no_augment,
-        "seed": args.seed,
+        **options.recipe(),
         "command": shlex.join(["python", "-m", "train.judge_classifier", *(sys.argv[1:] if argv is None else argv)]),
         "git_commit": git_commit(),
         "device": str(device),
         "torch": torch.__version__,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
-    out = args.out or model_folder.JUDGES_DIR / judges.classifier_name(args.dataset)
+    out = args.out or model_folder.JUDGES_DIR / judges.classifier_name(options.dataset)
     print(f"wrote {model_folder.save_folder(judge, out, judges.CONFIG, training)}")
 
 

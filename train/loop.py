@@ -22,7 +22,7 @@ from latent_cnf.networks import PatchDiscriminator
 
 from . import distributed, reflow, resume_state
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss
-from .resume_state import STATE_FILE
+from .resume_state import LEGACY_STATE_FILE, STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,6 @@ class RunOptions:
     @property
     def checkpoint(self) -> Path:
         return self.export or self.out / "checkpoint"
-
-
-def score_reference(log_likelihood: torch.Tensor, split: str, binarization: str, k: int) -> dict:
-    """serving.json's score reference: the percentiles 0..100 of the IWAE bounds of the first `images` images
-    of `split`, and how they were made."""
-    quantiles = torch.quantile(log_likelihood.double().cpu(), torch.linspace(0, 1, 101, dtype=torch.float64))
-    return {
-        "split": split,
-        "binarization": binarization,
-        "images": len(log_likelihood),
-        "importance_samples": k,
-        "log_likelihood_quantiles": [round(q, 3) for q in quantiles.tolist()],
-    }
 
 
 def git_commit() -> str:
@@ -115,8 +102,9 @@ class Trainer:
         val = val.subset(torch.arange(min(options.val_images, len(val))))
         if min(len(val), options.reference_images) < distributed.world_size():
             raise SystemExit("--val-images and --reference-images must be at least the number of processes")
-        generator = torch.Generator().manual_seed(0)
-        self.val_x = data.binarize(data.to_float(val.images), generator).to(options.device)
+        grey = data.to_float(val.images)
+        self.val_x = data.binarize(grey, torch.Generator().manual_seed(0)).to(options.device)
+        self.val_grey = grey.to(options.device)  # the epoch exports' score reference binarizes it as /score does
         self.val_y = val.labels.to(options.device)
         self.steps_per_epoch = math.ceil(len(self.train_x) / self.cfg.batch_size)
         self.total_steps = self.cfg.epochs * self.steps_per_epoch
@@ -280,13 +268,12 @@ class Trainer:
         return tuple(distributed.gather_rows(t) for t in parts)
 
     @torch.no_grad()
-    def validate(self) -> tuple[dict[str, float], dict]:
-        """The validation metrics, and the score reference their per-image bounds give an epoch's export."""
+    def validate(self) -> dict[str, float]:
+        """The validation metrics, on the randomly binarized images that training's likelihood is measured on."""
         k = self.options.val_importance_samples
         iwae, elbo, latent = self.score_rows(self.val_x, k)
         gap, half_gap = self.solver_gaps()
         coarser = {} if half_gap is None else {"val_solver_gap_half_steps_nats": half_gap}
-        reference = score_reference(iwae, f"{self.options.dataset} val", "random, seed 0 (data.binarize)", k)
         return coarser | {
             "val_solver_gap_nats": gap,
             "train_solver_steps": self.train_solver_steps,
@@ -294,7 +281,27 @@ class Trainer:
             "val_elbo_nats": elbo.mean().item(),
             "val_latent_nll_nats": -latent.mean().item(),
             "val_importance_samples": k,
-        }, reference
+        }
+
+    @torch.no_grad()
+    def score_reference(self, grey: torch.Tensor, split: str, k: int) -> dict:
+        """serving.json's score reference: the percentiles 0..100 of the IWAE bounds of the grey images `grey`
+        of `split` binarized at the threshold as /score binarizes them (the service's `percentile` compares a
+        request's bound with these), and how they were made."""
+        log_likelihood, _, _ = self.score_rows(binarize_at_threshold(grey), k)
+        quantiles = torch.quantile(log_likelihood.double().cpu(), torch.linspace(0, 1, 101, dtype=torch.float64))
+        return {
+            "split": split,
+            "binarization": f"threshold {BINARIZE_THRESHOLD:g}",
+            "images": len(log_likelihood),
+            "importance_samples": k,
+            "log_likelihood_quantiles": [round(q, 3) for q in quantiles.tolist()],
+        }
+
+    def val_score_reference(self) -> dict:
+        """An epoch export's score reference: the validation images at validation's K, scored a second time
+        binarized at the threshold (the final export's reference scores test images instead)."""
+        return self.score_reference(self.val_grey, f"{self.options.dataset} val", self.options.val_importance_samples)
 
     @torch.no_grad()
     def trajectory_png(self) -> bytes:
@@ -370,7 +377,7 @@ class Trainer:
             "description": o.preset.description,
             "dataset": o.dataset,
             "dataset_sha256": data.DATASETS[o.dataset],
-            "train_config": self.cfg.to_dict() | {"train_solver": dataclasses.asdict(self.train_solver)},
+            "train_config": self.cfg.to_dict(),  # as configured: the adapted solver is validation.train_solver_steps
             "command": o.command,
             "seed": self.cfg.seed,
             "git_commit": self.sessions[-1]["git_commit"],
@@ -395,12 +402,16 @@ class Trainer:
         with distributed.local_leader_first():
             test = data.load_split(o.dataset, "test", o.data_dir)
         images = data.to_float(test.images[: o.reference_images])
-        log_likelihood, _, _ = self.score_rows(binarize_at_threshold(images), o.reference_importance_samples)
-        binarization = f"threshold {BINARIZE_THRESHOLD:g}"
-        return score_reference(log_likelihood, f"{o.dataset} test", binarization, o.reference_importance_samples)
+        return self.score_reference(images, f"{o.dataset} test", o.reference_importance_samples)
 
     def run(self) -> dict[str, float]:
         o = self.options
+        if o.resume and not (o.out / STATE_FILE).exists() and (o.out / LEGACY_STATE_FILE).exists():
+            raise SystemExit(
+                f"{o.out / LEGACY_STATE_FILE} is a resume state of the old format, which --resume does not read "
+                f"(it would restart at step 0 and overwrite the run's export): start a new run with another --out, "
+                f"or resume this one with the code of commit {resume_state.LEGACY_COMMIT}, the last that wrote it"
+            )
         if o.resume and (o.out / STATE_FILE).exists():
             self.load_state(o.out / STATE_FILE)
             if distributed.is_main():
@@ -437,7 +448,7 @@ class Trainer:
                 {k: f"{v:.3g}" for k, v in terms.items()} | {"img/s": f"{self.cfg.batch_size / seconds:.0f}"}
             )
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                metrics, reference = self.validate()
+                metrics = self.validate()
                 epoch = self.step / self.steps_per_epoch
                 record = {
                     "step": self.step,
@@ -456,13 +467,13 @@ class Trainer:
                     self.adapt_train_solver(*gaps)
                 # Rank 0 decides and the others follow: one decision, so every rank integrates the same way.
                 self.train_solver_steps = distributed.broadcast(self.train_solver_steps)
-                self.save(metrics, reference)
+                self.save(metrics, self.val_score_reference())
                 if log is not None:
                     bar.write(json.dumps(record))
         bar.close()
         if log is not None:
             log.close()
-        metrics = metrics or self.validate()[0]
+        metrics = metrics or self.validate()
         reference = self.test_score_reference()
         if main:
             self.export(metrics, reference)

@@ -30,12 +30,12 @@ from latent_cnf.device import resolve_device
 from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold, preprocess_mnist
 from latent_cnf.model import LatentCNF
 
-from . import card_writer, ood_set
-from .card_writer import CardOptions, provenance
+from . import cli, ood_set, serving_writer
+from .serving_writer import FolderOptions, provenance
 
 
 @dataclass(frozen=True)
-class OodCalibrateOptions(CardOptions):
+class OodCalibrateOptions(FolderOptions):
     """The flags of python -m train.ood_calibrate: the images measured, the target, the outlier judge."""
 
     calibration_images: int = 5000
@@ -44,33 +44,27 @@ class OodCalibrateOptions(CardOptions):
     importance_samples: int = 64
     false_rejection: float = 0.02
     batch_size: int = 500
-    seed: int = 0
     outlier_judge: Path = outlier.FOLDER
     no_outlier_judge: bool = False
     save_signals: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    o = OodCalibrateOptions
-    parser = card_writer.parser("train.ood_calibrate", __doc__)
-    parser.add_argument(
-        "--calibration-images", type=int, default=o.calibration_images, help="validation images behind the bounds"
+    parser = serving_writer.parser(
+        "train.ood_calibrate", __doc__, OodCalibrateOptions, "seed of the generated non-digits"
     )
-    parser.add_argument("--test-images", type=int, default=o.test_images, help="test images behind the acceptance rate")
-    parser.add_argument(
-        "--ood-per-category", type=int, default=o.ood_per_category, help="generated non-digits per category"
+    cli.add_flags(
+        parser,
+        OodCalibrateOptions,
+        calibration_images="validation images behind the bounds",
+        test_images="test images behind the acceptance rate",
+        ood_per_category="generated non-digits per category",
+        importance_samples="K, as /score's default",
+        false_rejection="target share of validation images rejected (see docs)",
+        batch_size="images per model.score call",
+        outlier_judge="outlier judge model folder",
+        no_outlier_judge="leave the digit logit out of the rule",
     )
-    parser.add_argument("--importance-samples", type=int, default=o.importance_samples, help="K, as /score's default")
-    parser.add_argument(
-        "--false-rejection",
-        type=float,
-        default=o.false_rejection,
-        help="target share of validation images rejected (see docs)",
-    )
-    parser.add_argument("--batch-size", type=int, default=o.batch_size)
-    parser.add_argument("--seed", type=int, default=o.seed, help="seed of the generated non-digits")
-    parser.add_argument("--outlier-judge", type=Path, default=o.outlier_judge, help="outlier judge model folder")
-    parser.add_argument("--no-outlier-judge", action="store_true", help="leave the digit logit out of the rule")
     parser.add_argument("--save-signals", type=Path, help="write the measured signals here (torch.save)")
     return parser
 
@@ -107,27 +101,29 @@ def rate(values: dict[str, torch.Tensor], bounds: dict, index: torch.Tensor | No
     return round(float(keep[index].double().mean() if index is not None else keep.double().mean()), 4)
 
 
-def calibrate(args: OodCalibrateOptions, command: str) -> dict:
+def calibrate(options: OodCalibrateOptions, command: str) -> dict:
     started = time.perf_counter()
-    device = resolve_device(args.device)
-    model = model_folder.load(args.checkpoint, device)
-    dataset = model_folder.read_training(args.checkpoint)["dataset"]
-    val = data.load_split(dataset, "val", args.data_dir).images[: args.calibration_images]
-    test = data.load_split(dataset, "test", args.data_dir).images[: args.test_images]
+    device = resolve_device(options.device)
+    model = model_folder.load(options.checkpoint, device)
+    dataset = model_folder.read_training(options.checkpoint)["dataset"]
+    val = data.load_split(dataset, "val", options.data_dir).images[: options.calibration_images]
+    test = data.load_split(dataset, "test", options.data_dir).images[: options.test_images]
     # The judge knows MNIST digits only: for another dataset it would flag every in-distribution image.
-    loaded = None if args.no_outlier_judge or dataset != outlier.DATASET else outlier.load(args.outlier_judge)
+    loaded = None if options.no_outlier_judge or dataset != outlier.DATASET else outlier.load(options.outlier_judge)
     judge = loaded.judge if loaded is not None else None
-    k, batch = args.importance_samples, args.batch_size
+    k, batch = options.importance_samples, options.batch_size
     val_values = measure(model, digit_pngs(val), k, batch, "calibration", judge)
-    bounds = ood.bounds(val_values, args.false_rejection)
+    bounds = ood.bounds(val_values, options.false_rejection)
     test_values = measure(model, digit_pngs(test), k, batch, "test", judge)
     accepted_test = rate(test_values, bounds)
-    outliers = list(ood_set.generate(args.ood_per_category, args.seed))
+    outliers = list(ood_set.generate(options.ood_per_category, options.seed))
     out_values = measure(model, [p for _, p in outliers], k, batch, "non-digits", judge)
     categories = [c for c, _ in outliers]
-    if args.save_signals:
+    if options.save_signals:
         signals = {"val": val_values, "test": test_values, "ood": out_values, "categories": categories}
-        torch.save({**signals, "ood_seed": args.seed, "false_rejection": args.false_rejection}, args.save_signals)
+        torch.save(
+            {**signals, "ood_seed": options.seed, "false_rejection": options.false_rejection}, options.save_signals
+        )
     per_category = {
         c: rate(out_values, bounds, torch.tensor([i for i, x in enumerate(categories) if x == c]))
         for c in ood_set.CATEGORIES
@@ -135,16 +131,16 @@ def calibrate(args: OodCalibrateOptions, command: str) -> dict:
     return {
         "rule": "latent_cnf/ood.py: no ink, or any signal outside its bound -> out of distribution",
         "bounds": bounds,
-        "outlier_judge": {"judge": args.outlier_judge.name, "sha256": loaded.sha256} if loaded else None,
-        "false_rejection_target": args.false_rejection,
+        "outlier_judge": {"judge": options.outlier_judge.name, "sha256": loaded.sha256} if loaded else None,
+        "false_rejection_target": options.false_rejection,
         "importance_samples": k,
         "binarization": f"preprocess_mnist, threshold {BINARIZE_THRESHOLD:g}",
         "calibration_images": len(val),
         "calibration_split": f"{dataset} val",
         "test_images": len(test),
         "test_acceptance": accepted_test,
-        "ood_per_category": args.ood_per_category,
-        "ood_seed": args.seed,
+        "ood_per_category": options.ood_per_category,
+        "ood_seed": options.seed,
         "ood_false_acceptance": {**per_category, "all": rate(out_values, bounds)},
     } | provenance(command, device, started)
 
@@ -156,7 +152,7 @@ def report(reference: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    card_writer.run(
+    serving_writer.run(
         "train.ood_calibrate", build_parser(), OodCalibrateOptions, calibrate, report, "ood_reference", argv
     )
 

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from latent_cnf import data, model_folder, ood, outlier
 
-from . import ood_calibrate, ood_set
-from .cli import options_from
+from . import cli, ood_calibrate, ood_set
+from .judge_classifier import CosineAdam, shuffled_batches
 from .loop import git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -91,21 +91,15 @@ def train(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     judge = outlier.OutlierJudge()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
     steps = epochs * -(-len(x) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    optimizer = CosineAdam(judge.parameters(), lr, steps)
     judge.train()
     with tqdm(total=steps, desc="outlier judge", unit="step", leave=False) as bar:
         for _ in range(epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), batch_size):
-                index = order[start : start + batch_size]
+            for index in shuffled_batches(len(x), batch_size, generator):
                 losses = F.binary_cross_entropy_with_logits(judge(x[index]), y[index], reduction="none")
                 loss = (losses * w[index]).sum() * len(x) / len(index)  # unbiased for the weighted mean
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+                optimizer.step(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     return judge.eval()
@@ -142,20 +136,22 @@ def leave_one_out(signals: Path, options: JudgeOptions) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    o = JudgeOptions
     parser = argparse.ArgumentParser(prog="python -m train.outlier_judge", description=__doc__)
-    parser.add_argument(
-        "--data-dir", type=Path, help="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)"
+    cli.add_common_flags(
+        parser,
+        JudgeOptions,
+        data_dir="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)",
+        seed="training seed (non-digits and weights); not 0",
     )
-    parser.add_argument("--per-category", type=int, default=o.per_category, help="generated non-digits per category")
-    parser.add_argument("--seed", type=int, default=o.seed, help="training seed (non-digits and weights); not 0")
-    parser.add_argument(
-        "--generated-share", type=float, default=o.generated_share, help="of the loss; digits weigh 0.5"
+    cli.add_flags(
+        parser,
+        JudgeOptions,
+        per_category="generated non-digits per category",
+        generated_share="of the loss; digits weigh 0.5",
+        epochs="passes over the exposure set",
+        batch_size="images per step",
+        lr="Adam's initial rate",
     )
-    parser.add_argument("--epochs", type=int, default=o.epochs)
-    parser.add_argument("--batch-size", type=int, default=o.batch_size)
-    parser.add_argument("--lr", type=float, default=o.lr)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=outlier.FOLDER, help="model folder to write")
     parser.add_argument(
         "--leave-one-out",
@@ -168,14 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = cli.parse(build_parser(), argv)
     if args.seed == 0:
         raise SystemExit("error: seed 0 draws the evaluation non-digits of train.ood_calibrate; use another")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     command = shlex.join(["python", "-m", "train.outlier_judge", *argv])
     started = time.perf_counter()
-    options = options_from(args, JudgeOptions)
+    options = cli.options_from(args, JudgeOptions)
     settings = options.recipe()
     if args.leave_one_out:
         report = {

@@ -16,6 +16,10 @@ import safetensors.torch
 import torch
 
 STATE_FILE = "state.safetensors"
+# Runs begun before this format left a pickle, which is not read (unpickling executes code from disk): --resume
+# refuses it by name rather than restart at step 0. LEGACY_COMMIT is the last code that wrote and read it.
+LEGACY_STATE_FILE = "state.pt"
+LEGACY_COMMIT = "157449d"
 
 
 def save(state: dict[str, Any], path: Path) -> None:

@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from latent_cnf.images import grid, image_pngs, png_bytes
 from latent_cnf.model import Trajectory
 
-from ..dependencies import Hub, fresh_seed
-from ..inference import SampleJob
+from ..dependencies import Hub
+from ..inference import SampleJob, fresh_seed
 from ..schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"])

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..dependencies import Hub
+from ..errors import not_ready
 from ..schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -28,9 +29,7 @@ async def readyz(hub: Hub) -> Health | JSONResponse:
     ready = hub.ready  # read once: the loading thread may flip it while this answers
     status = "ready" if ready else "loading" if hub.loading else "failed"
     health = Health(status=status, ready=ready, models=sorted(hub.models), failed=hub.failed)
-    if not ready:
-        return JSONResponse(health.model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return health
+    return health if ready else not_ready(health)
 
 
 @router.head("/metrics", include_in_schema=False)

@@ -18,7 +18,8 @@ def describe(served: ServedModel) -> ModelInfo:
         name=served.name,
         dataset=served.training.get("dataset"),
         preset=served.training.get("preset"),
-        conditional=served.prior_uses_labels,
+        prior_uses_labels=served.prior_uses_labels,
+        encoder_uses_labels=served.model.config.encoder_uses_labels,
         class_names=list(CLASS_NAMES[served.training["dataset"]])
         if served.training.get("dataset") in CLASS_NAMES
         else None,

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
-from ..dependencies import Hub, fresh_seed
-from ..inference import SampleJob
+from ..dependencies import Hub
+from ..inference import SampleJob, fresh_seed
 from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
 
 router = APIRouter(tags=["trajectory"])

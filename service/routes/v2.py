@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import request_id
 from ..dependencies import Hub, ServiceSettings
+from ..errors import not_ready
 from ..open_inference import (
     HEADER_LENGTH,
     ErrorMessage,
@@ -69,9 +70,7 @@ async def live() -> Live:
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def ready(hub: Hub) -> Ready | JSONResponse:
     """200 when /readyz is; 503 otherwise, with the body saying so (clients read either)."""
-    if not hub.ready:
-        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "1"})
-    return Ready(ready=True)
+    return Ready(ready=True) if hub.ready else not_ready(Ready(ready=False))
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
@@ -124,4 +123,9 @@ async def infer(name: str, request: Request, hub: Hub) -> Response:
     check_outputs(body, [tensor.name for tensor in model.outputs])
     outputs = await run(model, hub, tensors, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
-        return await run_in_threadpool(encode_response, body, model.name, outputs, request_id.current())
+        encoded = await run_in_threadpool(encode_response, body, model.name, outputs, request_id.current())
+    if encoded.header_length is None:
+        return Response(encoded.content, media_type="application/json")
+    return Response(
+        encoded.content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(encoded.header_length)}
+    )

@@ -62,26 +62,26 @@ function fillLabelSelects() {
   for (const select of document.querySelectorAll(".label-select")) {
     const previous = select.value;
     select.replaceChildren();
-    if (select.dataset.none || !model.conditional) {
-      select.append(new Option(model.conditional ? select.dataset.none : "none (unconditional model)", ""));
+    if (select.dataset.none || !model.prior_uses_labels) {
+      select.append(new Option(model.prior_uses_labels ? select.dataset.none : "none (unconditional model)", ""));
     }
-    for (let i = 0; model.conditional && i < 10; i++) {
+    for (let i = 0; model.prior_uses_labels && i < 10; i++) {
       select.append(new Option(labelName(i) === String(i) ? labelName(i) : `${i}: ${labelName(i)}`, String(i)));
     }
-    select.disabled = !model.conditional;
+    select.disabled = !model.prior_uses_labels;
     if ([...select.options].some((o) => o.value === previous)) select.value = previous;
   }
-  if (model.conditional && $("interp-label").value === "") $("interp-label").value = "0";
+  if (model.prior_uses_labels && $("interp-label").value === "") $("interp-label").value = "0";
 }
 
 function selectModel(name) {
   state.model = name;
   const model = current();
-  const kind = model.conditional ? "label-conditioned" : "unconditional";
+  const kind = model.prior_uses_labels ? "label-conditioned" : "unconditional";
   $("model-note").textContent = `${model.dataset ?? "unknown data"}, ${kind}, latent dimension ${model.latent_dim}.`;
   fillLabelSelects();
-  $("probs-note").hidden = model.conditional;
-  $("probs").hidden = !model.conditional;
+  $("probs-note").hidden = model.prior_uses_labels;
+  $("probs").hidden = !model.prior_uses_labels;
   $("grid").replaceChildren();
   resetFlow();
   if (!$("flow").hidden) loadFlow();

@@ -17,21 +17,22 @@ import torch
 
 from latent_cnf import data, model_folder
 
-from .cli import options_from
+from . import cli
 from .loop import git_commit
 
 
 @dataclass(frozen=True)
-class CardOptions:
-    """What every such command is given: which checkpoint, where the data is, the device. A command's options
-    add its own fields (with defaults) to these."""
+class FolderOptions:
+    """What every such command is given: which model folder, where the data is, the device, a seed. A command's
+    options add its own fields (with defaults) to these."""
 
     checkpoint: str
     data_dir: Path | None = None
     device: str = "auto"
+    seed: int = 0
 
 
-Options = TypeVar("Options", bound=CardOptions)
+Options = TypeVar("Options", bound=FolderOptions)
 
 
 def provenance(command: str, device: torch.device | str, started: float) -> dict[str, Any]:
@@ -45,14 +46,13 @@ def provenance(command: str, device: torch.device | str, started: float) -> dict
     }
 
 
-def parser(module: str, description: str | None, **kwargs: Any) -> argparse.ArgumentParser:
-    """A parser with the options every such command has: which checkpoint, where the data is, the device,
-    the threads, and --dry-run."""
+def parser(
+    module: str, description: str | None, options: type[FolderOptions], seed_help: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A parser with the flags every such command has (cli.add_common_flags: the checkpoint, the data, the
+    device, the threads and the seed, which each command draws for its own purpose), and --dry-run."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description, **kwargs)
-    parser.add_argument("--checkpoint", required=True, help="shipped model name or model folder")
-    parser.add_argument("--data-dir", type=Path, help="folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)")
-    parser.add_argument("--device", default=CardOptions.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    cli.add_common_flags(parser, options, seed=seed_help)
     parser.add_argument("--dry-run", action="store_true", help="print the results, leave the folder as it is")
     return parser
 
@@ -70,11 +70,9 @@ def run(
     serving.json, which rewrites the model card too (unless --dry-run); data and model-folder errors end the
     command with their message, not a traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = cli.parse(parser, argv)
     try:
-        result = measure(options_from(args, options), shlex.join(["python", "-m", module, *argv]))
+        result = measure(cli.options_from(args, options), shlex.join(["python", "-m", module, *argv]))
     except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None
     report(result)
