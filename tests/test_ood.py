@@ -121,7 +121,9 @@ def test_calibration_writes_the_bounds_and_rates_to_serving_json(small_checkpoin
     assert "wrote ood_reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["mnist-final-cond", "mnist-final", "fashion-mnist-final-cond"])
+@pytest.mark.parametrize(
+    "name", ["mnist-final-cond", "mnist-final", "mnist-fm-cond", "fashion-mnist-final-cond", "fashion-mnist-fm-cond"]
+)
 def test_shipped_models_carry_bounds_meeting_the_acceptance_target(name):
     reference = model_folder.read_serving(name)["ood_reference"]
     assert reference["test_acceptance"] >= 0.97 and reference["ood_false_acceptance"]["blank"] == 0
