@@ -61,6 +61,7 @@ def connection_limits(settings: Settings) -> tuple[ConnectionLimits, int]:
         max_connections=settings.max_connections or files - reserve,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
     )
     return limits, min(2048, reserve // 2)
 

@@ -2,13 +2,18 @@
 
 uvicorn arms no timer before a request head is complete and counts connections only once a request is parsed,
 so clients that connect and send nothing, drip header bytes or never finish a body hold a file handle each
-until the process runs out. This subclass keeps uvicorn's parser and ASGI handling and adds three rules:
+until the process runs out; nor does anything bound how long an answer waits on a client that does not read it.
+This subclass keeps uvicorn's parser and ASGI handling and adds these rules:
 
 - a request head must be complete `header_timeout_s` after the connection opened (plus the keep-alive time
   after a previous response), and a body `body_timeout_s` after its head, else the connection is closed
   (with a 408 if no response was started). After an early answer (a 413 from Content-Length) uvicorn reads
   and discards the rest of the body, so a client still sending gets the answer, not a reset; the body
   deadline bounds that too.
+- an answer the client does not take must drain in time: once more than the transport's high-water mark of it
+  waits unsent (asyncio calls `pause_writing`), `resume_writing` must follow within `send_timeout_s`, else the
+  connection is aborted, freeing the unsent bytes and the handle. Less than that, left unsent when the
+  keep-alive time closes the connection, is dropped at the client deadline.
 - at most `max_connections` are open: a new one closes the connection that has waited longest on its
   client (no complete request yet), and gets a 503 only when every connection has a request the app is
   working on. Kept below the open-file limit, accept() never fails for want of file handles.
@@ -46,16 +51,18 @@ class ConnectionLimits:
     max_connections: int
     header_timeout_s: float
     body_timeout_s: float
+    send_timeout_s: float
     waiting: OrderedDict[GuardedH11Protocol, None] = field(default_factory=OrderedDict)
 
 
 class GuardedH11Protocol(H11Protocol):
-    """H11Protocol plus deadlines on request heads and bodies and a cap on open connections."""
+    """H11Protocol plus deadlines on request heads, bodies and unread answers and a cap on open connections."""
 
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
         self.deadline: asyncio.TimerHandle | None = None
+        self.send_deadline: asyncio.TimerHandle | None = None
 
     # The ignore: this narrows BaseTransport to Transport, as uvicorn's own H11Protocol does
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -69,7 +76,17 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self._stop_send_deadline()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_deadline is None:
+            self.send_deadline = self.loop.call_later(self.limits.send_timeout_s, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_deadline()
 
     def handle_events(self) -> None:
         was = self.conn.their_state
@@ -104,12 +121,25 @@ class GuardedH11Protocol(H11Protocol):
     def _too_slow(self) -> None:
         self.deadline = None
         if self.transport.is_closing():
+            if self.transport.get_write_buffer_size():  # a close() still flushing to a client that does not read
+                self.transport.abort()
             return
         if self.conn.their_state is h11.SEND_BODY and self.cycle is not None and not self.cycle.response_started:
             self.transport.write(SLOW_BODY)
             self.transport.close()  # the 408 is small: it leaves with the close
         else:
             self.transport.abort()  # nothing to say: free the handle now, whatever the client's receive window
+
+    def _stop_send_deadline(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+
+    def _not_reading(self) -> None:
+        """The client left an answer unread too long: drop it (also after a close() still waiting to flush)."""
+        self.send_deadline = None
+        metrics.REJECTED.labels(reason="send_timeout").inc()
+        self.transport.abort()
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest on its client, to make room for a new one."""

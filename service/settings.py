@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         60.0, gt=0, description="a request body not complete this long after its head gets 408 and is closed"
     )
+    send_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="an answer must drain to its client within this once over 64 KiB of it waits unsent, "
+        "else the connection is closed",
+    )
     keep_alive_s: float = Field(30.0, gt=0, description="an idle connection between requests is closed after this")
     log_format: Literal["text", "json"] = Field(
         "text", description="text lines, or one JSON object per line; both carry the request ID"

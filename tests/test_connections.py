@@ -1,6 +1,7 @@
-"""Issue #14: idle and slow connections are closed in time, the connection cap keeps /healthz answering, and a
-413 reaches a client that is still sending its body. A short version of bench/slow_clients.py, against the
-server as it ships (`python -m service`) with small limits so each case takes about a second."""
+"""Issue #14: idle and slow connections are closed in time, and so are those whose answers the client does
+not read; the connection cap keeps /healthz answering, and a 413 reaches a client that is still sending its
+body. A short version of bench/slow_clients.py, against the server as it ships (`python -m service`) with small
+limits so each case takes about a second."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ import httpx
 import pytest
 import uvicorn
 
-from bench.harness import free_port, running_service
+from bench.harness import free_port, metric, running_service
 from service.connections import ConnectionLimits, GuardedH11Protocol
 
-LIMITS = {"LATENT_CNF_HEADER_TIMEOUT_S": "1", "LATENT_CNF_BODY_TIMEOUT_S": "2", "LATENT_CNF_MAX_CONNECTIONS": "40"}
+LIMITS = {
+    "LATENT_CNF_HEADER_TIMEOUT_S": "1",
+    "LATENT_CNF_BODY_TIMEOUT_S": "2",
+    "LATENT_CNF_SEND_TIMEOUT_S": "1",
+    "LATENT_CNF_MAX_CONNECTIONS": "40",
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,11 @@ def healthz_s(url: str) -> float:
     started = time.perf_counter()
     assert httpx.get(f"{url}/healthz", timeout=5, headers={"connection": "close"}).status_code == 200
     return time.perf_counter() - started
+
+
+def send_timeouts(url: str) -> float:
+    """Connections closed so far because their client did not read its answer."""
+    return metric(httpx.get(f"{url}/metrics", timeout=5).text, "latent_cnf_rejected_total", reason="send_timeout")
 
 
 def test_idle_and_header_dripping_connections_are_closed_after_the_header_timeout(url: str) -> None:
@@ -119,6 +130,38 @@ def test_413_reaches_a_client_that_is_still_sending_its_body(url: str) -> None:
     )
 
 
+def test_an_answer_the_client_does_not_read_is_dropped_after_the_send_timeout(url: str) -> None:
+    """Three pipelined requests for 4.4 MB answers (256 samples as JSON) from a client that never reads. The
+    kernel takes about 2.8 MB (its send buffer grows at most to tcp_wmem's maximum, 4 MiB by default), the rest
+    waits in the process, asyncio pauses the protocol's writing and, with no resume, the 1 s send timeout
+    aborts the connection. Without that timeout all three answers wait for the client for good."""
+    body = json.dumps({"inputs": [{"name": "N", "datatype": "INT64", "shape": [1], "data": [256]}]}).encode()
+    head = (
+        "POST /v2/models/mnist-final-cond.generate/infer HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: it sets the window offered
+    sock.connect((host, int(port)))
+    before, started = send_timeouts(url), time.monotonic()
+    sock.sendall((head.encode() + body) * 3)
+    while send_timeouts(url) == before and time.monotonic() - started < 6:
+        assert healthz_s(url) < 1
+        time.sleep(0.1)
+    assert 1 < time.monotonic() - started < 4  # the first answer's sampling (0.2 s), the 1 s timeout, slack
+    sock.settimeout(5)
+    received = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    length = int(received.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert len(received) < 3 * length  # what the kernel had taken (here part of the first answer), then the end
+    sock.close()
+
+
 def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() -> None:
     """Connections whose requests the app is working on are never closed to make room: a new one is refused."""
 
@@ -127,7 +170,7 @@ def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() ->
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
 
-    limits = ConnectionLimits(max_connections=2, header_timeout_s=5, body_timeout_s=5)
+    limits = ConnectionLimits(max_connections=2, header_timeout_s=5, body_timeout_s=5, send_timeout_s=5)
     port = free_port()
     config = uvicorn.Config(
         slow_app,
