@@ -69,6 +69,7 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             metrics.REJECTED.labels(reason="too_many_connections").inc()
+            metrics.connection_closed("too_many_connections")
             transport.write(FULL)
             transport.close()
             return
@@ -122,9 +123,12 @@ class GuardedH11Protocol(H11Protocol):
         self.deadline = None
         if self.transport.is_closing():
             if self.transport.get_write_buffer_size():  # a close() still flushing to a client that does not read
+                metrics.connection_closed("send_timeout")
                 self.transport.abort()
             return
-        if self.conn.their_state is h11.SEND_BODY and self.cycle is not None and not self.cycle.response_started:
+        in_body = self.conn.their_state is h11.SEND_BODY
+        metrics.connection_closed("body_timeout" if in_body else "header_timeout")
+        if in_body and self.cycle is not None and not self.cycle.response_started:
             self.transport.write(SLOW_BODY)
             self.transport.close()  # the 408 is small: it leaves with the close
         else:
@@ -138,7 +142,7 @@ class GuardedH11Protocol(H11Protocol):
     def _not_reading(self) -> None:
         """The client left an answer unread too long: drop it (also after a close() still waiting to flush)."""
         self.send_deadline = None
-        metrics.REJECTED.labels(reason="send_timeout").inc()
+        metrics.connection_closed("send_timeout")
         self.transport.abort()
 
     def _evict_one(self) -> bool:
@@ -147,6 +151,7 @@ class GuardedH11Protocol(H11Protocol):
             oldest, _ = self.limits.waiting.popitem(last=False)
             if oldest is not self and not oldest.transport.is_closing():
                 oldest._stop_waiting()
+                metrics.connection_closed("evicted")
                 oldest.transport.abort()  # close() would keep the socket until its unread answer drained
                 return True
         return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -28,6 +30,16 @@ NFE = Histogram("latent_cnf_nfe", "ODE function evaluations per model call", ["m
 SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model"])
 IMAGES_SCORED = Counter("latent_cnf_images_scored", "images scored", ["model"])
 REJECTED = Counter("latent_cnf_rejected", "requests refused, by reason", ["reason"])
+CONNECTIONS_CLOSED = Counter(
+    "latent_cnf_connections_closed",
+    "connections the server closed on its own (service/connections.py), by reason",
+    ["reason"],
+)
+# header_timeout: no complete request head in time (idle, or dripping one); body_timeout: the body did not
+# arrive in time (a 408 unless an answer was started); send_timeout: the client did not read its answer;
+# evicted: closed at the cap for a new one; too_many_connections: refused at the cap with a 503 (also counted
+# in latent_cnf_rejected_total, so this family alone shows every connection the limits close).
+CloseReason = Literal["header_timeout", "body_timeout", "send_timeout", "evicted", "too_many_connections"]
 ABANDONED = Counter(
     "latent_cnf_abandoned",
     "requests dropped before they ran, or between their parts: their client had gone or timed out",
@@ -35,3 +47,12 @@ ABANDONED = Counter(
 MODEL_INFO = Gauge("latent_cnf_model_info", "served models (value 1)", ["model", "device", "checkpoint_sha256"])
 READY = Gauge("latent_cnf_ready", "1 once every checkpoint was tried and the default model is served")
 MODEL_LOAD_FAILED = Gauge("latent_cnf_model_load_failed", "checkpoints that could not be served (value 1)", ["model"])
+
+
+def connection_closed(reason: CloseReason) -> None:
+    """Count a connection the server closed; the Literal keeps the label set to the series created below."""
+    CONNECTIONS_CLOSED.labels(reason=reason).inc()
+
+
+for _reason in get_args(CloseReason):  # every series exists from the start at 0, so rate() and alerts see them
+    CONNECTIONS_CLOSED.labels(reason=_reason)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 
 from bench.harness import free_port, metric, running_service
 from service.connections import ConnectionLimits, GuardedH11Protocol
@@ -69,19 +70,23 @@ def healthz_s(url: str) -> float:
     return time.perf_counter() - started
 
 
-def send_timeouts(url: str) -> float:
-    """Connections closed so far because their client did not read its answer."""
-    return metric(httpx.get(f"{url}/metrics", timeout=5).text, "latent_cnf_rejected_total", reason="send_timeout")
+def closes(url: str, reason: str) -> float:
+    """Connections the server has closed so far for `reason`, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return metric(text, "latent_cnf_connections_closed_total", reason=reason)
 
 
 def test_idle_and_header_dripping_connections_are_closed_after_the_header_timeout(url: str) -> None:
+    before = closes(url, "header_timeout")
     idle, drip = connect(url), connect(url)
     assert closed_after(idle)[0] < 2.5
     seconds, received = closed_after(drip, b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
     assert seconds < 2.5 and received == b""
+    assert closes(url, "header_timeout") >= before + 2
 
 
 def test_a_body_that_never_ends_gets_408_and_is_closed(url: str) -> None:
+    before = closes(url, "body_timeout")
     sock = connect(url)
     sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n")
     sock.sendall(b"Content-Length: 100000\r\n\r\n--b\r\n")
@@ -89,9 +94,11 @@ def test_a_body_that_never_ends_gets_408_and_is_closed(url: str) -> None:
     assert 1.5 < seconds < 4
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"]["code"] == "request_timeout"
+    assert closes(url, "body_timeout") == before + 1
 
 
 def test_over_the_connection_cap_the_longest_waiting_are_closed_and_healthz_answers(url: str) -> None:
+    before = closes(url, "evicted")
     idle = [connect(url) for _ in range(60)]  # 20 over the cap of 40
     assert all(healthz_s(url) < 1 for _ in range(5))
     time.sleep(0.2)
@@ -106,6 +113,7 @@ def test_over_the_connection_cap_the_longest_waiting_are_closed_and_healthz_answ
             closed.append(True)
         sock.close()
     assert sum(closed[:25]) >= 20 and not any(closed[-10:])  # the oldest made room; the newest are still open
+    assert closes(url, "evicted") >= before + 20  # and one for each /healthz connection over the cap
 
 
 def test_413_reaches_a_client_that_is_still_sending_its_body(url: str) -> None:
@@ -144,9 +152,9 @@ def test_an_answer_the_client_does_not_read_is_dropped_after_the_send_timeout(ur
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: it sets the window offered
     sock.connect((host, int(port)))
-    before, started = send_timeouts(url), time.monotonic()
+    before, started = closes(url, "send_timeout"), time.monotonic()
     sock.sendall((head.encode() + body) * 3)
-    while send_timeouts(url) == before and time.monotonic() - started < 6:
+    while closes(url, "send_timeout") == before and time.monotonic() - started < 6:
         assert healthz_s(url) < 1
         time.sleep(0.1)
     assert 1 < time.monotonic() - started < 4  # the first answer's sampling (0.2 s), the 1 s timeout, slack
@@ -189,12 +197,15 @@ def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() ->
         for sock in busy:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         time.sleep(0.3)
+        refused = REGISTRY.get_sample_value("latent_cnf_connections_closed_total", {"reason": "too_many_connections"})
         started = time.monotonic()
         _, received = closed_after(connect(f"http://127.0.0.1:{port}"))
         head, _, body = received.partition(b"\r\n\r\n")
         assert time.monotonic() - started < 1
         assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head
         assert json.loads(body)["error"]["code"] == "overloaded"
+        after = REGISTRY.get_sample_value("latent_cnf_connections_closed_total", {"reason": "too_many_connections"})
+        assert refused is not None and after == refused + 1  # this server runs in the test's process
         assert all(b"done" in closed_after(sock)[1] for sock in busy)  # the busy ones were left alone
     finally:
         server.should_exit = True

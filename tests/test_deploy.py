@@ -342,6 +342,7 @@ def test_dashboard_is_complete_and_consistent() -> None:
         "latent_cnf_nfe_bucket",
         "latent_cnf_samples_generated_total",
         "latent_cnf_rejected_total",
+        "latent_cnf_connections_closed_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ):
