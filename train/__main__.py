@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
-from latent_cnf.data import DATASETS, DataError
+from latent_cnf.data import DataError
 
 from . import cli, distributed
 from .loop import RunOptions, Trainer
@@ -30,21 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="final-cond", help="what to train (--list-presets)"
     )
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default=RunOptions.dataset, help="training data")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps in total")
     parser.add_argument(
         "--batch-size", type=int, help="override the preset's batch size (the global batch under torchrun)"
     )
     parser.add_argument("--lr", type=float, help="override the preset's learning rate")
     parser.add_argument("--seed", type=int, help="override the preset's seed")
-    cli.add_common_flags(parser, RunOptions)  # --data-dir, --device (auto: RunOptions holds the resolved one)
+    parser.add_argument("--device", default="auto", help=cli.DEVICE_HELP)  # RunOptions holds the resolved one
+    cli.add_flags(parser, RunOptions)
     parser.add_argument(
         "--out", type=Path, help="run folder: state, metrics.jsonl, pictures (default runs/<preset>-<dataset>)"
     )
-    parser.add_argument("--export", type=Path, help="where the checkpoint goes (default <out>/checkpoint)")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from <out>/state.safetensors")
-    parser.add_argument("--train-subset", type=int, help="train on the first N training images (smoke runs)")
     parser.add_argument(
         "--set",
         action="append",
@@ -58,12 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=JSON",
         help="override any ModelConfig field, e.g. --model-set 'decoder_hidden=[512,512]' (repeat it on --resume)",
-    )
-    cli.add_flags(
-        parser,
-        RunOptions,
-        val_images="validation images scored each epoch (again, binarized as /score does, for its export)",
-        reference_images="test images behind the final export's score quantiles",
     )
     return parser
 

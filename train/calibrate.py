@@ -45,13 +45,14 @@ TOLERANCES = (1e-3, DEFAULT_SOLVER.rtol)
 class CalibrateOptions(FolderOptions):
     """The flags of python -m train.calibrate: how much is measured, and the error budgets."""
 
-    samples: int = 2000
-    reference_images: int = 10_000
-    score_images: int = 100
-    importance_samples: int = 16
-    max_pixel_error: float = 0.05
-    max_fid_change: float = 0.005
-    max_score_error: float = 0.02
+    seed: int = cli.flag(0, help="seed of the base draws and importance samples")
+    samples: int = cli.flag(2000, help="base draws for the sampling errors")
+    reference_images: int = cli.flag(10_000, help="training images behind the FID")
+    score_images: int = cli.flag(100, help="test images for the score errors")
+    importance_samples: int = cli.flag(16, help="K of the scores compared")
+    max_pixel_error: float = cli.flag(0.05, help="sampling budget, pixel intensity")
+    max_fid_change: float = cli.flag(0.005, help="sampling budget, relative FID change")
+    max_score_error: float = cli.flag(0.02, help="scoring budget, nats per image")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -59,22 +60,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    seed_help = "seed of the base draws and importance samples"
-    parser = serving_writer.parser(
-        "train.calibrate", __doc__, CalibrateOptions, seed_help, formatter_class=HelpFormatter
-    )
-    cli.add_flags(
-        parser,
-        CalibrateOptions,
-        samples="base draws for the sampling errors",
-        reference_images="training images behind the FID",
-        score_images="test images for the score errors",
-        importance_samples="K of the scores compared",
-        max_pixel_error="sampling budget, pixel intensity",
-        max_fid_change="sampling budget, relative FID change",
-        max_score_error="scoring budget, nats per image",
-    )
-    return parser
+    return serving_writer.parser("train.calibrate", __doc__, CalibrateOptions, formatter_class=HelpFormatter)
 
 
 def candidates() -> list[SolverConfig]:

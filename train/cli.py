@@ -1,13 +1,15 @@
 """From parsed flags to a command's typed options: argparse stays in the `main` functions, and what they call
-takes a frozen dataclass that says every input by name and type. The flags every command shares are written
-here once, with their defaults taken from the command's dataclass."""
+takes a frozen dataclass that says every input by name and type. The dataclass is the one place an option is
+written: each field made by `flag` carries its help, and `add_flags` builds the command's flags from them."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+import types
+import typing
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
@@ -16,39 +18,49 @@ if TYPE_CHECKING:
 
 Options = TypeVar("Options", bound="DataclassInstance")
 
-# The shared flags by field name: their type and help; the default is the field's.
-COMMON_FLAGS: dict[str, dict[str, Any]] = {
-    "checkpoint": {"help": "shipped model name or model folder"},
-    "data_dir": {"type": Path, "help": "folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)"},
-    "device": {"default": "auto", "help": "auto (cuda if available), cpu, cuda, cuda:1, ..."},
-    "seed": {"type": int, "help": "random seed"},
-}
+# The helps of the fields most commands share, said once.
+CHECKPOINT_HELP = "shipped model name or model folder"
+DATA_DIR_HELP = "folder holding <dataset>/ IDX files (else $LATENT_CNF_DATA)"
+DEVICE_HELP = "auto (cuda if available), cpu, cuda, cuda:1, ..."
 
 
-def add_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance], **helps: str) -> None:
-    """A flag per keyword (--batch-size for batch_size), for the field of `options` of that name, with the help
-    given: its default is the field's (required without one; a field built by a factory, as RunOptions'
-    resolved device, keeps the common flag's), its type the common flag's or the default's (False: a switch).
-    A field whose default is None and is no common flag says its type in its own add_argument."""
-    fields = {field.name: field for field in dataclasses.fields(options)}
-    for name, help in helps.items():
-        field = fields[name]
-        spec = COMMON_FLAGS.get(name, {}) | {"help": help}
-        if field.default is False:
-            spec |= {"action": "store_true"}
-        elif field.default is not dataclasses.MISSING:
-            inferred = {} if field.default is None else {"type": type(field.default)}
-            spec = inferred | spec | {"default": field.default}
-        elif field.default_factory is dataclasses.MISSING:
-            spec |= {"required": True}
-        parser.add_argument("--" + name.replace("_", "-"), **spec)
+def flag(default: Any = dataclasses.MISSING, *, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field that is also a flag of its command: its default (none: the flag is required), its
+    help, and what the annotation cannot say to argparse (choices, a parsing function as type, a metavar)."""
+    return dataclasses.field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
 
 
-def add_common_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance], **helps: str) -> None:
-    """--threads, and the flag of each field of `options` among COMMON_FLAGS (add_flags); `helps` replaces a
-    common flag's help where the command says more, such as what its seed drives."""
-    names = [field.name for field in dataclasses.fields(options) if field.name in COMMON_FLAGS]
-    add_flags(parser, options, **{name: helps.get(name, COMMON_FLAGS[name]["help"]) for name in names})
+def argument(annotation: Any, default: Any) -> dict[str, Any]:
+    """The add_argument keywords a field's annotation implies: X | None parses as X; a bool is a switch away
+    from its default (--name sets a False one, --no-name clears a True one); a Literal gives the choices; a
+    sequence takes any number of values."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if annotation is bool:
+        return {"action": "store_false" if default else "store_true"}
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = list(typing.get_args(annotation))
+        spec = {"type": type(choices[0]), "choices": choices}
+    elif origin in (tuple, list, Sequence):
+        spec = {"type": typing.get_args(annotation)[0], "nargs": "*"}
+    else:
+        spec = {"type": annotation}
+    return spec | ({"required": True} if default is dataclasses.MISSING else {"default": default})
+
+
+def add_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance]) -> None:
+    """A flag per field of `options` made by `flag` (--batch-size for batch_size), in the order of the fields,
+    then --threads, which `parse` applies."""
+    hints = typing.get_type_hints(options)
+    for field in dataclasses.fields(options):
+        if "help" not in field.metadata:
+            continue
+        spec = argument(hints[field.name], field.default) | field.metadata["argparse"]
+        name = field.name.replace("_", "-")
+        if spec.get("action") == "store_false":
+            spec["dest"], name = field.name, "no-" + name
+        parser.add_argument("--" + name, help=field.metadata["help"], **spec)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
 

@@ -77,72 +77,6 @@ HEADLINE_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class EvaluateOptions:
-    """One evaluation's inputs (the flags of python -m train.evaluate; the defaults are the protocol's)."""
-
-    checkpoint: str
-    dataset: str | None = None  # None: the dataset in the model's training.json
-    importance_samples: int = 1000
-    ood_importance_samples: int | None = None  # None: importance_samples
-    num_samples: int = 10_000
-    test_images: int = 10_000
-    ood_images: int | None = None  # None: test_images
-    reference_images: int | None = None  # None: every training image
-    temperatures: Sequence[float] = ()
-    neighbours: int = 3
-    batch_size: int = 100
-    feature_batch_size: int = 1000
-    data_dir: Path | None = None
-    device: str = "auto"
-    seed: int = 0
-    sample_solver: SolverConfig = DEFAULT_SOLVER  # not the calibrated solvers of serving.json: exact numbers
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
-    cli.add_common_flags(parser, EvaluateOptions, seed="seed of the sampling noise and importance samples")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), help="default: the model's own dataset")
-    cli.add_flags(
-        parser,
-        EvaluateOptions,
-        importance_samples="K of the IWAE bound",
-        num_samples="generated images for FID, P/R, labels",
-        test_images="first M test images (and M per outlier set)",
-        neighbours="k of the k-NN manifolds of precision/recall",
-        batch_size="images per model.score / model.sample call",
-        feature_batch_size="images per judge call, rows per distance block",
-    )
-    parser.add_argument(
-        "--ood-importance-samples", type=int, help="K for the outlier AUROCs (default: --importance-samples)"
-    )
-    parser.add_argument(
-        "--ood-images", type=int, help="images per outlier set, vs the first as many test images (default all M)"
-    )
-    parser.add_argument("--reference-images", type=int, help="random training images for the reference (default all)")
-    parser.add_argument(
-        "--temperatures",
-        type=float,
-        nargs="*",
-        default=EvaluateOptions.temperatures,
-        help="also measure FID, precision/recall and label accuracy of samples at these temperatures (< 1)",
-    )
-    parser.add_argument(
-        "--sample-solver",
-        type=sample_solver,
-        default=EvaluateOptions.sample_solver,
-        metavar="METHOD:STEPS",
-        help="fixed-step solver of the samples, e.g. rk4:2 (FID at few function evaluations; default dopri5)",
-    )
-    parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
-    parser.add_argument(
-        "--record-in-folder",
-        action="store_true",
-        help="also write the headline numbers to the model folder's evaluation.json and rewrite its card",
-    )
-    return parser
-
-
 def sample_solver(text: str) -> SolverConfig:
     """METHOD:STEPS of a fixed-step solver (rk4:2, midpoint:4, euler:8)."""
     method, _, steps = text.partition(":")
@@ -150,6 +84,50 @@ def sample_solver(text: str) -> SolverConfig:
         return SolverConfig(method, steps=int(steps))
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: expected METHOD:STEPS, e.g. rk4:2 ({error})") from None
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """One evaluation's inputs (the flags of python -m train.evaluate; the defaults are the protocol's)."""
+
+    checkpoint: str = cli.flag(help=cli.CHECKPOINT_HELP)
+    data_dir: Path | None = cli.flag(None, help=cli.DATA_DIR_HELP)
+    device: str = cli.flag("auto", help=cli.DEVICE_HELP)
+    seed: int = cli.flag(0, help="seed of the sampling noise and importance samples")
+    dataset: str | None = cli.flag(None, help="default: the model's own dataset", choices=sorted(data.DATASETS))
+    importance_samples: int = cli.flag(1000, help="K of the IWAE bound")
+    ood_importance_samples: int | None = cli.flag(None, help="K for the outlier AUROCs (default: --importance-samples)")
+    num_samples: int = cli.flag(10_000, help="generated images for FID, P/R, labels")
+    test_images: int = cli.flag(10_000, help="first M test images (and M per outlier set)")
+    ood_images: int | None = cli.flag(
+        None, help="images per outlier set, vs the first as many test images (default all M)"
+    )
+    reference_images: int | None = cli.flag(None, help="random training images for the reference (default all)")
+    temperatures: Sequence[float] = cli.flag(
+        (), help="also measure FID, precision/recall and label accuracy of samples at these temperatures (< 1)"
+    )
+    neighbours: int = cli.flag(3, help="k of the k-NN manifolds of precision/recall")
+    batch_size: int = cli.flag(100, help="images per model.score / model.sample call")
+    feature_batch_size: int = cli.flag(1000, help="images per judge call, rows per distance block")
+    # not the calibrated solvers of serving.json: exact numbers
+    sample_solver: SolverConfig = cli.flag(
+        DEFAULT_SOLVER,
+        help="fixed-step solver of the samples, e.g. rk4:2 (FID at few function evaluations; default dopri5)",
+        type=sample_solver,
+        metavar="METHOD:STEPS",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
+    cli.add_flags(parser, EvaluateOptions)
+    parser.add_argument("--json", type=Path, help="output file (default runs/eval/<checkpoint>-<config hash>.json)")
+    parser.add_argument(
+        "--record-in-folder",
+        action="store_true",
+        help="also write the headline numbers to the model folder's evaluation.json and rewrite its card",
+    )
+    return parser
 
 
 def seeds(seed: int, stream: int, count: int) -> torch.Tensor:

@@ -43,14 +43,14 @@ def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class JudgeClassifierOptions:
     """The flags of python -m train.judge_classifier but where to write: the data, the device, the recipe."""
 
-    dataset: str = "mnist"
-    data_dir: Path | None = None
-    device: str = "auto"
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    augment: bool = True
+    dataset: str = cli.flag("mnist", help="training data", choices=sorted(data.DATASETS))
+    data_dir: Path | None = cli.flag(None, help=cli.DATA_DIR_HELP)
+    device: str = cli.flag("auto", help=cli.DEVICE_HELP)
+    epochs: int = cli.flag(8, help="epochs of 'fit'")
+    batch_size: int = cli.flag(128, help="images per step")
+    lr: float = cli.flag(1e-3, help="Adam's initial rate")
+    seed: int = cli.flag(0, help="seed of the weights, the order and the shifts")
+    augment: bool = cli.flag(True, help="train without random shifts")  # --no-augment
 
     def recipe(self) -> dict[str, int | float | bool]:
         """What the judge's training.json records of how it was trained."""
@@ -112,14 +112,7 @@ def train(options: JudgeClassifierOptions) -> tuple[Classifier, dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.judge_classifier", description=__doc__)
-    cli.add_common_flags(parser, JudgeClassifierOptions, seed="seed of the weights, the order and the shifts")
-    parser.add_argument(
-        "--dataset", choices=sorted(data.DATASETS), default=JudgeClassifierOptions.dataset, help="training data"
-    )
-    cli.add_flags(
-        parser, JudgeClassifierOptions, epochs="epochs of 'fit'", batch_size="images per step", lr="Adam's initial rate"
-    )
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without random shifts")
+    cli.add_flags(parser, JudgeClassifierOptions)
     parser.add_argument(
         "--out", type=Path, help="model folder to write (default latent_cnf/pretrained/judges/<dataset>-classifier)"
     )

@@ -20,29 +20,32 @@ from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold, png_byt
 from latent_cnf.model import LatentCNF
 from latent_cnf.networks import PatchDiscriminator
 
-from . import distributed, reflow, resume_state
+from . import cli, distributed, reflow, resume_state
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss
 from .resume_state import LEGACY_STATE_FILE, STATE_FILE
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What one invocation of `python -m train` asks for, beside the preset: fixed for the whole run."""
+    """What one invocation of `python -m train` asks for, beside the preset: fixed for the whole run. The fields
+    made by cli.flag are flags as they are; --out and --device are flags that main turns into their fields."""
 
     preset: Preset
-    dataset: str = "mnist"
-    data_dir: Path | None = None
+    dataset: str = cli.flag("mnist", help="training data", choices=sorted(data.DATASETS))
+    data_dir: Path | None = cli.flag(None, help=cli.DATA_DIR_HELP)
     out: Path = Path("runs/default")
-    export: Path | None = None
+    export: Path | None = cli.flag(None, help="where the checkpoint goes (default <out>/checkpoint)")
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    max_steps: int | None = None
-    val_images: int = 1000
+    max_steps: int | None = cli.flag(None, help="stop after this many optimiser steps in total")
+    val_images: int = cli.flag(
+        1000, help="validation images scored each epoch (again, binarized as /score does, for its export)"
+    )
     val_importance_samples: int = 8
-    reference_images: int = 1000
+    reference_images: int = cli.flag(1000, help="test images behind the final export's score quantiles")
     reference_importance_samples: int = 16
-    resume: bool = False
+    resume: bool = cli.flag(False, help="continue exactly from <out>/state.safetensors")
     command: str = ""
-    train_subset: int | None = None
+    train_subset: int | None = cli.flag(None, help="train on the first N training images (smoke runs)")
     eval_solver: SolverConfig = DEFAULT_SOLVER
 
     @property

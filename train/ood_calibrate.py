@@ -38,35 +38,20 @@ from .serving_writer import FolderOptions, provenance
 class OodCalibrateOptions(FolderOptions):
     """The flags of python -m train.ood_calibrate: the images measured, the target, the outlier judge."""
 
-    calibration_images: int = 5000
-    test_images: int = 10_000
-    ood_per_category: int = 200
-    importance_samples: int = 64
-    false_rejection: float = 0.02
-    batch_size: int = 500
-    outlier_judge: Path = outlier.FOLDER
-    no_outlier_judge: bool = False
-    save_signals: Path | None = None
+    seed: int = cli.flag(0, help="seed of the generated non-digits")
+    calibration_images: int = cli.flag(5000, help="validation images behind the bounds")
+    test_images: int = cli.flag(10_000, help="test images behind the acceptance rate")
+    ood_per_category: int = cli.flag(200, help="generated non-digits per category")
+    importance_samples: int = cli.flag(64, help="K, as /score's default")
+    false_rejection: float = cli.flag(0.02, help="target share of validation images rejected (see docs)")
+    batch_size: int = cli.flag(500, help="images per model.score call")
+    outlier_judge: Path = cli.flag(outlier.FOLDER, help="outlier judge model folder")
+    no_outlier_judge: bool = cli.flag(False, help="leave the digit logit out of the rule")
+    save_signals: Path | None = cli.flag(None, help="write the measured signals here (torch.save)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = serving_writer.parser(
-        "train.ood_calibrate", __doc__, OodCalibrateOptions, "seed of the generated non-digits"
-    )
-    cli.add_flags(
-        parser,
-        OodCalibrateOptions,
-        calibration_images="validation images behind the bounds",
-        test_images="test images behind the acceptance rate",
-        ood_per_category="generated non-digits per category",
-        importance_samples="K, as /score's default",
-        false_rejection="target share of validation images rejected (see docs)",
-        batch_size="images per model.score call",
-        outlier_judge="outlier judge model folder",
-        no_outlier_judge="leave the digit logit out of the rule",
-    )
-    parser.add_argument("--save-signals", type=Path, help="write the measured signals here (torch.save)")
-    return parser
+    return serving_writer.parser("train.ood_calibrate", __doc__, OodCalibrateOptions)
 
 
 def served_image(png: bytes) -> torch.Tensor:

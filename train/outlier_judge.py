@@ -42,13 +42,13 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
 class JudgeOptions:
     """The training recipe and where the data is (the flags of python -m train.outlier_judge but what to write)."""
 
-    data_dir: Path | None = None
-    per_category: int = 2500
-    seed: int = 1
-    generated_share: float = 0.4
-    epochs: int = 6
-    batch_size: int = 256
-    lr: float = 2e-3
+    data_dir: Path | None = cli.flag(None, help="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)")
+    per_category: int = cli.flag(2500, help="generated non-digits per category")
+    seed: int = cli.flag(1, help="training seed (non-digits and weights); not 0")
+    generated_share: float = cli.flag(0.4, help="of the loss; digits weigh 0.5")
+    epochs: int = cli.flag(6, help="passes over the exposure set")
+    batch_size: int = cli.flag(256, help="images per step")
+    lr: float = cli.flag(2e-3, help="Adam's initial rate")
 
     def recipe(self) -> dict[str, int | float]:
         """What the judge's training.json records of how it was trained."""
@@ -137,21 +137,7 @@ def leave_one_out(signals: Path, options: JudgeOptions) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.outlier_judge", description=__doc__)
-    cli.add_common_flags(
-        parser,
-        JudgeOptions,
-        data_dir="folder holding mnist/ and fashion-mnist/ (else $LATENT_CNF_DATA)",
-        seed="training seed (non-digits and weights); not 0",
-    )
-    cli.add_flags(
-        parser,
-        JudgeOptions,
-        per_category="generated non-digits per category",
-        generated_share="of the loss; digits weigh 0.5",
-        epochs="passes over the exposure set",
-        batch_size="images per step",
-        lr="Adam's initial rate",
-    )
+    cli.add_flags(parser, JudgeOptions)
     parser.add_argument("--out", type=Path, default=outlier.FOLDER, help="model folder to write")
     parser.add_argument(
         "--leave-one-out",

@@ -26,10 +26,10 @@ class FolderOptions:
     """What every such command is given: which model folder, where the data is, the device, a seed. A command's
     options add its own fields (with defaults) to these."""
 
-    checkpoint: str
-    data_dir: Path | None = None
-    device: str = "auto"
-    seed: int = 0
+    checkpoint: str = cli.flag(help=cli.CHECKPOINT_HELP)
+    data_dir: Path | None = cli.flag(None, help=cli.DATA_DIR_HELP)
+    device: str = cli.flag("auto", help=cli.DEVICE_HELP)
+    seed: int = cli.flag(0, help="random seed")  # a command says what its seed drives in its own field
 
 
 Options = TypeVar("Options", bound=FolderOptions)
@@ -47,12 +47,12 @@ def provenance(command: str, device: torch.device | str, started: float) -> dict
 
 
 def parser(
-    module: str, description: str | None, options: type[FolderOptions], seed_help: str, **kwargs: Any
+    module: str, description: str | None, options: type[FolderOptions], **kwargs: Any
 ) -> argparse.ArgumentParser:
-    """A parser with the flags every such command has (cli.add_common_flags: the checkpoint, the data, the
-    device, the threads and the seed, which each command draws for its own purpose), and --dry-run."""
+    """A parser with the flags of `options` (cli.add_flags: the checkpoint, the data, the device, the seed, which
+    each command draws for its own purpose, the command's own, and --threads), and --dry-run."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description, **kwargs)
-    cli.add_common_flags(parser, options, seed=seed_help)
+    cli.add_flags(parser, options)
     parser.add_argument("--dry-run", action="store_true", help="print the results, leave the folder as it is")
     return parser
 
