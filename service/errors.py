@@ -112,7 +112,7 @@ def install(app: FastAPI) -> None:
         status = STATUSES[type(error)]
         if status in REJECTED:
             metrics.REJECTED.labels(reason=error.code).inc()
-        return error_response(request, status, error.code, error.message, _retry_headers(type(error)))
+        return error_response(request, status, error.code, str(error), _retry_headers(type(error)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

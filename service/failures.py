@@ -11,10 +11,6 @@ class Refusal(Exception):
 
     code: ClassVar[str]
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
 
 class MalformedRequest(Refusal):
     """Not what the protocol asks for (tensor shapes, kinds, names): the request cannot be read."""

@@ -121,12 +121,12 @@ def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]
 
 def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
     """Cut a merged call's score back into its requests' pieces, moved to the CPU on the inference thread."""
-    tensors = {name: value for name, value in vars(score).items() if torch.is_tensor(value)}
+    tensors = {name: value.cpu() for name, value in vars(score).items() if torch.is_tensor(value)}
     out, start = [], 0
     for size in sizes:
         end = start + size
         # Any: mypy checks replace()'s **kwargs against every field of Score, the int ones too
-        pieces: dict[str, Any] = {name: value[start:end].cpu() for name, value in tensors.items()}
+        pieces: dict[str, Any] = {name: value[start:end] for name, value in tensors.items()}
         out.append(dataclasses.replace(score, **pieces))
         start = end
     return out
@@ -134,6 +134,8 @@ def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
 
 def join_scores(parts: Sequence[Score]) -> Score:
     """The pieces of one request, scored in separate calls, as one score; NFE is the most any part took."""
+    if len(parts) == 1:
+        return parts[0]
     tensors = [name for name, value in vars(parts[0]).items() if torch.is_tensor(value)]
     joined: dict[str, Any] = {name: torch.cat([vars(part)[name] for part in parts]) for name in tensors}  # as above
     return dataclasses.replace(parts[0], nfe=max(part.nfe for part in parts), **joined)
@@ -395,8 +397,11 @@ class ModelHub:
         self, served: ServedModel, key: BatchKey, chunks: Sequence[SampleChunk]
     ) -> tuple[list[Trajectory], int]:
         z0 = torch.cat([chunk.z0 for chunk in chunks])
-        chunk_labels = [chunk.labels for chunk in chunks if chunk.labels is not None]
-        labels = torch.cat(chunk_labels) if served.prior_uses_labels else None
+        labels = (
+            torch.cat([chunk.labels for chunk in chunks if chunk.labels is not None])
+            if served.prior_uses_labels
+            else None
+        )
         path = served.model.generate(z0, labels, key.solver, key.frames)
         return split_trajectory(path, [len(chunk.z0) for chunk in chunks]), path.nfe
 

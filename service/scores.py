@@ -26,7 +26,7 @@ class ScoreRow:
     kl_nats: float
     reconstruction_nats: float
     percentile: float | None
-    complexity_corrected_nats: float
+    complexity_corrected_nats: float | None
     in_distribution: bool | None
     ood_reason: str | None
     predicted_label: int | None
@@ -38,30 +38,25 @@ def percentiles(reference: np.ndarray | None, log_likelihood: torch.Tensor) -> l
     if reference is None:
         return [None] * len(log_likelihood)
     levels = np.linspace(0, 100, len(reference))
-    return [float(np.interp(value, reference, levels)) for value in log_likelihood.tolist()]
+    found: list[float | None] = np.interp(log_likelihood.numpy(), reference, levels).tolist()
+    return found
 
 
-def score_rows(served: ServedModel, images: torch.Tensor, score: Score) -> list[ScoreRow]:
-    """The rows of binary images (m, 28, 28) that `score` (on the CPU) scored. The verdict tests the bounds
-    calibrated in serving.json (null without them; an image without ink is never in distribution); the outlier
-    judge's digit logit is tested only when its shipped weights are those the bounds were calibrated with
-    (latent_cnf/ood.py). Slow enough (PNG code lengths, a CNN) to be run off the event loop."""
-    judge = ood.serving_outlier_judge(served.serving)
-    signals = ood.signals(
-        images,
-        score.log_likelihood,
-        score.reconstruction,
-        score.latent_log_density,
-        outlier.digit_logit(judge, images) if judge is not None else None,
-    )
+def score_rows(served: ServedModel, images: torch.Tensor, score: Score, verdict: bool = True) -> list[ScoreRow]:
+    """The rows of binary images (m, 28, 28) that `score` (on the CPU) scored. The verdict (left out, as null,
+    for callers that do not return it) tests the bounds calibrated in serving.json (null without them; an image
+    without ink is never in distribution); the outlier judge's digit logit is tested only when its shipped
+    weights are those the bounds were calibrated with (latent_cnf/ood.py). With the verdict, slow enough (PNG
+    code lengths, a CNN) to be run off the event loop."""
+    signals = _signals(served, images, score) if verdict else None
     limits = ood.serving_bounds(served.serving)
     # With the uniform class prior, p(y | x) = p(x | y) / sum_y' p(x | y'): a softmax of the per-label bounds,
     # exact up to the bounds' gaps (equal gaps cancel).
     posterior = score.label_log_likelihood.softmax(1) if score.label_log_likelihood is not None else None
     rows = []
     for i, percentile in enumerate(percentiles(served.reference, score.log_likelihood)):
-        own = {name: float(value[i]) for name, value in signals.items()}
-        in_distribution, reason = ood.verdict(own, limits)
+        own = {name: float(value[i]) for name, value in signals.items()} if signals is not None else None
+        in_distribution, reason = ood.verdict(own, limits) if own is not None else (None, None)
         log_likelihood = float(score.log_likelihood[i])
         rows.append(
             ScoreRow(
@@ -72,7 +67,7 @@ def score_rows(served: ServedModel, images: torch.Tensor, score: Score) -> list[
                 kl_nats=float(score.kl[i]),
                 reconstruction_nats=float(score.reconstruction[i]),
                 percentile=percentile,
-                complexity_corrected_nats=own["complexity_corrected_nats"],
+                complexity_corrected_nats=own["complexity_corrected_nats"] if own is not None else None,
                 in_distribution=in_distribution,
                 ood_reason=reason,
                 predicted_label=int(score.predicted_label[i]) if score.predicted_label is not None else None,
@@ -80,3 +75,14 @@ def score_rows(served: ServedModel, images: torch.Tensor, score: Score) -> list[
             )
         )
     return rows
+
+
+def _signals(served: ServedModel, images: torch.Tensor, score: Score) -> dict[str, torch.Tensor]:
+    judge = ood.serving_outlier_judge(served.serving)
+    return ood.signals(
+        images,
+        score.log_likelihood,
+        score.reconstruction,
+        score.latent_log_density,
+        outlier.digit_logit(judge, images) if judge is not None else None,
+    )

@@ -21,6 +21,8 @@ from prometheus_client import REGISTRY
 from bench.harness import free_port, metric, running_service
 from service.connections import ConnectionLimits, GuardedH11Protocol
 
+from .service_helpers import ONE_THREAD
+
 LIMITS = {
     "LATENT_CNF_HEADER_TIMEOUT_S": "1",
     "LATENT_CNF_BODY_TIMEOUT_S": "2",
@@ -31,7 +33,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_WARMUP": "false", "LATENT_CNF_THREADS": "1", **LIMITS}
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_WARMUP": "false", **ONE_THREAD, **LIMITS}
     with running_service(env, timeout_s=120) as server:
         yield server.url
 

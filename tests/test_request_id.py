@@ -16,6 +16,8 @@ from service import request_id
 from service.app import create_app
 from service.settings import Settings
 
+from .service_helpers import ONE_THREAD
+
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
@@ -66,7 +68,7 @@ def test_log_records_carry_the_id_of_their_request():
 
 def test_the_request_log_lines_of_the_running_service_carry_its_id():
     """`python -m service` with JSON logs: the access line of each request names its ID."""
-    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_THREADS": "1", "LATENT_CNF_LOG_FORMAT": "json"}
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", **ONE_THREAD, "LATENT_CNF_LOG_FORMAT": "json"}
     with running_service(env, timeout_s=180) as server:
         httpx.post(f"{server.url}/generate", json={"n": 1}, headers={"X-Request-ID": "log-me-1"}, timeout=60)
         body = {"inputs": [{"name": "N", "datatype": "INT32", "shape": [1], "data": [1]}]}

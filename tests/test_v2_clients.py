@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from bench.harness import running_service
 from latent_cnf.images import to_uint8
 
-from .service_helpers import decode_png
+from .service_helpers import ONE_THREAD, decode_png
 from .test_v2_protocol import DIGIT, digit_pixels
 
 GENERATE, SCORE = "mnist-final-cond.generate", "mnist-final-cond.score"
@@ -26,7 +26,7 @@ GENERATE, SCORE = "mnist-final-cond.generate", "mnist-final-cond.score"
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    env = {"LATENT_CNF_MODELS": "mnist-final-cond", "LATENT_CNF_THREADS": "1"}
+    env = {"LATENT_CNF_MODELS": "mnist-final-cond", **ONE_THREAD}
     with running_service(env, timeout_s=180) as server:
         yield server.url
 
