@@ -74,6 +74,4 @@ def load_classifier(
         raise model_folder.ModelFolderError(
             f"{error}; train it with python -m train.judge_classifier --dataset {dataset}"
         ) from None
-    if model_folder.read_config(folder) != CONFIG:
-        raise model_folder.ModelFolderError(f"{folder}: not a {CONFIG} judge")
-    return model_folder.load_weights(Classifier(), folder).to(device).eval()
+    return model_folder.load_judge(Classifier(), folder, CONFIG).to(device)

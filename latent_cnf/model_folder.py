@@ -198,6 +198,13 @@ def weights_sha256(name_or_path: str | Path, root: Path = MODELS_DIR) -> str:
     return hashlib.sha256((resolve(name_or_path, root) / WEIGHTS_FILE).read_bytes()).hexdigest()
 
 
+def load_judge(module: Module, folder: Path, config: dict[str, Any]) -> Module:
+    """A judge's folder into `module`, in eval mode, refused unless its config is the one the code builds."""
+    if read_config(folder) != config:
+        raise ModelFolderError(f"{folder}: not a {config} judge")
+    return load_weights(module, folder).eval()
+
+
 def load_weights(module: Module, folder: Path) -> Module:
     """Fill `module` with the folder's weights, which must match its parameters name for name and shape."""
     path = folder / WEIGHTS_FILE

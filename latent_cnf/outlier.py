@@ -60,10 +60,8 @@ def load(folder: Path = FOLDER) -> Loaded | None:
     """The judge in eval mode on the CPU, or None without its folder."""
     if not (folder / model_folder.WEIGHTS_FILE).exists():
         return None
-    if model_folder.read_config(folder) != CONFIG:
-        raise model_folder.ModelFolderError(f"{folder}: not a {CONFIG} judge")
-    judge = model_folder.load_weights(OutlierJudge(), folder)
-    return Loaded(judge.eval(), model_folder.weights_sha256(folder))
+    judge = model_folder.load_judge(OutlierJudge(), folder, CONFIG)
+    return Loaded(judge, model_folder.weights_sha256(folder))
 
 
 @functools.cache

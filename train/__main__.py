@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,19 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     train = TrainConfig.from_dict(preset.train.to_dict() | overrides)
     model = ModelConfig.from_dict(preset.model.to_dict() | parse_sets(args.model_set, ModelConfig, "--model-set"))
     preset = dataclasses.replace(preset, model=model, train=train)
-    options = RunOptions(
+    options = cli.options_from(
+        args,
+        RunOptions,
         preset=preset,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
         out=args.out or Path("runs") / f"{args.preset}-{args.dataset}",
-        export=args.export,
         device=distributed.setup(args.device),
-        max_steps=args.max_steps,
-        resume=args.resume,
-        command=shlex.join(["python", "-m", "train", *(sys.argv[1:] if argv is None else argv)]),
-        train_subset=args.train_subset,
-        val_images=args.val_images,
-        reference_images=args.reference_images,
+        command=cli.command_line("train", argv),
     )
     reporter = distributed.is_main()  # rank 0 alone reports; asked now, before the process group is gone
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -72,6 +74,13 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
-def options_from(args: argparse.Namespace, options: type[Options]) -> Options:
-    """The flags that are fields of `options` (the rest, such as --threads, are the command line's own)."""
-    return options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(options)})
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How the command was run, as a provenance record says it: `python -m <module> <flags>`."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def options_from(args: argparse.Namespace, options: type[Options], **others: Any) -> Options:
+    """`options` from the flags that are its fields (made by `flag`; the rest, such as --threads, are the
+    command line's own) and `others`, the fields the command computes."""
+    flags = {field.name: getattr(args, field.name) for field in dataclasses.fields(options) if "help" in field.metadata}
+    return options(**flags, **others)

@@ -33,8 +33,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -333,7 +331,6 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = cli.parse(build_parser(), argv)
     try:
         results = evaluate(cli.options_from(args, EvaluateOptions))
@@ -350,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     if args.record_in_folder:
-        command = shlex.join(["python", "-m", "train.evaluate", *argv])
+        command = cli.command_line("train.evaluate", argv)
         folder = model_folder.record_evaluation(args.checkpoint, headline(results, command))
         print(f"wrote {folder / model_folder.EVALUATION_FILE}")
 

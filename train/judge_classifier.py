@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import shlex
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         "test_accuracy": accuracy(judge, data.to_float(test.images), test.labels, batch_size=1000),
         **selection,
         **options.recipe(),
-        "command": shlex.join(["python", "-m", "train.judge_classifier", *(sys.argv[1:] if argv is None else argv)]),
+        "command": cli.command_line("train.judge_classifier", argv),
         "git_commit": git_commit(),
         "device": str(device),
         "torch": torch.__version__,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -93,9 +94,7 @@ def flow_matching(
     latent, nothing encoded or decoded."""
     mean, log_std = posterior.chunk(2, dim=1)
     z = mean + torch.exp(log_std) * torch.randn_like(mean)
-    prior_labels = labels if model.prior.uses_labels else None
-    loss = flow_matching_loss(model.prior, z, prior_labels, ot=cfg.ot_pairing)
-    return Objective(loss, {"flow_matching": loss.item()}, None, 1)
+    return _prior_alone(model, z, labels, ot=cfg.ot_pairing)
 
 
 def reflow(
@@ -104,8 +103,13 @@ def reflow(
     """The prior alone, by flow matching on rows [z0, z1] of a teacher flow's own coupling (train/reflow.py):
     no pairing, no encoder, one velocity evaluation per pair."""
     z0, z1 = pairs.chunk(2, dim=1)
+    return _prior_alone(model, z1, labels, z0=z0)
+
+
+def _prior_alone(model: LatentCNF, z1: torch.Tensor, labels: torch.Tensor, **pairing: Any) -> Objective:
+    """Flow matching's step: the prior's loss on latents z1, one velocity evaluation, nothing decoded."""
     prior_labels = labels if model.prior.uses_labels else None
-    loss = flow_matching_loss(model.prior, z1, prior_labels, z0=z0)
+    loss = flow_matching_loss(model.prior, z1, prior_labels, **pairing)
     return Objective(loss, {"flow_matching": loss.item()}, None, 1)
 
 

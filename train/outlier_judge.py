@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
     args = cli.parse(build_parser(), argv)
     if args.seed == 0:
         raise SystemExit("error: seed 0 draws the evaluation non-digits of train.ood_calibrate; use another")
-    command = shlex.join(["python", "-m", "train.outlier_judge", *argv])
+    command = cli.command_line("train.outlier_judge", argv)
     started = time.perf_counter()
     options = cli.options_from(args, JudgeOptions)
     settings = options.recipe()

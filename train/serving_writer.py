@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +67,9 @@ def run(
     """Parse into `options`, measure, print the report, then write the result under `serving_key` of
     serving.json, which rewrites the model card too (unless --dry-run); data and model-folder errors end the
     command with their message, not a traceback."""
-    argv = sys.argv[1:] if argv is None else argv
     args = cli.parse(parser, argv)
     try:
-        result = measure(cli.options_from(args, options), shlex.join(["python", "-m", module, *argv]))
+        result = measure(cli.options_from(args, options), cli.command_line(module, argv))
     except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None
     report(result)
