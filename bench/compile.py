@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 64, 256])
     parser.add_argument("--importance-samples", type=int, default=64, help="K of the scored images")
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument(
+        "--backend", default="inductor", help="torch.compile backend (eager: dynamo's tracing alone, for a smoke run)"
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -62,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     model = latent_cnf.load(args.checkpoint, device)
     eager = fixed_step.integrate
     mode = "reduce-overhead" if device.type == "cuda" else "default"
-    compiled = torch.compile(eager, dynamic=True, mode=mode)
+    compiled = torch.compile(
+        eager, dynamic=True, mode=mode if args.backend == "inductor" else None, backend=args.backend
+    )
     images = (torch.rand(max(args.batch_sizes), 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     calls = {
         f"sample ({model.sample_solver.method} x {model.sample_solver.steps})": lambda n: (
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                         fmt(eager_s / compiled_s, 2),
                     ]
                 )
-    print(f"{args.checkpoint} on {device}, mode={mode}, {machine()}")
+    print(f"{args.checkpoint} on {device}, backend={args.backend}, mode={mode}, {machine()}")
     columns = ["call", "batch", "compile s (first call)", "eager ms", "compiled ms", "eager / compiled"]
     print(render("torch.compile of the fixed-step loop", columns, rows, args.markdown))
 

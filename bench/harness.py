@@ -123,15 +123,36 @@ def running_command(
                 os.kill(child, signal.SIGKILL)
 
 
+# The names of the samples a metric family of each type exposes: its name with one of these endings.
+SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_count", "_sum", "_bucket", "_created"),
+    "gaugehistogram": ("_gcount", "_gsum", "_bucket"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` (e.g. latent_cnf_nfe_sum) whose labels include `labels`, in a
-    Prometheus text exposition such as a /metrics body; 0 when there are none."""
-    return sum(
-        sample.value
+    Prometheus text exposition such as a /metrics body; 0 while a declared family has no such sample yet.
+    A name no family declares, or a label its samples do not carry, raises: a renamed metric must fail a
+    check, not read as 0."""
+    families = [
+        family
         for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
+        if name in (family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type])
+    ]
+    if not families:
+        raise KeyError(f"no metric family exposes {name!r}")
+    samples = [sample for family in families for sample in family.samples if sample.name == name]
+    known = {key for sample in samples for key in sample.labels}
+    if samples and not labels.keys() <= known:
+        raise KeyError(f"{name} has labels {sorted(known)}, not {sorted(labels.keys() - known)}")
+    return sum(sample.value for sample in samples if labels.items() <= sample.labels.items())
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -233,6 +254,10 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 def int_list(text: str) -> list[int]:
     return [int(item) for item in text.split(",") if item.strip()]
+
+
+def str_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def render(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool) -> str:

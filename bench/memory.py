@@ -1,4 +1,4 @@
-"""Memory under a burst of large uploads: the server's RSS before, at its peak and 10 s after, and the burst time.
+"""Memory under a burst of large uploads: the RSS of the server before, at its peak and --settle s after.
 
 Starts the real service (uvicorn, one worker, one model) on a free 127.0.0.1 port and sends each burst as C
 concurrent POST /score requests at once, each with F images of one kind, while a thread samples the server's
@@ -33,7 +33,6 @@ from PIL import Image, ImageDraw
 from bench.harness import MIB, MemorySampler, fmt, machine, parse_env, peak_rss_bytes, render, rss_bytes, running_server
 
 SERVICE_APP = "service.app:app"
-SETTLE_S = 10.0  # how long after the burst the "after" RSS is read: glibc and Pillow give memory back lazily
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,13 @@ async def send_burst(url: str, burst: Burst, data: bytes, importance_samples: in
     return elapsed, statuses
 
 
-def run(burst: Burst, env: dict[str, str], importance_samples: int) -> list[object]:
+def run(burst: Burst, env: dict[str, str], importance_samples: int, settle_s: float) -> list[object]:
     data = digit_image(burst.side, burst.fmt, burst.mode)
     with running_server(SERVICE_APP, env) as server:
         before = rss_bytes(server.pid)
         with MemorySampler(server.pid) as sampler:
             elapsed, statuses = asyncio.run(send_burst(server.url, burst, data, importance_samples))
-            time.sleep(SETTLE_S)
+            time.sleep(settle_s)
         after = rss_bytes(server.pid)
         hwm = peak_rss_bytes(server.pid)
     return [
@@ -103,21 +102,29 @@ def run(burst: Burst, env: dict[str, str], importance_samples: int) -> list[obje
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bursts", default=",".join(BURSTS), help=f"comma-separated, of {', '.join(BURSTS)}")
     parser.add_argument("--model", default="mnist-final-cond")
     parser.add_argument("--importance-samples", type=int, default=64, help="K of each /score request")
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE service settings for every server")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help='seconds after the burst when the "after" RSS is read: glibc and Pillow give memory back lazily',
+    )
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables for docs/")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = {
         "LATENT_CNF_MODELS": args.model,
         "LATENT_CNF_DEFAULT_MODEL": args.model,
         "LATENT_CNF_DEVICE": "cpu",
         **parse_env(args.env),
     }
-    rows = [run(BURSTS[name], env, args.importance_samples) for name in args.bursts.split(",") if name.strip()]
+    rows = [
+        run(BURSTS[name], env, args.importance_samples, args.settle) for name in args.bursts.split(",") if name.strip()
+    ]
     columns = [
         "burst",
         "requests x images",
@@ -125,7 +132,7 @@ def main() -> None:
         "RSS before",
         "RSS peak",
         "VmHWM",
-        "RSS +10 s",
+        f"RSS +{args.settle:g} s",
         "s",
         "answers",
     ]

@@ -17,7 +17,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +27,13 @@ if not __package__:  # `python bench/model.py`: `bench` imports from the reposit
 import torch
 
 import latent_cnf
-from bench.harness import fmt, int_list, machine, render
+from bench.harness import fmt, int_list, machine, render, str_list
 from latent_cnf import SolverConfig, model_folder
 from latent_cnf import data as datasets
 from latent_cnf.config import DEFAULT_SOLVER, FIXED_STEP_METHODS
 from latent_cnf.device import resolve_device
 from latent_cnf.model import LatentCNF
-from train.cli import options_from
+from train.cli import add_flags, flag, options_from, parse
 
 
 def solver_name(solver: SolverConfig) -> str:
@@ -62,17 +62,23 @@ CALIBRATED = "calibrated"  # the checkpoint's own solvers (train.calibrate): no 
 class BenchOptions:
     """What the sweeps and the quality table measure (the command line's flags, typed)."""
 
-    batch_sizes: list[int]
-    score_batch_sizes: list[int]
-    solvers: list[str]
-    importance_samples: int
-    min_time: float
-    max_call_seconds: float
-    fid: int
-    fid_batch_size: int
-    reference_images: int | None
-    data_dir: Path | None
-    seed: int
+    batch_sizes: Sequence[int] = flag(
+        (1, 4, 16, 32, 64, 256, 1024, 4096), help="comma-separated list", type=int_list, nargs=None
+    )
+    score_batch_sizes: Sequence[int] | None = flag(
+        None, help="comma-separated list (default: --batch-sizes)", type=int_list, nargs=None
+    )
+    solvers: Sequence[str] = flag(
+        (CALIBRATED, *SOLVERS), help=",".join([CALIBRATED, *SOLVERS]), type=str_list, nargs=None
+    )
+    importance_samples: int = flag(64, help="K of score()")
+    min_time: float = flag(1.0, help="timed seconds per point (after a warm-up)")
+    max_call_seconds: float = flag(30.0, help="skip larger batches past this")
+    fid: int = flag(0, help="also compute the FID of N samples per solver", metavar="N")
+    fid_batch_size: int = flag(500, help="samples per sample() call for the FID")
+    reference_images: int | None = flag(None, help="training images for the FID reference (default all)")
+    data_dir: Path | None = flag(None, help="IDX folder (else $LATENT_CNF_DATA)")
+    seed: int = flag(0, help="seed of the FID sampling noise")
 
 
 def timed(call: Callable[[int], int | None], device: torch.device, min_time: float, max_calls: int = 1000) -> dict:
@@ -218,24 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="mnist-final-cond", help="shipped checkpoint name or folder")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 32, 64, 256, 1024, 4096])
-    parser.add_argument("--score-batch-sizes", type=int_list, help="default: --batch-sizes")
-    parser.add_argument(
-        "--solvers", type=lambda s: s.split(","), default=[CALIBRATED, *SOLVERS], help=",".join([CALIBRATED, *SOLVERS])
-    )
-    parser.add_argument("--importance-samples", type=int, default=64, help="K of score()")
     parser.add_argument("--skip-score", action="store_true")
-    parser.add_argument("--min-time", type=float, default=1.0, help="timed seconds per point (after a warm-up)")
-    parser.add_argument("--max-call-seconds", type=float, default=30.0, help="skip larger batches past this")
-    parser.add_argument("--fid", type=int, default=0, metavar="N", help="also compute the FID of N samples per solver")
-    parser.add_argument("--fid-batch-size", type=int, default=500, help="samples per sample() call for the FID")
-    parser.add_argument("--reference-images", type=int, help="training images for the FID reference (default all)")
-    parser.add_argument("--data-dir", type=Path, help="IDX folder (else $LATENT_CNF_DATA)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the FID sampling noise")
+    add_flags(parser, BenchOptions)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.score_batch_sizes = args.score_batch_sizes or args.batch_sizes
     unknown = set(args.solvers) - {CALIBRATED, *SOLVERS}
     if unknown:
@@ -247,8 +240,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     options = options_from(args, BenchOptions)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = latent_cnf.load(args.checkpoint, device)
     dataset = model_folder.read_training(args.checkpoint).get("dataset", "mnist")

@@ -64,9 +64,10 @@ from bench.harness import (
     rss_bytes,
     running_script,
     running_server,
+    str_list,
     wait_idle,
 )
-from train.cli import options_from
+from train.cli import add_flags, flag, options_from
 
 SERVICE_APP, NAIVE_APP, PEER_SCRIPT = "service.app:app", "naive_server:app", BENCH / "litserve_peer.py"
 TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
@@ -103,20 +104,22 @@ SCENARIOS = {
 class LoadOptions:
     """How each mode drives the servers (the command line's flags, typed)."""
 
-    duration: float
-    warmup: float
-    concurrency: list[int]
-    scenarios: list[str]
-    timeout: float
-    burst_seconds: float
-    burst_concurrency: int
-    burst_scenario: str
-    queue: int
-    soak: float | None
-    soak_concurrency: int
-    chaos: float | None
-    chaos_normal: int
-    chaos_heavy: int
+    duration: float = flag(10.0, help="measured seconds per scenario and concurrency")
+    warmup: float = flag(1.0, help="unmeasured seconds before each measurement")
+    concurrency: Sequence[int] = flag((1, 8, 32, 128), help="comma-separated list", type=int_list, nargs=None)
+    scenarios: Sequence[str] = flag(tuple(SCENARIOS), help=",".join(SCENARIOS), type=str_list, nargs=None)
+    timeout: float = flag(60.0, help="client timeout per request, seconds")
+    burst_seconds: float = flag(5.0, help="length of the overload burst")
+    burst_concurrency: int = flag(512, help="closed-loop clients of the overload burst")
+    burst_scenario: str = flag(
+        "generate-64", help="what the burst sends", choices=[s for s, v in SCENARIOS.items() if v.target == "service"]
+    )
+    queue: int = flag(8, help="LATENT_CNF_MAX_QUEUE of the overload run")
+    soak: float | None = flag(None, help="run mixed traffic for this long instead", metavar="MINUTES")
+    soak_concurrency: int = flag(32, help="closed-loop clients of --soak")
+    chaos: float | None = flag(None, help="run normal next to hostile traffic instead", metavar="SECONDS")
+    chaos_normal: int = flag(4, help="closed-loop /generate n=1 clients of --chaos")
+    chaos_heavy: int = flag(4, help="closed-loop heaviest /score clients of --chaos")
 
 
 # Histograms of the service's merged model calls: the batcher's view of a scenario.
@@ -561,26 +564,11 @@ def chaos_met(result: dict) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario and concurrency")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
-    parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32, 128], help="comma-separated list")
-    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS), help=",".join(SCENARIOS))
     parser.add_argument("--model", default="mnist-final-cond", help="checkpoint both servers load")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="service setting (repeat)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, seconds")
     parser.add_argument("--data-dir", type=Path, help="MNIST IDX folder (else $LATENT_CNF_DATA)")
     parser.add_argument("--overload", action="store_true", help="run the overload burst instead")
-    parser.add_argument("--burst-seconds", type=float, default=5.0)
-    parser.add_argument("--burst-concurrency", type=int, default=512)
-    parser.add_argument(
-        "--burst-scenario", default="generate-64", choices=[s for s, v in SCENARIOS.items() if v.target == "service"]
-    )
-    parser.add_argument("--queue", type=int, default=8, help="LATENT_CNF_MAX_QUEUE of the overload run")
-    parser.add_argument("--soak", type=float, metavar="MINUTES", help="run mixed traffic for this long instead")
-    parser.add_argument("--soak-concurrency", type=int, default=32)
-    parser.add_argument("--chaos", type=float, metavar="SECONDS", help="run normal next to hostile traffic instead")
-    parser.add_argument("--chaos-normal", type=int, default=4, help="closed-loop /generate n=1 clients of --chaos")
-    parser.add_argument("--chaos-heavy", type=int, default=4, help="closed-loop heaviest /score clients of --chaos")
+    add_flags(parser, LoadOptions, threads=False)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
     args = parser.parse_args(argv)

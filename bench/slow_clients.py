@@ -31,7 +31,7 @@ if not __package__:  # `python bench/slow_clients.py`: `bench` imports from the 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.harness import MIB, fmt, open_files, render, rss_bytes, running_service
-from train.cli import options_from
+from train.cli import add_flags, flag, options_from
 
 MODES = ("idle", "drip-headers", "drip-body")
 # A body that announces more than it sends, under the upload limit so it is not refused at once.
@@ -43,13 +43,13 @@ BODY_HEADERS += b"Content-Length: 1000000\r\n\r\n--b\r\n"
 class HoldOptions:
     """What the run holds open and how it probes (the command line's flags, typed)."""
 
-    connections: int
-    processes: int
-    modes: str  # comma-separated, from MODES
-    hold: float
-    drip: float
-    probe_every: float
-    markdown: bool
+    connections: int = flag(20_000, help="connections held open")
+    processes: int = flag(4, help="client processes sharing the connections")
+    modes: str = flag(",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
+    hold: float = flag(60, help="seconds each client keeps its connection")
+    drip: float = flag(1.0, help="seconds between dripped bytes")
+    probe_every: float = flag(0.5, help="seconds between /healthz probes")
+    markdown: bool = flag(False, help="print Markdown tables")
 
 
 @dataclass(frozen=True)
@@ -222,13 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running server; default: start `python -m service` on a free port")
     parser.add_argument("--pid", type=int, help="the running server's pid, for its open files and memory")
-    parser.add_argument("--connections", type=int, default=20_000)
-    parser.add_argument("--processes", type=int, default=4, help="client processes sharing the connections")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
-    parser.add_argument("--hold", type=float, default=60, help="seconds each client keeps its connection")
-    parser.add_argument("--drip", type=float, default=1.0, help="seconds between dripped bytes")
-    parser.add_argument("--probe-every", type=float, default=0.5, help="seconds between /healthz probes")
-    parser.add_argument("--markdown", action="store_true")
+    add_flags(parser, HoldOptions, threads=False)
     parser.add_argument("server_args", nargs="*", help="after --: more `python -m service` options")
     args = parser.parse_args()
     options = options_from(args, HoldOptions)

@@ -51,9 +51,9 @@ def argument(annotation: Any, default: Any) -> dict[str, Any]:
     return spec | ({"required": True} if default is dataclasses.MISSING else {"default": default})
 
 
-def add_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance]) -> None:
+def add_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance], threads: bool = True) -> None:
     """A flag per field of `options` made by `flag` (--batch-size for batch_size), in the order of the fields,
-    then --threads, which `parse` applies."""
+    then (unless the command computes nothing itself, as a load generator) --threads, which `parse` applies."""
     hints = typing.get_type_hints(options)
     for field in dataclasses.fields(options):
         if "help" not in field.metadata:
@@ -63,13 +63,14 @@ def add_flags(parser: argparse.ArgumentParser, options: type[DataclassInstance])
         if spec.get("action") == "store_false":
             spec["dest"], name = field.name, "no-" + name
         parser.add_argument("--" + name, help=field.metadata["help"], **spec)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    if threads:
+        parser.add_argument("--threads", type=int, help="torch CPU threads")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """The parsed flags, with --threads applied at once: before anything computes."""
     args = parser.parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     return args
 
