@@ -1,26 +1,42 @@
 # Two commands set everything up on a fresh machine: `make serve` and `make test`.
-# TORCH pins the CPU wheel used on the project's machines; elsewhere run e.g. `make serve TORCH=torch` for CUDA.
+# TORCH is what pip installs for PyTorch. The pin below is the CPU build on the project's machines, where that
+# wheel is already on disk. On another Linux machine the same pin downloads PyTorch's default build, with CUDA and
+# its NVIDIA libraries (several GB): right with a GPU. Without one, take the CPU build (about 200 MB) from
+# PyTorch's own index: `make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # The IDX files of the tests and bench/gpu.sh: $LATENT_CNF_DATA, else the shared folder beside the clone.
 DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
+PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
 .PHONY: serve test test-all lint typecheck bench install gpu-bundle evaluate-gpus
 
-$(BIN)/.installed: pyproject.toml
+# Stamps: .torch (the venv and PyTorch), .serve (what `make serve` needs), .installed (everything: tests, bench).
+$(VENV)/.torch:
+	@echo "== Creating $(VENV) and installing PyTorch ($(TORCH)$(if $(TORCH_INDEX), from $(TORCH_INDEX)))"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	touch $@
+
+$(BIN)/.serve: pyproject.toml $(VENV)/.torch
+	@echo "== Installing the service's dependencies into $(VENV)"
+	$(PIP) -e '.[serve]'
+	touch $@
+
+$(BIN)/.installed: pyproject.toml $(VENV)/.torch
+	@echo "== Installing the service, training, benchmark and test dependencies into $(VENV)"
+	$(PIP) -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
-serve: $(BIN)/.installed
+serve: $(BIN)/.serve
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed

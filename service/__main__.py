@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import resource
+import socket
+import sys
 
 import uvicorn
 from uvicorn.config import LOG_LEVELS
@@ -18,15 +21,34 @@ from .settings import Settings, get_settings
 FD_RESERVE_MAX = 4096
 
 
-def settings_help() -> str:
-    """Every setting's variable, default and description, from the Settings model: the help cannot go stale."""
+def setting_rows() -> list[tuple[str, str, str]]:
+    """Each setting's variable, shown default and description, from the Settings model: what --help and the
+    README's table say cannot go stale."""
     prefix = Settings.model_config["env_prefix"]
-    lines = [f"Everything else is set by {prefix}* environment variables:"]
+    rows = []
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        shown = ",".join(default) if isinstance(default, list) else default
-        lines += [f"  {prefix}{name.upper()}" + ("" if shown in (None, "") else f" (default: {shown})")]
-        lines += [f"      {field.description}"]
+        if isinstance(default, bool):
+            default = str(default).lower()
+        shown = ",".join(default) if isinstance(default, list) else "" if default is None else str(default)
+        rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+    return rows
+
+
+def settings_help() -> str:
+    prefix = Settings.model_config["env_prefix"]
+    lines = [f"Everything else is set by {prefix}* environment variables:"]
+    for variable, default, description in setting_rows():
+        lines += [f"  {variable}" + (f" (default: {default})" if default else ""), f"      {description}"]
+    return "\n".join(lines)
+
+
+def settings_table() -> str:
+    """The README's table of settings (`python -m service --settings-table` prints it)."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines += [
+        f"| `{variable}` | {default or '-'} | {description} |" for variable, default, description in setting_rows()
+    ]
     return "\n".join(lines)
 
 
@@ -50,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30,
         help="seconds in-flight requests get after SIGTERM; stop grace periods must be longer (default: %(default)s)",
     )
+    parser.add_argument(
+        "--settings-table", action="store_true", help="print the settings as a Markdown table, and exit"
+    )
     return parser.parse_args(argv)
 
 
@@ -66,10 +91,29 @@ def connection_limits(settings: Settings) -> tuple[ConnectionLimits, int]:
     return limits, min(2048, reserve // 2)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Exit at once with a message if the address is taken, rather than after every model has loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not in use
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = "is in use by another process" if error.errno == errno.EADDRINUSE else f"cannot be bound: {error}"
+            sys.exit(f"{host}:{port} {why}: stop it, or choose another port (--port, or `make serve PORT=8001`)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.settings_table:
+        print(settings_table())
+        return
+    check_port_free(args.host, args.port)
     settings = get_settings()
     configure_logging(settings.log_format)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else shown}:{args.port}"
+    print(f"latent-cnf: loading models; then the page is at {url}/ and the API docs at {url}/docs", flush=True)
     limits, backlog = connection_limits(settings)
     uvicorn.run(
         "service.app:app",

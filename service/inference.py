@@ -193,6 +193,8 @@ class ModelHub:
             metrics.READY.set(int(self.ready))
         if not self.ready:
             log.error("the default model %r is not served; /readyz stays 503", self.settings.default_model)
+        else:
+            log.info("ready: serving %s (default %s)", ", ".join(self.models), self.settings.default_model)
 
     def _load(self, name: str) -> None:
         started = time.perf_counter()

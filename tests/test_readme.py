@@ -236,3 +236,21 @@ def test_calibration_table_matches_the_cards(name):
     worst, mean = (float(v) for v in cells[4].split(" / "))
     assert_shown(worst, score["max_error_nats"], f"{name} worst score error")
     assert_shown(mean, score["mean_error_nats"], f"{name} mean score error")
+
+
+def test_the_settings_table_is_the_one_settings_generates():
+    """Every LATENT_CNF_* variable is in the README with its default and meaning, as `Settings` says."""
+    from service.__main__ import settings_table
+
+    assert settings_table() in README, "README's settings table is stale: `python -m service --settings-table`"
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/api.md", "docs/operations.md"])
+def test_curl_urls_with_a_query_are_quoted(path):
+    """zsh (macOS's shell) expands an unquoted `?` and fails with 'no matches found'."""
+    text = (REPO / path).read_text()
+    for _, code, _ in blocks(text=text):
+        for line in code.replace("\\\n", " ").splitlines():
+            if line.startswith("curl "):
+                bare = [word for word in shlex.split(line, posix=False) if "?" in word and word[0] not in "'\""]
+                assert not bare, f"{path}: quote {bare} in: {line}"
