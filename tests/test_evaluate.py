@@ -156,3 +156,14 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path, args: list[st
     [line] = result.stderr.splitlines()
     assert line.startswith(problem)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_printed_table_keeps_small_numbers_and_only_a_solvers_own_fields():
+    from latent_cnf.config import DEFAULT_SOLVER, SolverConfig
+    from train.evaluate import solver_record, table
+
+    printed = table({"sample_solver": solver_record(DEFAULT_SOLVER), "nll": 94.24123, "gap": 0.00042})
+    rows = dict(line.split() for line in printed.splitlines())
+    assert rows["sample_solver.rtol"] == "1e-05" and "sample_solver.steps" not in rows  # dopri5 takes no steps
+    assert rows["nll"] == "94.2412" and rows["gap"] == "0.00042"
+    assert solver_record(SolverConfig("rk4", steps=2)) == {"method": "rk4", "steps": 2}

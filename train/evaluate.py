@@ -30,7 +30,6 @@ model card shows (an opt-in: evaluating a shipped model should not edit the inst
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import time
@@ -299,7 +298,7 @@ def evaluate(options: EvaluateOptions) -> dict:
         "importance_samples": k,
         "ood_importance_samples": k_ood,
         "num_samples": options.num_samples,
-        "sample_solver": dataclasses.asdict(options.sample_solver),
+        "sample_solver": solver_record(options.sample_solver),
         "test_images": len(x_test),
         "ood_images": n_ood,
         "reference_images": len(reference),
@@ -309,6 +308,12 @@ def evaluate(options: EvaluateOptions) -> dict:
         "seconds": round(time.perf_counter() - start_time, 1),
         "training": {key: training.get(key) for key in TRAINING_FIELDS},
     }
+
+
+def solver_record(solver: SolverConfig) -> dict:
+    """The fields that define a solve: tolerances for dopri5 (its `steps` field is unused), else the steps."""
+    fields = ("method", "rtol", "atol") if solver.method == "dopri5" else ("method", "steps")
+    return {name: getattr(solver, name) for name in fields}
 
 
 def headline(results: dict, command: str) -> dict:
@@ -323,7 +328,9 @@ def table(results: dict) -> str:
     def rows(prefix: str, value: object) -> list[tuple[str, str]]:
         if isinstance(value, dict):
             return [row for key, v in value.items() for row in rows(f"{prefix}.{key}" if prefix else key, v)]
-        return [(prefix, f"{value:.4f}" if isinstance(value, float) else str(value))]
+        if isinstance(value, float):  # 4 decimals, or 3 significant digits where 4 decimals would round away
+            return [(prefix, f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}")]
+        return [(prefix, str(value))]
 
     lines = rows("", results)
     width = max(len(name) for name, _ in lines)

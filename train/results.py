@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -50,13 +51,30 @@ def row(result: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def is_evaluation(result: dict) -> bool:
+    """A `python -m train.evaluate` JSON (docs/results/ also holds other commands' results)."""
+    return {"checkpoint", "dataset", "test_nll_nats"} <= result.keys()
+
+
+def table(paths: list[Path]) -> str:
+    """The Markdown table of the evaluation JSONs among `paths`, best likelihood first per dataset."""
+    results = [json.loads(path.read_text()) for path in paths]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    evaluations = [result for result in results if is_evaluation(result)]
+    ordered = sorted(evaluations, key=lambda r: (r["dataset"] != "mnist", r["dataset"], r["test_nll_nats"]))
+    return "\n".join(lines + [row(result) for result in ordered])
+
+
 def main(argv: list[str] | None = None) -> None:
-    files = argv if argv is not None else sys.argv[1:]
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    results = [json.loads(Path(path).read_text()) for path in files]
-    for result in sorted(results, key=lambda r: (r["dataset"] != "mnist", r["dataset"], r["test_nll_nats"])):
-        print(row(result))
+    parser = argparse.ArgumentParser(prog="python -m train.results", description=__doc__)
+    parser.add_argument("files", nargs="+", type=Path, help="evaluation JSONs (others, e.g. a judge's, are skipped)")
+    args = parser.parse_args(argv)
+    for path in args.files:
+        if not path.is_file():
+            parser.error(f"no such file: {path}")
+        if not is_evaluation(json.loads(path.read_text())):
+            print(f"skipped {path}: not a train.evaluate result", file=sys.stderr)
+    print(table(args.files))
 
 
 if __name__ == "__main__":
