@@ -276,3 +276,17 @@ def test_views_are_reachable_from_the_keyboard(page, viewport):
     expect(page.locator("#interpolate")).to_be_visible()
     expect(page.locator("#draw")).to_be_hidden()
     assert page.console.errors == []
+
+
+def test_images_with_nothing_to_show_yet_are_not_drawn_as_broken(page, viewport):
+    """Before anything is drawn or generated, no <img> shows a broken-image icon or its alt text."""
+    for view in ("Draw and score", "Watch the flow", "Interpolate"):
+        if page.get_by_role("tab", name=view).count():
+            open_view(page, view)
+        broken = page.evaluate(
+            """[...document.querySelectorAll('img')].filter(img => img.offsetParent !== null
+                && getComputedStyle(img).visibility !== 'hidden' && img.complete && img.naturalWidth === 0)
+                .map(img => img.id)"""
+        )
+        assert not broken, f"{view}: broken images shown: {broken}"
+    assert not page.console.errors
