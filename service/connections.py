@@ -7,9 +7,16 @@ This subclass keeps uvicorn's parser and ASGI handling and adds these rules:
 
 - a request head must be complete `header_timeout_s` after the connection opened (plus the keep-alive time
   after a previous response), and a body `body_timeout_s` after its head, else the connection is closed
-  (with a 408 if no response was started). After an early answer (a 413 from Content-Length) uvicorn reads
-  and discards the rest of the body, so a client still sending gets the answer, not a reset; the body
-  deadline bounds that too.
+  (with a 408 if no response was started).
+- after an early answer (a 413 from Content-Length, or any answer completed before its request's body) the
+  rest of the body is read and discarded, so a client that sends its whole body before reading (most do)
+  gets the answer, not a reset or a broken pipe. On a keep-alive connection uvicorn does that itself and the
+  next request may follow; on one that closes after the answer (the client sent `Connection: close`, as
+  urllib does) uvicorn would close at once, with the body's rest unread, and the kernel would answer that
+  with a reset that can destroy the answer before the client reads it. Here the close lingers instead, as
+  nginx's lingering close does: our side is shut (the client reads the answer, then EOF), the rest of the
+  body is read and dropped, and the connection closes when the body is in or the client closes. Either way
+  at most `linger_bytes` are discarded, by the body deadline; past either, the connection is aborted.
 - an answer the client does not take must drain in time: once more than the transport's high-water mark of it
   waits unsent (asyncio calls `pause_writing`), `resume_writing` must follow within `send_timeout_s`, else the
   connection is aborted, freeing the unsent bytes and the handle. Less than that, left unsent when the
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from . import metrics
 
@@ -42,6 +49,10 @@ def _response(status: int, reason: str, code: str, message: str, extra: bytes = 
 
 FULL = _response(503, "Service Unavailable", "overloaded", "too many open connections", b"retry-after: 1\r\n")
 SLOW_BODY = _response(408, "Request Timeout", "request_timeout", "the request body did not arrive in time")
+# Bytes of a body discarded after its request was answered early: 13 times the default upload limit, so a
+# client merely over the limit (a 6 MB photo) gets its 413, while one streaming without end is cut off after
+# tens of ms of CPU. The body deadline bounds the time.
+LINGER_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -52,6 +63,7 @@ class ConnectionLimits:
     header_timeout_s: float
     body_timeout_s: float
     send_timeout_s: float
+    linger_bytes: int = LINGER_BYTES
     waiting: OrderedDict[GuardedH11Protocol, None] = field(default_factory=OrderedDict)
 
 
@@ -63,6 +75,8 @@ class GuardedH11Protocol(H11Protocol):
         self.limits = limits
         self.deadline: asyncio.TimerHandle | None = None
         self.send_deadline: asyncio.TimerHandle | None = None
+        self.discarded = 0  # bytes of the current request's body received after its answer was complete
+        self.lingering = False  # answered, our side shut: reading the rest of the body, then closing
 
     # The ignore: this narrows BaseTransport to Transport, as uvicorn's own H11Protocol does
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -89,9 +103,24 @@ class GuardedH11Protocol(H11Protocol):
         super().resume_writing()
         self._stop_send_deadline()
 
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is not None and self.cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
+            self.discarded += len(data)  # the rest of a body answered early: read only to be dropped
+            if self.discarded > self.limits.linger_bytes:
+                self._stop_waiting()
+                self.transport.abort()  # enough: the client gets a reset, as it would have without lingering
+                return
+        if self.lingering:
+            self._discard(data)
+        else:
+            super().data_received(data)
+
     def handle_events(self) -> None:
-        was = self.conn.their_state
+        was, cycle = self.conn.their_state, self.cycle
         super().handle_events()
+        if self.cycle is not cycle and self.cycle is not None:  # a new request, whose task has not run yet
+            self.cycle.transport = _AnswerTransport(self, self.cycle)
+            self.discarded = 0
         now = self.conn.their_state
         if now is was or self.transport.is_closing():
             return
@@ -104,8 +133,39 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if self.lingering:  # no next request on this connection: the body deadline alone bounds the linger
+            self._unset_keepalive_if_required()
+        elif not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._wait_for_client(self.timeout_keep_alive + self.limits.header_timeout_s)
+
+    def close_after(self, cycle: RequestResponseCycle) -> None:
+        """Close once `cycle` is done with the connection: at once, or, when its answer is whole but the client is
+        still sending the request's body, after lingering (see the module's docstring)."""
+        if (
+            cycle is not self.cycle
+            or not cycle.response_complete
+            or not cycle.keep_alive  # the server is shutting down
+            or self.conn.their_state is not h11.SEND_BODY
+            or self.transport.is_closing()
+        ):
+            self.transport.close()
+            return
+        self.lingering = True
+        cycle.body = bytearray()  # what arrived while the app answered: never read
+        if self.transport.can_write_eof():  # not under TLS: the answer, then our FIN
+            self.transport.write_eof()
+        self.flow.resume_reading()  # uvicorn pauses reading a body the app does not read
+
+    def _discard(self, data: bytes) -> None:
+        """Drop the rest of a body while lingering; close once it is in (nothing unread: no reset)."""
+        try:
+            self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.EndOfMessage):
+                    self.transport.close()
+                    return
+        except h11.RemoteProtocolError:  # not a body after all: nothing to wait for
+            self.transport.close()
 
     def _wait_for_client(self, timeout_s: float) -> None:
         """(Re)start the deadline for the client's next bytes and mark this connection as evictable."""
@@ -155,3 +215,22 @@ class GuardedH11Protocol(H11Protocol):
                 oldest.transport.abort()  # close() would keep the socket until its unread answer drained
                 return True
         return False
+
+
+class _AnswerTransport(asyncio.Transport):
+    """The transport a request's RequestResponseCycle sees: the connection's, but its close() (after the answer,
+    when the client asked to close or the app failed) goes through GuardedH11Protocol.close_after, which may
+    linger. uvicorn's own closes (shutdown, keep-alive expiry, bad requests) and ours use the real transport."""
+
+    def __init__(self, protocol: GuardedH11Protocol, cycle: RequestResponseCycle) -> None:
+        super().__init__()
+        self.protocol, self.cycle = protocol, cycle
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.protocol.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.protocol.lingering or self.protocol.transport.is_closing()
+
+    def close(self) -> None:
+        self.protocol.close_after(self.cycle)

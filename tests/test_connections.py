@@ -1,16 +1,19 @@
 """Issue #14: idle and slow connections are closed in time, and so are those whose answers the client does
 not read; the connection cap keeps /healthz answering, and a 413 reaches a client that is still sending its
-body. A short version of bench/slow_clients.py, against the server as it ships (`python -m service`) with small
-limits so each case takes about a second."""
+body, also one that asked to close (#30), within bounds. A short version of bench/slow_clients.py, against the
+server as it ships (`python -m service`) with small limits so each case takes about a second."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,6 +22,7 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from bench.harness import free_port, metric, running_service
+from service.body_limit import BodySizeLimit
 from service.connections import ConnectionLimits, GuardedH11Protocol
 
 from .service_helpers import ONE_THREAD
@@ -76,6 +80,40 @@ def closes(url: str, reason: str) -> float:
     """Connections the server has closed so far for `reason`, from its /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
     return metric(text, "latent_cnf_connections_closed_total", reason=reason)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """A whole error answer (head and JSON body) from `sock`, read within 10 s."""
+    sock.settimeout(10)
+    received = b""
+    while b"\r\n\r\n" not in received or not received.endswith(b"}}"):
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+@contextlib.contextmanager
+def serving(app: Callable, limits: ConnectionLimits) -> Iterator[str]:
+    """`app` served in this process by uvicorn with the guarded protocol; yields its URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        http=functools.partial(GuardedH11Protocol, limits=limits),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_idle_and_header_dripping_connections_are_closed_after_the_header_timeout(url: str) -> None:
@@ -140,6 +178,66 @@ def test_413_reaches_a_client_that_is_still_sending_its_body(url: str) -> None:
     )
 
 
+def test_413_reaches_a_client_that_asks_to_close_while_still_sending(url: str) -> None:
+    """urllib sends `Connection: close` and its whole body before it reads. Closing at once after the 413 left
+    the rest of the body unread, the kernel reset the connection, and urllib raised BrokenPipeError or
+    ConnectionResetError (10 of 10 tries); the lingering close reads and drops the rest, then closes."""
+    for _ in range(3):
+        request = urllib.request.Request(f"{url}/score", data=bytes(6_000_000), headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        assert json.loads(refused.value.read())["error"]["code"] == "payload_too_large"
+
+
+def test_a_client_still_sending_after_its_413_is_cut_off_at_the_body_deadline(url: str) -> None:
+    """Lingering is bounded: a client that asked to close and keeps sending (here about 1 MB/s, far below the
+    byte bound) gets its 413 at once and is cut off at the body deadline, 2 s after its head."""
+    before = closes(url, "body_timeout")
+    sock = connect(url)
+    sock.sendall(
+        b"POST /score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000000000000\r\n\r\n"
+    )
+    started, received = time.monotonic(), read_answer(sock)
+    assert received.startswith(b"HTTP/1.1 413")
+    sock.settimeout(0.1)
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while time.monotonic() - started < 15:
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(bytes(65536))
+                sock.recv(65536)  # b"": the server has shut its side after the answer
+            time.sleep(0.05)
+    assert 1.5 < time.monotonic() - started < 15
+    assert closes(url, "body_timeout") >= before + 1
+
+
+async def ok_app(scope: dict, receive: Callable, send: Callable) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("connection", ["close", "keep-alive"])
+def test_a_client_sending_without_end_after_its_413_is_cut_off_after_linger_bytes(connection: str) -> None:
+    """The byte bound: however fast a client sends after an early answer, at most `linger_bytes` of it are read
+    and dropped, long before the body deadline (30 s here), whether the connection would close or stay open."""
+    limits = ConnectionLimits(
+        max_connections=10, header_timeout_s=30, body_timeout_s=30, send_timeout_s=30, linger_bytes=2_000_000
+    )
+    with serving(BodySizeLimit(ok_app, 1000), limits) as url:
+        sock = connect(url)
+        sock.sendall(
+            f"POST / HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nContent-Length: 1000000000000\r\n\r\n".encode()
+        )
+        assert read_answer(sock).startswith(b"HTTP/1.1 413")
+        started, sent = time.monotonic(), 0
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - started < 20:
+                sock.sendall(bytes(1 << 20))
+                sent += 1 << 20
+        assert time.monotonic() - started < 20 and sent >= 2_000_000
+
+
 def test_an_answer_the_client_does_not_read_is_dropped_after_the_send_timeout(url: str) -> None:
     """Three pipelined requests for 4.4 MB answers (256 samples as JSON) from a client that never reads. The
     kernel takes about 2.8 MB (its send buffer grows at most to tcp_wmem's maximum, 4 MiB by default), the rest
@@ -181,27 +279,14 @@ def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() ->
         await send({"type": "http.response.body", "body": b"done"})
 
     limits = ConnectionLimits(max_connections=2, header_timeout_s=5, body_timeout_s=5, send_timeout_s=5)
-    port = free_port()
-    config = uvicorn.Config(
-        slow_app,
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        http=functools.partial(GuardedH11Protocol, limits=limits),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        busy = [connect(f"http://127.0.0.1:{port}") for _ in range(2)]
+    with serving(slow_app, limits) as url:
+        busy = [connect(url) for _ in range(2)]
         for sock in busy:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         time.sleep(0.3)
         refused = REGISTRY.get_sample_value("latent_cnf_connections_closed_total", {"reason": "too_many_connections"})
         started = time.monotonic()
-        _, received = closed_after(connect(f"http://127.0.0.1:{port}"))
+        _, received = closed_after(connect(url))
         head, _, body = received.partition(b"\r\n\r\n")
         assert time.monotonic() - started < 1
         assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head
@@ -209,6 +294,3 @@ def test_over_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once() ->
         after = REGISTRY.get_sample_value("latent_cnf_connections_closed_total", {"reason": "too_many_connections"})
         assert refused is not None and after == refused + 1  # this server runs in the test's process
         assert all(b"done" in closed_after(sock)[1] for sock in busy)  # the busy ones were left alone
-    finally:
-        server.should_exit = True
-        thread.join(10)
