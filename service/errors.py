@@ -39,6 +39,9 @@ from .failures import (
 )
 
 REQUEST_PARTS = ("body", "query", "path", "header", "cookie")  # the first element of a validation error's loc
+# pydantic's errors for a body that is no JSON object at all: a form, text, an array, nothing
+WHOLE_BODY_ERRORS = ("model_attributes_type", "dict_type", "missing")
+JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
 V2_ROOT = "/v2"
 # The HTTP status of every kind of refusal (service/failures.py): the one place the service core meets HTTP.
 STATUSES: dict[type[Refusal], int] = {
@@ -91,10 +94,33 @@ def not_ready(body: BaseModel) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=STATUSES[NotReady], headers=_retry_headers(NotReady))
 
 
-def _describe(errors: Sequence[dict[str, Any]]) -> str:
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON: application/json or application/*+json."""
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _not_a_json_object(error: dict[str, Any], content_type: str | None) -> str | None:
+    """For a body that is no JSON object at all, what the endpoint takes and what came instead, where pydantic
+    says only "Input should be a valid dictionary" (e.g. curl -d 'n=1', which sends a form); else None."""
+    if tuple(error.get("loc", ())) != ("body",) or error.get("type") not in WHOLE_BODY_ERRORS:
+        return None
+    if error["type"] == "missing":
+        got = "no body"
+    elif content_type and not _is_json(content_type):  # FastAPI passed the bytes on unparsed
+        got = f"Content-Type: {content_type}"
+    else:
+        got = f"a JSON {JSON_KINDS.get(type(error.get('input')), 'null')}"
+    return f"the request body must be a JSON object, sent with Content-Type: application/json; got {got}"
+
+
+def _describe(errors: Sequence[dict[str, Any]], content_type: str | None = None) -> str:
     """`field: problem`, the field named the same way whether it came in a JSON body, a form or the query string."""
     parts = []
     for error in errors:
+        if (whole_body := _not_a_json_object(error, content_type)) is not None:
+            parts.append(whole_body)
+            continue
         loc, message = list(error.get("loc", ())), error.get("msg", "invalid")
         if loc and loc[0] in REQUEST_PARTS:
             loc = loc[1:]
@@ -116,7 +142,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(request, 422, "invalid_request", _describe(error.errors()))
+        message = _describe(error.errors(), request.headers.get("content-type"))
+        return error_response(request, 422, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

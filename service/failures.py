@@ -5,11 +5,33 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from .settings import Settings
+
+
+def variable(setting: str) -> str:
+    """The environment variable of a setting (a field of Settings), e.g. LATENT_CNF_MAX_FILES for max_files."""
+    if setting not in Settings.model_fields:
+        raise KeyError(f"no setting {setting!r}")
+    return f"{Settings.model_config['env_prefix']}{setting.upper()}"
+
 
 class Refusal(Exception):
-    """A request the service does not serve; `code` names the kind in error bodies, stable for clients."""
+    """A request the service does not serve; `code` names the kind in error bodies, stable for clients. A refusal
+    for passing a configured limit names its `setting`: the message names the variable that moves the limit."""
 
     code: ClassVar[str]
+    setting: ClassVar[str | None] = None
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        if cls.setting is not None:
+            variable(cls.setting)  # a renamed setting fails here, at import, not in an error message
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.setting is None or variable(self.setting) in message:
+            return message
+        return f"{message} (the server's {variable(self.setting)})"
 
 
 class MalformedRequest(Refusal):
@@ -54,12 +76,14 @@ class LabelRequired(Refusal):
 
 class TooManyFiles(Refusal):
     code = "too_many_files"
+    setting = "max_files"
 
 
 class RequestTooCostly(Refusal):
     """Over the per-request work budget (service/cost.py)."""
 
     code = "request_too_costly"
+    setting = "max_request_cost"
 
 
 class SolverFailed(Refusal):
@@ -108,9 +132,11 @@ class ImageTooLarge(Refusal):
     """One image declares more pixels than a decode may hold."""
 
     code = "image_too_large"
+    setting = "max_image_pixels"
 
 
 class RequestTooLarge(Refusal):
     """A request's images declare more pixels in all than its decoding may hold."""
 
     code = "request_too_large"
+    setting = "max_request_pixels"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ast
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import service
 from service import failures
 from service.errors import STATUSES
 
-from .bad_inputs import CASES, RGBA
+from .bad_inputs import CASES, RGBA, VALID
 
 
 def test_corpus_is_large_enough():
@@ -58,6 +60,46 @@ def test_validation_messages_name_fields_alike_in_body_query_and_form(client):
     for message, response in responses.items():
         assert response.status_code == 422, response.text
         assert response.json() == {"error": {"code": "invalid_request", "message": message}}
+
+
+def test_a_body_that_is_no_json_object_is_told_what_to_send(client):
+    """curl -d 'n=1' sends a form; pydantic alone would say "Input should be a valid dictionary or object"."""
+    wanted = "the request body must be a JSON object, sent with Content-Type: application/json; got "
+    responses = {
+        "Content-Type: application/x-www-form-urlencoded": client.post("/generate", data={"n": "1"}),
+        "Content-Type: text/plain": client.post(
+            "/generate", content=b'{"n": 1}', headers={"content-type": "text/plain"}
+        ),
+        "a JSON array": client.post("/generate", json=[1, 2]),
+        "no body": client.post("/generate"),
+    }
+    for got, response in responses.items():
+        assert response.status_code == 422, response.text
+        assert response.json() == {"error": {"code": "invalid_request", "message": wanted + got}}
+
+
+def test_refusals_at_a_configured_limit_name_its_variable(client):
+    """The message names the LATENT_CNF_* setting that moves the limit: the fix, for whoever runs the server."""
+    big = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(big, format="PNG")  # 25,000,000 pixels in 25 kB
+    response = client.post("/score", files={"file": ("big.png", big.getvalue())})
+    assert response.status_code == 413
+    message = (
+        "big.png: 5000x5000 exceeds the limit of 16777216 pixels per image (the server's LATENT_CNF_MAX_IMAGE_PIXELS)"
+    )
+    assert response.json() == {"error": {"code": "image_too_large", "message": message}}
+
+    response = client.post("/score", files=[("file", (f"{i}.png", VALID)) for i in range(5)])  # this app's limit: 4
+    assert response.status_code == 422
+    message = "at most 4 images per request, got 5 (the server's LATENT_CNF_MAX_FILES)"
+    assert response.json() == {"error": {"code": "too_many_files", "message": message}}
+
+
+def test_every_limit_refusal_names_its_setting_once():
+    assert str(failures.RequestTooLarge("over")) == "over (the server's LATENT_CNF_MAX_REQUEST_PIXELS)"
+    named = "over the limit (LATENT_CNF_MAX_REQUEST_COST): ask for less"
+    assert str(failures.RequestTooCostly(named)) == named  # already named: not twice
+    assert str(failures.InvalidRequest("n: too small")) == "n: too small"  # no setting behind it
 
 
 def test_every_refusal_has_its_http_status():
