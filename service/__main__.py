@@ -12,7 +12,7 @@ import sys
 import uvicorn
 from uvicorn.config import LOG_LEVELS
 
-from .connections import ConnectionLimits, GuardedH11Protocol
+from .connections import LINGER_BYTES, ConnectionLimits, GuardedH11Protocol
 from .request_id import configure_logging
 from .settings import Settings, get_settings
 
@@ -87,6 +87,7 @@ def connection_limits(settings: Settings) -> tuple[ConnectionLimits, int]:
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
         send_timeout_s=settings.send_timeout_s,
+        linger_bytes=max(LINGER_BYTES, 4 * settings.max_upload_bytes),  # the rest of a body over the upload limit
     )
     return limits, min(2048, reserve // 2)
 

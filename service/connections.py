@@ -107,6 +107,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is not None and self.cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
             self.discarded += len(data)  # the rest of a body answered early: read only to be dropped
             if self.discarded > self.limits.linger_bytes:
+                metrics.connection_closed("linger_limit")
                 self._stop_waiting()
                 self.transport.abort()  # enough: the client gets a reset, as it would have without lingering
                 return

@@ -38,8 +38,11 @@ CONNECTIONS_CLOSED = Counter(
 # header_timeout: no complete request head in time (idle, or dripping one); body_timeout: the body did not
 # arrive in time (a 408 unless an answer was started); send_timeout: the client did not read its answer;
 # evicted: closed at the cap for a new one; too_many_connections: refused at the cap with a 503 (also counted
-# in latent_cnf_rejected_total, so this family alone shows every connection the limits close).
-CloseReason = Literal["header_timeout", "body_timeout", "send_timeout", "evicted", "too_many_connections"]
+# in latent_cnf_rejected_total, so this family alone shows every connection the limits close); linger_limit: a
+# body answered early whose rest passed the most the server reads only to drop.
+CloseReason = Literal[
+    "header_timeout", "body_timeout", "send_timeout", "evicted", "too_many_connections", "linger_limit"
+]
 ABANDONED = Counter(
     "latent_cnf_abandoned",
     "requests dropped before they ran, or between their parts: their client had gone or timed out",
