@@ -13,6 +13,9 @@ MAX_SEED = 2**63 - 1
 MAX_MODEL_NAME = 128
 DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES = 64, 1024  # K of a score, by /score and /v2 alike
 TEMPERATURE_HELP = "scales the base noise (as in Glow): below 1, more typical samples, less variety"
+# Raw bytes in /openapi.json (a file part, a PNG answer, binary tensors): `format: binary` is how the clients
+# generated from the document (openapi-python-client, openapi-generator) know a file from a text field.
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 
 
 class SolverSpec(BaseModel):

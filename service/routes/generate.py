@@ -15,7 +15,7 @@ from latent_cnf.model import Trajectory
 
 from ..dependencies import Hub
 from ..inference import SampleJob, fresh_seed
-from ..schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
+from ..schemas import BINARY, ERROR_RESPONSES, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"])
 
@@ -29,7 +29,10 @@ def wants_png(request: Request, format: str | None) -> bool:
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG grid"}},
+    responses={
+        **ERROR_RESPONSES,
+        200: {"content": {"image/png": {"schema": BINARY}}, "description": "JSON, or a PNG grid"},
+    },
 )
 async def generate(
     body: GenerateRequest,

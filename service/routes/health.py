@@ -33,6 +33,13 @@ async def readyz(hub: Hub) -> Health | JSONResponse:
 
 
 @router.head("/metrics", include_in_schema=False)
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus' text format"}
+    },
+)
 async def prometheus_metrics() -> Response:
+    """The process's Prometheus metrics, in the text exposition format."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -35,6 +35,7 @@ def describe(served: ServedModel) -> ModelInfo:
 
 @router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(hub: Hub) -> ModelList:
+    """Every model served, the default one, and the checkpoints that could not be served (and why)."""
     served = list(hub.models.values())  # a copy: the loading thread may add models meanwhile
     default = hub.settings.default_model if hub.settings.default_model in hub.models else None
     return ModelList(default=default, models=[describe(m) for m in served], failed=dict(hub.failed))
@@ -42,4 +43,5 @@ async def list_models(hub: Hub) -> ModelList:
 
 @router.get("/{name}", response_model=ModelInfo, responses=ERROR_RESPONSES)
 async def get_model(name: str, hub: Hub) -> ModelInfo:
+    """One served model: its dataset, configuration, training record and calibrated serving data."""
     return describe(hub.get(name))

@@ -14,7 +14,15 @@ from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
 from ..dependencies import Hub
 from ..inference import SampleJob, fresh_seed
-from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, TrajectoryResponse, TrajectoryStep
+from ..schemas import (
+    BINARY,
+    ERROR_RESPONSES,
+    MAX_MODEL_NAME,
+    MAX_SEED,
+    TEMPERATURE_HELP,
+    TrajectoryResponse,
+    TrajectoryStep,
+)
 
 router = APIRouter(tags=["trajectory"])
 
@@ -22,7 +30,10 @@ router = APIRouter(tags=["trajectory"])
 @router.get(
     "/trajectory",
     response_model=TrajectoryResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}}, "description": "PNG strip, or JSON"}},
+    responses={
+        **ERROR_RESPONSES,
+        200: {"content": {"image/png": {"schema": BINARY}}, "description": "PNG strip, or JSON"},
+    },
 )
 async def trajectory(
     request: Request,

@@ -27,7 +27,7 @@ from ..open_inference import (
     decode_request,
     encode_response,
 )
-from ..schemas import error_responses
+from ..schemas import BINARY, error_responses
 from ..v2_models import lookup, run
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -59,16 +59,18 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 @router.get("", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> ServerMetadata:
+    """The server's name, version and the protocol extensions it supports."""
     return ServerMetadata(name="latent-cnf", version=request.app.version, extensions=EXTENSIONS)
 
 
 @router.get("/health/live", response_model=Live)
-async def live() -> Live:
+async def server_live() -> Live:
+    """Always 200 while the process answers, as /healthz."""
     return Live(live=True)
 
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
-async def ready(hub: Hub) -> Ready | JSONResponse:
+async def server_ready(hub: Hub) -> Ready | JSONResponse:
     """200 when /readyz is; 503 otherwise, with the body saying so (clients read either)."""
     return Ready(ready=True) if hub.ready else not_ready(Ready(ready=False))
 
@@ -97,25 +99,39 @@ async def model_config(name: str, hub: Hub, settings: ServiceSettings) -> dict[s
     responses={
         **ERRORS,
         200: {
-            "content": {"application/octet-stream": {}},
+            "content": {"application/octet-stream": {"schema": BINARY}},
             "description": "JSON; or, when outputs are asked for as binary data, a JSON header of "
             f"{HEADER_LENGTH} bytes followed by the tensors' raw bytes",
+            "headers": {
+                HEADER_LENGTH: {
+                    "description": "the length of the JSON header (binary answers only)",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
         },
     },
     openapi_extra={
+        "parameters": [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "description": "with binary tensor data: the length of the JSON header that starts the body",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        ],
         "requestBody": {
             "required": True,
+            "description": "JSON tensors; or, with the binary tensor data extension (application/octet-stream), "
+            f"a JSON header of {HEADER_LENGTH} bytes followed by the tensors' raw bytes",
             "content": {
                 "application/json": {"schema": _schema(InferRequest)},
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                    "description": f"binary tensor data: a JSON header of {HEADER_LENGTH} bytes, then raw tensors",
-                },
+                "application/octet-stream": {"schema": BINARY},
             },
-        }
+        },
     },
 )
-async def infer(name: str, request: Request, hub: Hub) -> Response:
+async def model_infer(name: str, request: Request, hub: Hub) -> Response:
     """Sample (`<model>.generate`) or score (`<model>.score`) through the same batcher and limits as
     /generate and /score; `id` is echoed (default: the request's X-Request-ID)."""
     model = lookup(hub, name)
