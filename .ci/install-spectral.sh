@@ -5,6 +5,7 @@
 set -euo pipefail
 VERSION=6.16.3
 cd "$(dirname "$0")/.."
+bash deploy/install-debian.sh "node npm" nodejs npm  # machines without node: Debian's
 PREFIX=.tools/spectral
 BIN="$PREFIX/node_modules/.bin/spectral"
 if [[ ! -x "$BIN" ]] || [[ "$("$BIN" --version 2>/dev/null)" != "$VERSION" ]]; then
