@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings-table", action="store_true", help="print the settings as a Markdown table, and exit"
     )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="log no line per request (uvicorn's access log)",
+    )
     return parser.parse_args(argv)
 
 
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        access_log=args.access_log,
         log_config=None,  # ours, set just above: every line in one format, with request IDs
         workers=1,
         # The ignore: uvicorn annotates a protocol class, and only ever calls it, as it can this partial of one

@@ -36,6 +36,8 @@ from .failures import (
     SolverFailed,
     UnknownModel,
 )
+from .model_calls import BatchKey, SampleChunk, ScoreChunk
+from .model_process import InProcess, InThread, Runner
 from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -53,29 +55,6 @@ class SampleJob:
     label: int | None
     seed: int
     temperature: float = 1.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class BatchKey:
-    """What must be equal for requests to share a model call."""
-
-    kind: Literal["generate", "trajectory", "score"]
-    model: str
-    solver: SolverConfig
-    frames: int = 2  # decoded times of a sampling solve
-    importance_samples: int = 0  # K of a score
-
-
-@dataclass(frozen=True)
-class SampleChunk:
-    z0: torch.Tensor  # (rows, latent_dim) base noise, drawn for the whole request before it was cut
-    labels: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class ScoreChunk:
-    images: torch.Tensor  # (m, 28, 28) binarized pixels
-    seeds: torch.Tensor  # (m,) proposal seed of each image: its index in the request
 
 
 @dataclass
@@ -106,30 +85,6 @@ async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) 
         except Exception:  # noqa: BLE001 - a probe that cannot tell is not a disconnect
             log.debug("disconnect check failed", exc_info=True)
         await asyncio.sleep(every_s)
-
-
-def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]:
-    """Cut a merged call's trajectory back into its requests' pieces (sample rows in order)."""
-    out, start = [], 0
-    for size in sizes:
-        end = start + size
-        labels = path.labels[start:end] if path.labels is not None else None
-        out.append(Trajectory(path.times, path.latents[:, start:end], path.images[:, start:end], labels, path.nfe))
-        start = end
-    return out
-
-
-def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
-    """Cut a merged call's score back into its requests' pieces, moved to the CPU on the inference thread."""
-    tensors = {name: value.cpu() for name, value in vars(score).items() if torch.is_tensor(value)}
-    out, start = [], 0
-    for size in sizes:
-        end = start + size
-        # Any: mypy checks replace()'s **kwargs against every field of Score, the int ones too
-        pieces: dict[str, Any] = {name: value[start:end] for name, value in tensors.items()}
-        out.append(dataclasses.replace(score, **pieces))
-        start = end
-    return out
 
 
 def join_scores(parts: Sequence[Score]) -> Score:
@@ -165,6 +120,10 @@ class ModelHub:
         self.failed: dict[str, str] = {}  # checkpoint -> why it could not be served
         self.loading = True
         self.batcher: Batcher[BatchKey] | None = None
+        # Model calls run in a child process (service/model_process.py), which holds the device; this process
+        # keeps a CPU copy of each model for what requests read of it (configs, base noise).
+        self.runner: Runner = InProcess(self.device, settings.threads) if settings.model_process else InThread({})
+        self._home = "cpu" if settings.model_process else self.device
         self._shapes: dict[BatchKey, WorkShape] = {}  # cost of one unit per batch key (work_shape)
 
     @property
@@ -198,7 +157,7 @@ class ModelHub:
 
     def _load(self, name: str) -> None:
         started = time.perf_counter()
-        model = latent_cnf.load(name, self.device)
+        model = latent_cnf.load(name, self._home)
         serving = model_folder.read_serving(name)
         quantiles = serving.get("score_reference", {}).get("log_likelihood_quantiles")
         outlier.shipped()  # loaded once, here rather than on the first /score; a missing file is logged
@@ -211,13 +170,20 @@ class ModelHub:
             device=self.device,
             reference=np.asarray(quantiles) if quantiles else None,
         )
+        self.runner.load(served.name, name, model)
         if self.settings.warmup:
-            with torch.inference_mode():
-                model.sample(2, seed=0, solver=self.sample_solver(served))
-                model.score(torch.zeros(1, 28, 28), k=2, solver=self.score_solver(served))
+            self.warm_up(served)
         self.models[served.name] = served
         metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
         log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
+
+    def warm_up(self, served: ServedModel) -> None:
+        """One small call of each kind where calls run, with the solvers requests get by default."""
+        z0, labels = served.model.draw_base(2, seed=0)
+        generate = BatchKey(kind="generate", model=served.name, solver=self.sample_solver(served))
+        self.runner.run(generate, [SampleChunk(z0, labels)])
+        score = BatchKey(kind="score", model=served.name, solver=self.score_solver(served), importance_samples=2)
+        self.runner.run(score, [ScoreChunk(torch.zeros(1, 28, 28), torch.zeros(1, dtype=torch.long))])
 
     def get(self, name: str | None) -> ServedModel:
         """A loaded model: served as soon as it is warm, whatever the others are doing."""
@@ -377,15 +343,12 @@ class ModelHub:
 
     def run_batch(self, key: BatchKey, chunks: Sequence[Any]) -> list[tuple[Any, ModelCall]]:
         """One merged model call: each chunk's result, with the call's times and sizes for its trace."""
-        served = self.models[key.model]
         started, started_ns = time.perf_counter(), time.time_ns()
-        results: list[Score] | list[Trajectory]
+        results, nfe = self.runner.run(key, chunks)
         if key.kind == "score":
-            results, nfe = self._score(served, key, chunks)
             size = sum(len(chunk.images) for chunk in chunks)
             metrics.IMAGES_SCORED.labels(model=key.model).inc(size)
         else:
-            results, nfe = self._generate(served, key, chunks)
             size = sum(len(chunk.z0) for chunk in chunks)
             metrics.SAMPLES.labels(model=key.model).inc(size)
         metrics.INFERENCE_SECONDS.labels(model=key.model, kind=key.kind).observe(time.perf_counter() - started)
@@ -395,24 +358,7 @@ class ModelHub:
         call = ModelCall(key.kind, key.model, size, len(chunks), nfe, started_ns, time.time_ns())
         return [(result, call) for result in results]
 
-    def _generate(
-        self, served: ServedModel, key: BatchKey, chunks: Sequence[SampleChunk]
-    ) -> tuple[list[Trajectory], int]:
-        z0 = torch.cat([chunk.z0 for chunk in chunks])
-        labels = (
-            torch.cat([chunk.labels for chunk in chunks if chunk.labels is not None])
-            if served.prior_uses_labels
-            else None
-        )
-        path = served.model.generate(z0, labels, key.solver, key.frames)
-        return split_trajectory(path, [len(chunk.z0) for chunk in chunks]), path.nfe
-
-    def _score(self, served: ServedModel, key: BatchKey, chunks: Sequence[ScoreChunk]) -> tuple[list[Score], int]:
-        images = torch.cat([chunk.images for chunk in chunks])
-        seeds = torch.cat([chunk.seeds for chunk in chunks])
-        score = served.model.score(images, k=key.importance_samples, seed=seeds, solver=key.solver)
-        return split_score(score, [len(chunk.images) for chunk in chunks]), score.nfe
-
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.stop()
+        self.runner.close()

@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     max_request_cost: int = Field(
         32_000_000, ge=1, description="work units one request may cost; above this it gets 422 (about 5 s on 2 cores)"
     )
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="how long a call waits for more requests to merge before it runs (0: never; what arrives "
+        "while a call runs forms the next call)",
+    )
     max_queue: int = Field(64, ge=1, description="queued requests before new ones get 503")
     timeout_s: float = Field(30.0, gt=0, description="a request waiting longer gets 504")
     max_upload_bytes: int = Field(5_000_000, ge=1, description="request bodies above this get 413")
@@ -68,7 +73,14 @@ class Settings(BaseSettings):
         "calibrated solver",
     )
     max_nfe: int = Field(DEFAULT_MAX_NFE, ge=1, description="a solve needing more function evaluations fails with 422")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads of the model calls (default: torch's choice)"
+    )
+    model_process: bool = Field(
+        True,
+        description="run model calls in a child process, which then holds the device: the HTTP event loop and "
+        "the model never wait for each other's GIL (false: in a thread of the server process)",
+    )
     warmup: bool = Field(True, description="run one sample and one score per model before reporting ready")
     max_connections: int | None = Field(
         None,

@@ -116,6 +116,8 @@ CORE = (
     "cost",
     "failures",
     "inference",
+    "model_calls",
+    "model_process",
     "metrics",
     "open_inference",
     "schemas",
