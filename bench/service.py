@@ -1,8 +1,9 @@
 """Load test of the service on loopback, against two references measured in the same run.
 
 Starts the real service (`python -m service`, as deployed, access log off like every server here), the naive
-server of bench/naive_server.py and the LitServe peer of bench/litserve_peer.py on free 127.0.0.1 ports. The throughput mode drives them with
-wrk (C, one thread, bench/wrk_report.lua: fresh seeds, multipart uploads): at each concurrency C, C
+server of bench/naive_server.py and the LitServe peer of bench/litserve_peer.py on free 127.0.0.1 ports. The
+throughput mode drives them with wrk (C, one thread, bench/wrk_report.lua: fresh seeds, multipart uploads): at
+each concurrency C, C
 connections send their next request as soon as the last one is answered, for a fixed time after a warm-up
 run. Reported per scenario: successful requests/s, samples (or scored images)/s, p50/p95/p99 latency (wrk's,
 of all responses), errors by kind, and the CPU share of wrk and of the server, which shows whether the load
@@ -71,7 +72,6 @@ from bench.harness import (
 from train.cli import add_flags, flag, options_from
 
 NAIVE_APP, PEER_SCRIPT = "naive_server:app", BENCH / "litserve_peer.py"
-SERVICE_OPTIONS = ["--no-access-log"]  # as for every server here: a log line costs them all alike
 TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
 CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 
@@ -266,7 +266,7 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     results: list[dict] = []
     targets = {SCENARIOS[name].target for name in options.scenarios}
     with contextlib.ExitStack() as stack:
-        servers = {"service": stack.enter_context(running_service(env, SERVICE_OPTIONS))}
+        servers = {"service": stack.enter_context(running_service(env))}
         if "naive" in targets:
             servers["naive"] = stack.enter_context(running_server(NAIVE_APP, env, app_dir=BENCH))
         if "peer" in targets:
@@ -341,7 +341,7 @@ def overload(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     lags by seconds, and reusing a keep-alive connection would race uvicorn closing it as idle."""
     env = {**env, "LATENT_CNF_MAX_QUEUE": str(options.queue)}
     scenario = SCENARIOS[options.burst_scenario]
-    with running_service(env, SERVICE_OPTIONS) as service:
+    with running_service(env) as service:
         load = Load({"service": service.url}, digit, options.timeout)
         rss_before, peak_before = rss_bytes(service.pid), peak_rss_bytes(service.pid)
         with MemorySampler(service.pid) as memory:
@@ -382,7 +382,7 @@ def soak(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
         return SCENARIOS[rng.choices(names, weights)[0]]
 
     seconds = options.soak * 60
-    with running_service(env, SERVICE_OPTIONS) as service:
+    with running_service(env) as service:
         load = Load({"service": service.url}, digit, options.timeout)
         with MemorySampler(service.pid, interval_s=1.0) as memory:
             start = asyncio.run(load.drive(pick, options.soak_concurrency, seconds))
@@ -422,7 +422,7 @@ def chaos(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Normal traffic (/generate n = 1) next to hostile but valid clients: the heaviest /score requests in a
     closed loop and clients that send the heaviest /generate and hang up. Reports the normal traffic's
     latency and errors, what the heavy clients got, and how much abandoned work the service dropped."""
-    with running_service(env, SERVICE_OPTIONS) as service:
+    with running_service(env) as service:
         load = Load({"service": service.url}, digit, options.timeout)
         before = httpx.get(f"{service.url}/metrics").text
 
@@ -587,6 +587,7 @@ def main(argv: list[str] | None = None) -> None:
         "LATENT_CNF_MODELS": args.model,
         "LATENT_CNF_DEFAULT_MODEL": args.model,
         "LATENT_CNF_MAX_QUEUE": "1024",
+        "LATENT_CNF_ACCESS_LOG": "false",  # as for every server here: a log line a request costs them all alike
         **parse_env(args.env),
     }
     digit = mnist_digit(args.data_dir)

@@ -75,12 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings-table", action="store_true", help="print the settings as a Markdown table, and exit"
     )
-    parser.add_argument(
-        "--no-access-log",
-        dest="access_log",
-        action="store_false",
-        help="log no line per request (uvicorn's access log)",
-    )
     return parser.parse_args(argv)
 
 
@@ -117,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     check_port_free(args.host, args.port)
     settings = get_settings()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.access_log)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else shown}:{args.port}"
     print(f"latent-cnf: loading models; then the page is at {url}/ and the API docs at {url}/docs", flush=True)
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=args.access_log,
+        access_log=settings.access_log,
         log_config=None,  # ours, set just above: every line in one format, with request IDs
         workers=1,
         # The ignore: uvicorn annotates a protocol class, and only ever calls it, as it can this partial of one

@@ -88,7 +88,7 @@ class RequestMetrics:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    request_id.configure_logging(settings.log_format)
+    request_id.configure_logging(settings.log_format, settings.access_log)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels

@@ -77,14 +77,15 @@ class ServedModel:
 
 
 async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
-    """Return once `condition()` is true, checking every `every_s` seconds; a failing check counts as false."""
+    """Return once `condition()` is true, checking every `every_s` seconds from `every_s` on (most answers come
+    sooner, and then nothing is checked); a failing check counts as false."""
     while True:
+        await asyncio.sleep(every_s)
         try:
             if await condition():
                 return
         except Exception:  # noqa: BLE001 - a probe that cannot tell is not a disconnect
             log.debug("disconnect check failed", exc_info=True)
-        await asyncio.sleep(every_s)
 
 
 def join_scores(parts: Sequence[Score]) -> Score:

@@ -65,9 +65,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(log_format: Literal["text", "json"], level: int = logging.INFO) -> None:
-    """One root handler for the service's and the server's loggers, in text or JSON, with request IDs.
-    Idempotent: a second app in the same process replaces the handler rather than adding another."""
+def configure_logging(log_format: Literal["text", "json"], access_log: bool = True, level: int = logging.INFO) -> None:
+    """One root handler for the service's and the server's loggers, in text or JSON, with request IDs; without
+    `access_log`, no line per request (uvicorn then formats none). Idempotent: a second app in the same process
+    replaces the handler rather than adding another."""
     handler = logging.StreamHandler()
     handler.name = "latent_cnf"
     handler.addFilter(RequestIdFilter())
@@ -83,4 +84,4 @@ def configure_logging(log_format: Literal["text", "json"], level: int = logging.
     for name in SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
         server_logger.handlers.clear()
-        server_logger.propagate = True
+        server_logger.propagate = access_log or name != "uvicorn.access"

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text lines, or one JSON object per line; both carry the request ID"
     )
+    access_log: bool = Field(True, description="one log line per request (uvicorn's access log)")
     otlp_endpoint: str | None = Field(
         None,
         description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); unset = no tracing",

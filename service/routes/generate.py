@@ -8,11 +8,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import grid, image_pngs, png_bytes
 from latent_cnf.model import Trajectory
 
+from .. import offload
 from ..dependencies import Hub
 from ..inference import SampleJob, fresh_seed
 from ..schemas import BINARY, ERROR_RESPONSES, GenerateRequest, GenerateResponse
@@ -48,7 +48,7 @@ async def generate(
     job = SampleJob(body.n, body.label, seed, body.temperature)
     path = await hub.sample("generate", served, job, solver, 2, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
-        return await run_in_threadpool(respond, served.name, body, seed, path, wants_png(request, format))
+        return await offload.encode(body.n, respond, served.name, body, seed, path, wants_png(request, format))
 
 
 def respond(

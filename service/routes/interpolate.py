@@ -8,11 +8,11 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
-from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import image_pngs
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory, slerp
 
+from .. import offload
 from ..dependencies import Hub
 from ..failures import LabelRequired
 from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, InterpolateResponse
@@ -44,7 +44,7 @@ async def interpolate(
     z0 = slerp(z_a, z_b, torch.tensor(t, dtype=z_a.dtype).unsqueeze(1))
     labels = labels.expand(len(t)) if labels is not None else None
     path = await hub.flow("generate", served, z0, labels, hub.sample_solver(served), 2, request.is_disconnected)
-    return await run_in_threadpool(respond, served.name, seed_a, seed_b, t, label, temperature, path)
+    return await offload.encode(len(t), respond, served.name, seed_a, seed_b, t, label, temperature, path)
 
 
 def respond(

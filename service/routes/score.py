@@ -8,10 +8,10 @@ from typing import Literal
 import torch
 from anyio import to_thread
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import binarize_at_threshold, image_pngs, preprocess_mnist, preprocess_resize
 
+from .. import offload
 from ..dependencies import DecodeLimiter, Hub, ServiceSettings
 from ..failures import TooManyFiles
 from ..schemas import (
@@ -79,8 +79,8 @@ async def score(
         )
     batch = torch.stack(images)
     score = await hub.score(served, batch, importance_samples, request.is_disconnected)
-    rows = await run_in_threadpool(score_rows, served, batch, score)
-    pictures = await run_in_threadpool(encode_pictures, batch, score.decoded_mean)
+    rows = await offload.encode(len(batch), score_rows, served, batch, score)
+    pictures = await offload.encode(len(batch), encode_pictures, batch, score.decoded_mean)
     results = [
         ImageScore(filename=name, importance_samples=importance_samples, **picture, **vars(row))
         for name, row, picture in zip(names, rows, pictures, strict=True)

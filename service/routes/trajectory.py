@@ -7,11 +7,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
+from .. import offload
 from ..dependencies import Hub
 from ..inference import SampleJob, fresh_seed
 from ..schemas import (
@@ -54,7 +54,8 @@ async def trajectory(
     job = SampleJob(n, label, seed, temperature)
     path = await hub.sample("trajectory", served, job, solver, steps, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
-        return await run_in_threadpool(respond, served.name, seed, temperature, label, path, format == "png")
+        images = n * steps
+        return await offload.encode(images, respond, served.name, seed, temperature, label, path, format == "png")
 
 
 def respond(
