@@ -14,7 +14,7 @@ PORT ?= 8000
 DATA ?= $(or $(LATENT_CNF_DATA),../shared/data)
 PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: serve test test-all lint typecheck bench install gpu-bundle evaluate-gpus
+.PHONY: serve test test-all lint typecheck bench install gpu-bundle evaluate-gpus image-check
 
 # Stamps: .torch (the venv and PyTorch), .serve (what `make serve` needs), .installed (everything: tests, bench).
 $(VENV)/.torch:
@@ -56,6 +56,11 @@ evaluate-gpus: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check . && $(BIN)/ruff check . && $(BIN)/mypy
+
+# The Docker image, built from the Dockerfile unchanged without Docker or a registry, served as uid 10001 and
+# checked (root, Debian; docs/operations.md, "Checking the image without Docker"). ~4 min from nothing, ~3 after.
+image-check:
+	bash deploy/image-check.sh
 
 # mypy, strict, on latent_cnf/ and service/ (its settings: [tool.mypy] in pyproject.toml).
 typecheck: $(BIN)/.installed

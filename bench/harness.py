@@ -230,10 +230,20 @@ class MemorySampler:
         return max((rss for _, rss in self.samples), default=None)
 
 
+def cpu_model() -> str:
+    """The processor's name as Linux reports it (platform.processor() is often empty)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict[str, object]:
     import torch
 
     return {
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

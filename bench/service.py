@@ -13,7 +13,8 @@ every response's status and headers, mix scenarios per request, or hang up on pu
 References, each as requests/s of POST /generate with n = 1 on the same machine in the same run:
   (a) GET /healthz of the same app: the HTTP stack's own ceiling (uvicorn + FastAPI);
   (b) the naive server: one model call per request from a `def` endpoint, no batching;
-  (c) the peer: LitServe's dynamic batching around the same checkpoint and sampler.
+  (c) the peers: LitServe's dynamic batching around the same checkpoint and sampler (bench/litserve_peer.py),
+      and KServe's Python model server with a custom kserve.Model, one sample() per request (bench/kserve_peer.py).
 
     python bench/service.py [--duration 10] [--concurrency 1,8,32,128] [--json out.json] [--markdown]
     python bench/service.py --overload [--burst-seconds 5] [--queue 8]   # concurrency 512 on a small queue
@@ -71,15 +72,22 @@ from bench.harness import (
 )
 from train.cli import add_flags, flag, options_from
 
-NAIVE_APP, PEER_SCRIPT = "naive_server:app", BENCH / "litserve_peer.py"
-TARGET_CONCURRENCY, NAIVE_TARGET, CEILING_TARGET, TAIL_TARGET = 32, 10.0, 0.5, 2.0
+NAIVE_APP = "naive_server:app"
+PEER_SCRIPTS = {"peer": BENCH / "litserve_peer.py", "kserve": BENCH / "kserve_peer.py"}
+# The references /generate n=1 is compared with, in the tables' order: (name, scenario)
+REFERENCES = (("naive", "naive-generate-1"), ("peer", "peer-generate-1"), ("kserve", "kserve-generate-1"))
+REFERENCES += (("healthz", "healthz"),)
+REFERENCE_NAMES = {"naive": "naive", "peer": "LitServe", "kserve": "KServe", "healthz": "/healthz"}
+# Issue #29's targets: (concurrency, reference, least ratio of ours to it)
+TARGETS = ((32, "healthz", 0.6), (32, "peer", 2.0), (32, "kserve", 2.0), (1, "naive", 1.0))
+TAIL_TARGET = 2.0  # p99 / p50 at concurrency 1
 CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    target: str  # "service", "naive" or "peer"
+    target: str  # "service", "naive", "peer" (LitServe) or "kserve"
     method: str
     path: str
     items: int  # samples (or scored images) per request; 0 for the health check
@@ -94,6 +102,7 @@ SCENARIOS = {
         Scenario("generate-1", "service", "POST", "/generate", 1, {"n": 1}),
         Scenario("naive-generate-1", "naive", "POST", "/generate", 1, {"n": 1}),
         Scenario("peer-generate-1", "peer", "POST", "/predict", 1, {"n": 1}),
+        Scenario("kserve-generate-1", "kserve", "POST", "/v1/models/{model}:predict", 1, {"n": 1}),
         Scenario("generate-64", "service", "POST", "/generate", 64, {"n": 64}),
         Scenario("score", "service", "POST", "/score", 1, {"importance_samples": "64"}, upload=True),
         Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
@@ -269,14 +278,16 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
         servers = {"service": stack.enter_context(running_service(env))}
         if "naive" in targets:
             servers["naive"] = stack.enter_context(running_server(NAIVE_APP, env, app_dir=BENCH))
-        if "peer" in targets:
-            servers["peer"] = stack.enter_context(running_script(PEER_SCRIPT, env, ready_path="/health"))
+        model = env["LATENT_CNF_DEFAULT_MODEL"]
+        ready = {"peer": "/health", "kserve": f"/v1/models/{model}"}
+        for peer in targets & set(PEER_SCRIPTS):
+            servers[peer] = stack.enter_context(running_script(PEER_SCRIPTS[peer], env, ready_path=ready[peer]))
         service = servers["service"]
         for concurrency in options.concurrency:
             for name in options.scenarios:
                 scenario = SCENARIOS[name]
                 server, body = servers[scenario.target], request_body(scenario, digit)
-                url = server.url + scenario.path
+                url = server.url + scenario.path.format(model=model)
                 drive = functools.partial(
                     wrk_load.run, url, scenario.method, body, concurrency, timeout_s=options.timeout
                 )
@@ -302,7 +313,7 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
 
 
 def references(rows: list[dict]) -> dict:
-    """/generate n=1 against the health check, the naive server and the peer, per concurrency; the three targets."""
+    """/generate n=1 against the health check, the naive server and the peers, per concurrency; the targets."""
     by = {(r["scenario"], r["concurrency"]): r for r in rows}
     ratios = []
     for concurrency in sorted({c for _, c in by}):
@@ -310,19 +321,19 @@ def references(rows: list[dict]) -> dict:
         if ours is None:
             continue
         row = {"concurrency": concurrency, "ours_per_s": ours["ok_per_s"]}
-        for key, scenario in (("naive", "naive-generate-1"), ("peer", "peer-generate-1"), ("healthz", "healthz")):
+        for key, scenario in REFERENCES:
             other = by.get((scenario, concurrency))
             row[f"{key}_per_s"] = other["ok_per_s"] if other else None
             row[f"vs_{key}"] = ours["ok_per_s"] / other["ok_per_s"] if other and other["ok_per_s"] else None
         ratios.append(row)
     at = {r["concurrency"]: r for r in ratios}
-    target, single = at.get(TARGET_CONCURRENCY, {}), by.get(("generate-1", 1))
+    single = by.get(("generate-1", 1))
     tail = single["p99_ms"] / single["p50_ms"] if single and single["p50_ms"] else None
     targets = [
-        (f"/generate n=1 at c={TARGET_CONCURRENCY}: x naive server", NAIVE_TARGET, target.get("vs_naive"), "ge"),
-        (f"/generate n=1 at c={TARGET_CONCURRENCY}: share of /healthz", CEILING_TARGET, target.get("vs_healthz"), "ge"),
-        ("/generate n=1 at c=1: p99 / p50", TAIL_TARGET, tail, "le"),
+        (f"/generate n=1 at c={c}: x {REFERENCE_NAMES[key]}", goal, at.get(c, {}).get(f"vs_{key}"), "ge")
+        for c, key, goal in TARGETS
     ]
+    targets.append(("/generate n=1 at c=1: p99 / p50", TAIL_TARGET, tail, "le"))
     checks = [
         {
             "target": name,
@@ -486,20 +497,14 @@ def report(kind: str, result: dict, markdown: bool) -> str:
         columns += ["errors"]
         text = render("Throughput and latency", columns, rows, markdown)
         ratios = [
-            [
-                r["concurrency"],
-                fmt(r["ours_per_s"]),
-                fmt(r["naive_per_s"]),
-                fmt(r["vs_naive"], 2),
-                fmt(r["peer_per_s"]),
-                fmt(r["vs_peer"], 2),
-                fmt(r["healthz_per_s"]),
-                fmt(r["vs_healthz"], 2),
-            ]
+            [r["concurrency"], fmt(r["ours_per_s"])]
+            + [cell for key, _ in REFERENCES for cell in (fmt(r[f"{key}_per_s"]), fmt(r[f"vs_{key}"], 2))]
             for r in result["references"]["ratios"]
         ]
-        columns = ["concurrency", "ours req/s", "naive req/s", "ours / naive", "LitServe req/s", "ours / LitServe"]
-        columns += ["/healthz req/s", "ours / /healthz"]
+        columns = ["concurrency", "ours req/s"]
+        columns += [
+            c for key, _ in REFERENCES for c in (f"{REFERENCE_NAMES[key]} req/s", f"ours / {REFERENCE_NAMES[key]}")
+        ]
         text += "\n" + render("/generate n=1 against the references", columns, ratios, markdown)
         targets = [
             [t["target"], t["goal"], fmt(t["measured"], 2), {True: "met", False: "NOT met", None: "-"}[t["met"]]]
@@ -595,6 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     run = {"throughput": throughput, "overload": overload, "soak": soak, "chaos": chaos}[kind]
     result = run(options_from(args, LoadOptions), env, digit)
     header = {"kind": kind, "machine": machine(), "settings": env, "args": vars(args) | {"json": str(args.json)}}
+    print(f"{kind} on {machine()}\n")
     print(report(kind, result, args.markdown))
     if args.json:
         args.json.write_text(json.dumps(header | {"result": result}, indent=2, default=str) + "\n")

@@ -1,4 +1,6 @@
-"""FastAPI dependencies shared by the routers: the app's hub, settings and decoding slots, as route parameters."""
+"""FastAPI dependencies shared by the routers: the app's hub, settings and decoding slots, as route parameters.
+Each is `async def` though it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread, a
+thread hop per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ from .inference import ModelHub
 from .settings import Settings
 
 
-def get_hub(request: Request) -> ModelHub:
+async def get_hub(request: Request) -> ModelHub:
     hub: ModelHub = request.app.state.hub  # starlette's State holds Any
     return hub
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_decode_limiter(request: Request) -> CapacityLimiter:
+async def get_decode_limiter(request: Request) -> CapacityLimiter:
     """The app's cap on images decoded at once, over all requests, which bounds decoding memory whatever arrives;
     made on first use because a limiter belongs to the event loop that serves the app."""
     state = request.app.state

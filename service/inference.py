@@ -42,6 +42,7 @@ from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
 Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
+DISCONNECT_CHECK_S = 0.1  # how often a queued or running request checks that its client is still there
 
 
 def fresh_seed(seed: int | None) -> int:
@@ -76,16 +77,15 @@ class ServedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
-async def until(condition: Callable[[], Awaitable[bool]], every_s: float = 0.1) -> None:
-    """Return once `condition()` is true, checking every `every_s` seconds from `every_s` on (most answers come
-    sooner, and then nothing is checked); a failing check counts as false."""
+async def until(condition: Callable[[], Awaitable[bool]], every_s: float) -> None:
+    """Return once `condition()` is true, checking every `every_s` seconds; a failing check counts as false."""
     while True:
-        await asyncio.sleep(every_s)
         try:
             if await condition():
                 return
         except Exception:  # noqa: BLE001 - a probe that cannot tell is not a disconnect
             log.debug("disconnect check failed", exc_info=True)
+        await asyncio.sleep(every_s)
 
 
 def join_scores(parts: Sequence[Score]) -> Score:
@@ -325,11 +325,15 @@ class ModelHub:
         assert self.batcher is not None  # made by load() before any model is served
         waiting = asyncio.ensure_future(self.batcher.submit(key, parts, self.settings.timeout_s, heavy))
         if disconnected is not None:
-            watcher = asyncio.ensure_future(until(disconnected))
-            try:
-                await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            watcher: asyncio.Future[None] | None = None
+            try:  # most answers come before the first check is due: no watcher is started for them
+                await asyncio.wait({waiting}, timeout=DISCONNECT_CHECK_S)
+                if not waiting.done():
+                    watcher = asyncio.ensure_future(until(disconnected, DISCONNECT_CHECK_S))
+                    await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
             finally:  # also when this handler is cancelled itself: nothing is left running or polling
-                watcher.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 if not waiting.done():
                     waiting.cancel()
                     await asyncio.wait({waiting})  # the queue withdraws the job (see Batcher.submit)

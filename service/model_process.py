@@ -17,6 +17,7 @@ import io
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import threading
@@ -79,8 +80,7 @@ def _child(conn: multiprocessing.connection.Connection, device: str, threads: in
     """The child's loop: ("load", name, checkpoint) or ("call", key, chunks), each answered with ("ok", value)
     or ("error", exception); STOP ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     runner = InThread({}, device)
     while (message := conn.recv_bytes()) != STOP:
         command, *args = pickle.loads(message)
@@ -102,7 +102,9 @@ class InProcess:
     """Model calls in a child process (spawned: no fork of a process holding threads or a CUDA context)."""
 
     def __init__(self, device: str, threads: int | None):
-        self.device, self.threads = device, threads or 0
+        # torch's default, a thread per core, would leave the server process none: both then spin for the same
+        # cores (measured: 63 requests/s against 488 with one thread at concurrency 32 on 2 cores)
+        self.device, self.threads = device, threads or max(1, (os.cpu_count() or 1) - 1)
         self.checkpoints: dict[str, str] = {}  # loaded so far: loaded again by a new child
         self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None

@@ -74,7 +74,10 @@ class Settings(BaseSettings):
     )
     max_nfe: int = Field(DEFAULT_MAX_NFE, ge=1, description="a solve needing more function evaluations fails with 422")
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads of the model calls (default: torch's choice)"
+        None,
+        ge=1,
+        description="torch CPU threads of the model calls (default: one per core, less one for the server "
+        "process when the calls run in a child process)",
     )
     model_process: bool = Field(
         True,
