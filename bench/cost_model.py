@@ -4,10 +4,10 @@ The service prices a call before it runs, in units of one latent row through one
 
     cost = nfe x (rows x row_units + EVALUATION_OVERHEAD_ROWS) + decoded x DECODER_EVALUATIONS
 
-This times real model calls (sample and score, fixed-step solvers, over batch sizes and step counts), fits
-seconds = a x nfe x rows + b x nfe + c x decoded by least squares, and reads the constants off the fit: one
-unit is `a` seconds, the overhead is b / a rows, decoding a row is c / a units. Then, with the fitted unit, it
-measures what an adaptive (dopri5) row-evaluation costs, the constant behind HYPERNETWORK_PARAMETERS_PER_UNIT.
+This times real model calls (sample and score, fixed-step solvers, over batch sizes and step counts) and
+reads the constants off them (see `fit`): what one unit takes, the overhead rows of an evaluation, the units
+of decoding a row. Then, with the fitted unit, it measures what an adaptive (dopri5) row-evaluation costs,
+the constant behind HYPERNETWORK_PARAMETERS_PER_UNIT.
 Printed: the fitted and the configured constants side by side, and per call the configured model's units
 against the measured time (a good model keeps microseconds per unit flat across calls).
 
@@ -44,6 +44,8 @@ from service.cost import (
 )
 from train.cli import parse
 
+SCORE_SOLVER = SolverConfig("rk4", steps=8)  # fixed steps for the fit, whatever a model's calibrated scorer is
+
 
 def seconds_per_call(call: Callable[[], int], min_time: float) -> tuple[float, int]:
     """Median seconds of a call after one warm-up, over at least `min_time` seconds (and 3 calls); its NFE."""
@@ -61,30 +63,40 @@ def hypernetwork_parameters(model: LatentCNF) -> int:
 
 
 def measure(model: LatentCNF, kind: str, units: int, solver: SolverConfig, k: int, min_time: float) -> dict:
-    """One timed call and its work shape: `units` samples, or `units` images scored with K = k."""
+    """One timed call and its work shape as the service charges it: `units` samples, or `units` images scored
+    with K = k."""
+    row_units = row_evaluation_units(solver, hypernetwork_parameters(model))
     if kind == "sample":
         seconds, nfe = seconds_per_call(lambda: model.sample(units, seed=0, solver=solver).nfe, min_time)
-        shape = WorkShape(rows=1, nfe=nfe, decoded=1)
+        shape = WorkShape(rows=1, nfe=nfe, decoded=1, row_units=row_units)
     else:
         images = (torch.rand(units, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
         seconds, nfe = seconds_per_call(lambda: model.score(images, k=k, solver=solver).nfe, min_time)
-        rows = k * model.config.score_classes
-        shape = WorkShape(rows=rows + 1, nfe=nfe, decoded=rows)  # + 1 row: the density at the posterior mean
+        rows = k * model.config.score_classes  # + 1 row below: the density at the posterior mean
+        shape = WorkShape(rows=rows + 1, nfe=nfe, decoded=rows, row_units=row_units)
     return {"kind": kind, "units": units, "solver": str(solver), "seconds": seconds, "shape": shape}
 
 
 def fit(points: list[dict]) -> dict[str, float]:
-    """Least squares of seconds on (nfe x rows, nfe, decoded rows) over fixed-step calls, in relative error
-    (each call weighted by 1 / its time), as the service needs its charge right in proportion at every size."""
-    design = np.array(
-        [
-            [p["units"] * p["shape"].rows * p["shape"].nfe, p["shape"].nfe, p["units"] * p["shape"].decoded]
-            for p in points
-        ]
+    """The constants from sampling calls at two step counts per batch size n. The difference of their times is
+    (nfe' - nfe) x (n + overhead) units, with no decoding in it: a straight line in n gives the unit (slope)
+    and the overhead (intercept / slope). Decoding is then what a call's time leaves over its solve, per row
+    (the median over calls)."""
+    samples = [p for p in points if p["kind"] == "sample"]
+    by_size: dict[int, list[dict]] = {}
+    for p in samples:
+        by_size.setdefault(p["units"], []).append(p)
+    sizes, per_evaluation = [], []
+    for n, pair in sorted(by_size.items()):
+        low, high = sorted(pair, key=lambda p: p["shape"].nfe)[:: len(pair) - 1]
+        sizes.append(n)
+        per_evaluation.append((high["seconds"] - low["seconds"]) / (high["shape"].nfe - low["shape"].nfe))
+    slope, intercept = np.polyfit(sizes, per_evaluation, 1)
+    overhead = intercept / slope
+    decoder = statistics.median(
+        (p["seconds"] / slope - p["shape"].nfe * (p["units"] + overhead)) / p["units"] for p in samples
     )
-    seconds = np.array([p["seconds"] for p in points])
-    (a, b, c), *_ = np.linalg.lstsq(design / seconds[:, None], np.ones_like(seconds), rcond=None)
-    return {"unit_us": a * 1e6, "overhead_rows": b / a, "decoder_units": c / a}
+    return {"unit_us": slope * 1e6, "overhead_rows": overhead, "decoder_units": decoder}
 
 
 def adaptive_row_units(model: LatentCNF, fitted: dict[str, float], units: int, min_time: float) -> dict:
@@ -100,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=str_list, default=["mnist-final-cond"], help="comma-separated checkpoints")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 16, 64, 256, 1024], help="samples per call")
-    parser.add_argument("--steps", type=int_list, default=[4, 16], help="rk4 steps of the sampling calls")
+    parser.add_argument("--steps", type=int_list, default=[4, 16], help="two rk4 step counts")
     parser.add_argument("--score-images", type=int_list, default=[1, 4], help="images per scoring call")
     parser.add_argument("--importance-samples", type=int_list, default=[4, 64], help="K of the scoring calls")
     parser.add_argument("--adaptive-batch", type=int, default=256, help="samples per dopri5 call")
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                 for steps in args.steps
                 for n in args.batch_sizes
             ] + [
-                measure(model, "score", n, model.score_solver, k, args.min_time)
+                measure(model, "score", n, SCORE_SOLVER, k, args.min_time)
                 for k in args.importance_samples
                 for n in args.score_images
             ]

@@ -3,9 +3,12 @@
 The unit is one latent row through one function evaluation of the flow. A solve of `rows` rows with `nfe`
 evaluations costs nfe x (rows + EVALUATION_OVERHEAD_ROWS): each evaluation has a fixed cost (kernel launches,
 the hypernetwork's parameters) that small batches pay in full. Decoding a row into an image costs
-DECODER_EVALUATIONS units. Measured on the 2-core CPU with mnist-final-cond (bench figures in
-docs/operations.md), one unit is about 0.15 us at any batch size, so costs compare across kinds of request.
-The estimate is deterministic: whether a request is refused never depends on timing.
+DECODER_EVALUATIONS units. `bench/cost_model.py` measures these constants against real calls (its figures
+for the 2-core CPU in docs/benchmarks.md, "The cost model against measured calls"): over sampling and scoring
+calls of 1 to 1,024 rows on mnist-final-cond and mnist-large, one charged unit took 0.05 to 0.21 us (scoring
+0.09 to 0.12 us), so costs compare across kinds of request within that spread; the fixed overhead is
+over-charged for the smallest calls and decoding under-charged for the largest. The estimate is
+deterministic: whether a request is refused never depends on timing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when serving.json has n
 # (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
 # units. A compromise between measurements on the 2-core CPU that disagree with batch shape: mnist-large
 # (811k parameters) ~220 units a row-evaluation when sampling 256 at dopri5 1e-8 (charged 146); mnist-final-cond
-# (28k) ~30 when sampling 256 but ~3 when scoring at K = 64, 641 rows an image (charged 6).
+# (28k) ~30 when sampling 256 but ~3 when scoring at K = 64, 641 rows an image (charged 6). bench/cost_model.py
+# measures the sampling case again (dopri5 at the default tolerance, 256 samples): 14-16 units for
+# mnist-final-cond, 530-1,200 for mnist-large, in the fitted unit of each run.
 HYPERNETWORK_PARAMETERS_PER_UNIT = 5_600
 
 
