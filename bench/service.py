@@ -227,7 +227,7 @@ def model_calls(url: str) -> Counter:
 
 
 def batching(before: Counter, after: Counter, seconds: float) -> dict:
-    """Requests merged per model call, NFE per call, and the share of the time the inference thread was busy."""
+    """Requests merged per model call, NFE per call, and the share of the time a model call was running."""
     delta = {key: after[key] - before[key] for key in after}
     calls = delta.get("latent_cnf_batch_requests_count", 0)
     if not calls:

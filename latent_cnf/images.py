@@ -21,9 +21,11 @@ def binarize_at_threshold(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(n, 1, H, W) or (n, H, W) floats in [0, 1] -> uint8 array (n, H, W)."""
-    array = images.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return array.reshape(len(array), array.shape[-2], array.shape[-1])
+    """(n, 1, H, W) or (n, H, W) floats in [0, 1] -> uint8 array (n, H, W). In NumPy: on arrays this small each
+    torch op costs more than its arithmetic (half the time, on every answer the service encodes)."""
+    array = images.detach().cpu().numpy().astype(np.float32)
+    pixels: np.ndarray = np.rint(np.clip(array, 0, 1) * np.float32(255)).astype(np.uint8)  # halves to even, as torch
+    return pixels.reshape(len(pixels), pixels.shape[-2], pixels.shape[-1])
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors, metrics, request_id, tracing
 from .body_limit import BodySizeLimit
+from .fast_generate import FastGenerate
 from .inference import ModelHub
 from .routes import generate, health, interpolate, models, page, score, trajectory, v2
 from .settings import Settings, get_settings
@@ -98,7 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     async def load() -> None:
         try:
-            await asyncio.to_thread(hub.load)
+            await hub.load()
         except Exception:
             log.exception("loading models failed; /readyz stays 503")
 
@@ -107,7 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await loading
-        await asyncio.to_thread(hub.close)
+        await hub.close()
 
 
 def create_app(settings: Settings | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
     ):
         app.include_router(router)
     app.mount(page.STATIC_URL, page.assets(), name="static")
+    app.add_middleware(FastGenerate)  # innermost of ours: POST /generate's usual request, beside FastAPI's route
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics)
     app.add_middleware(request_id.RequestIdMiddleware)  # outermost of ours: every answer carries the ID

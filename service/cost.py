@@ -1,4 +1,4 @@
-"""What a request costs the inference thread, known before it runs, and how it is cut into parts.
+"""What a request costs the model, known before it runs, and how it is cut into parts.
 
 The unit is one latent row through one function evaluation of the flow. A solve of `rows` rows with `nfe`
 evaluations costs nfe x (rows + EVALUATION_OVERHEAD_ROWS): each evaluation has a fixed cost (kernel launches,

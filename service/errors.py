@@ -94,7 +94,7 @@ def not_ready(body: BaseModel) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=STATUSES[NotReady], headers=_retry_headers(NotReady))
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     """Whether FastAPI reads a body of this Content-Type as JSON: application/json or application/*+json."""
     media = content_type.split(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
@@ -107,7 +107,7 @@ def _not_a_json_object(error: dict[str, Any], content_type: str | None) -> str |
         return None
     if error["type"] == "missing":
         got = "no body"
-    elif content_type and not _is_json(content_type):  # FastAPI passed the bytes on unparsed
+    elif content_type and not is_json(content_type):  # FastAPI passed the bytes on unparsed
         got = f"Content-Type: {content_type}"
     else:
         got = f"a JSON {JSON_KINDS.get(type(error.get('input')), 'null')}"
@@ -132,13 +132,18 @@ def _describe(errors: Sequence[dict[str, Any]], content_type: str | None = None)
     return "; ".join(parts) or "invalid request"
 
 
+def refusal_response(request: Request, error: Refusal) -> JSONResponse:
+    """The answer to a refused request, from whichever route refused it (FastAPI's or service/fast_generate.py)."""
+    status = STATUSES[type(error)]
+    if status in REJECTED:
+        metrics.REJECTED.labels(reason=error.code).inc()
+    return error_response(request, status, error.code, str(error), _retry_headers(type(error)))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Refusal)
     async def _refusal(request: Request, error: Refusal) -> JSONResponse:
-        status = STATUSES[type(error)]
-        if status in REJECTED:
-            metrics.REJECTED.labels(reason=error.code).inc()
-        return error_response(request, status, error.code, str(error), _retry_headers(type(error)))
+        return refusal_response(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -36,26 +36,19 @@ from .failures import (
     SolverFailed,
     UnknownModel,
 )
-from .model_calls import BatchKey, SampleChunk, ScoreChunk
+from .model_calls import BatchKey, SampleChunk, SampleJob, ScoreChunk
 from .model_process import InProcess, InThread, Runner
 from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
 Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
 DISCONNECT_CHECK_S = 0.1  # how often a queued or running request checks that its client is still there
+MEMOS = 4096  # entries of a per-key memo before it starts over: solver fields in requests make keys unbounded
 
 
 def fresh_seed(seed: int | None) -> int:
     """Requests without a seed get a random one, returned so the result can be reproduced."""
     return seed if seed is not None else secrets.randbelow(2**31)
-
-
-@dataclass(frozen=True)
-class SampleJob:
-    n: int
-    label: int | None
-    seed: int
-    temperature: float = 1.0
 
 
 @dataclass
@@ -123,18 +116,22 @@ class ModelHub:
         self.batcher: Batcher[BatchKey] | None = None
         # Model calls run in a child process (service/model_process.py), which holds the device; this process
         # keeps a CPU copy of each model for what requests read of it (configs, base noise).
-        self.runner: Runner = InProcess(self.device, settings.threads) if settings.model_process else InThread({})
+        self.runner: Runner = (
+            InProcess(self.device, settings.threads) if settings.model_process else InThread(self.device)
+        )
         self._home = "cpu" if settings.model_process else self.device
         self._shapes: dict[BatchKey, WorkShape] = {}  # cost of one unit per batch key (work_shape)
+        self._plans: dict[tuple[BatchKey, int], tuple[list[Part], bool]] = {}  # plan(), for repeated shapes
+        self._sample_solvers: dict[str, SolverConfig] = {}  # sample_solver() of requests that choose none
 
     @property
     def ready(self) -> bool:
         """Every checkpoint was tried and the default model is loaded and warmed up (others may have failed)."""
         return not self.loading and self.settings.default_model in self.models
 
-    def load(self) -> None:
-        """Start the inference thread, then load and warm up every model. A checkpoint that fails is reported
-        (log, metric, /readyz, /v1/models) and the others are served."""
+    async def load(self) -> None:
+        """Load and warm up every model. A checkpoint that fails is reported (log, metric, /readyz, /v1/models)
+        and the others are served."""
         s = self.settings
         self.batcher = Batcher(self.run_batch, self.device, self.capacity, s.max_wait_ms / 1000, s.max_queue)
         try:
@@ -143,7 +140,7 @@ class ModelHub:
                 raise RuntimeError("no checkpoints to serve: none shipped and LATENT_CNF_MODELS is empty")
             for name in names:
                 try:
-                    self._load(name)
+                    await self._load(name)
                 except Exception as error:  # a bad checkpoint must not take the healthy ones down with it
                     self.failed[model_folder.display_name(name)] = str(error)
                     metrics.MODEL_LOAD_FAILED.labels(model=model_folder.display_name(name)).set(1)
@@ -156,13 +153,23 @@ class ModelHub:
         else:
             log.info("ready: serving %s (default %s)", ", ".join(self.models), self.settings.default_model)
 
-    def _load(self, name: str) -> None:
+    async def _load(self, name: str) -> None:
         started = time.perf_counter()
+        served = await asyncio.to_thread(self._read, name)  # reading weights: off the loop, which serves
+        await self.runner.load(served.name, name, served.model)
+        if self.settings.warmup:
+            await self.warm_up(served)
+        self.models[served.name] = served
+        metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
+        log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
+
+    def _read(self, name: str) -> ServedModel:
+        """A checkpoint as this process holds it (see __init__), with its serving record."""
         model = latent_cnf.load(name, self._home)
         serving = model_folder.read_serving(name)
         quantiles = serving.get("score_reference", {}).get("log_likelihood_quantiles")
         outlier.shipped()  # loaded once, here rather than on the first /score; a missing file is logged
-        served = ServedModel(
+        return ServedModel(
             name=model_folder.display_name(name),
             model=model,
             training=model_folder.read_training(name),
@@ -171,20 +178,13 @@ class ModelHub:
             device=self.device,
             reference=np.asarray(quantiles) if quantiles else None,
         )
-        self.runner.load(served.name, name, model)
-        if self.settings.warmup:
-            self.warm_up(served)
-        self.models[served.name] = served
-        metrics.MODEL_INFO.labels(model=served.name, device=self.device, checkpoint_sha256=served.sha256).set(1)
-        log.info("loaded %s on %s in %.1f s", served.name, self.device, time.perf_counter() - started)
 
-    def warm_up(self, served: ServedModel) -> None:
+    async def warm_up(self, served: ServedModel) -> None:
         """One small call of each kind where calls run, with the solvers requests get by default."""
-        z0, labels = served.model.draw_base(2, seed=0)
         generate = BatchKey(kind="generate", model=served.name, solver=self.sample_solver(served))
-        self.runner.run(generate, [SampleChunk(z0, labels)])
+        await self.runner.run(generate, [SampleChunk(slice(0, 2), SampleJob(2, None, seed=0))])
         score = BatchKey(kind="score", model=served.name, solver=self.score_solver(served), importance_samples=2)
-        self.runner.run(score, [ScoreChunk(torch.zeros(1, 28, 28), torch.zeros(1, dtype=torch.long))])
+        await self.runner.run(score, [ScoreChunk(torch.zeros(1, 28, 28), torch.zeros(1, dtype=torch.long))])
 
     def get(self, name: str | None) -> ServedModel:
         """A loaded model: served as soon as it is warm, whatever the others are doing."""
@@ -202,9 +202,14 @@ class ModelHub:
         """Where a served sampling solver is chosen, each layer over the one before: the model's own (the
         calibrated solver of its serving.json, else latent_cnf.config.DEFAULT_SOLVER), the LATENT_CNF_SOLVER_*
         settings that are set, then the fields of the request's `solver`."""
+        if not request and served.name in self._sample_solvers:
+            return self._sample_solvers[served.name]
         s = self.settings
         settings = {"method": s.solver_method, "steps": s.solver_steps, "rtol": s.solver_rtol, "atol": s.solver_atol}
-        return self._layered(served.model.sample_solver, settings, request or {})
+        solver = self._layered(served.model.sample_solver, settings, request or {})
+        if not request:
+            self._sample_solvers[served.name] = solver
+        return solver
 
     def score_solver(self, served: ServedModel) -> SolverConfig:
         """Where a served scoring solver is chosen: the model's own (its serving.json's calibrated solver), or
@@ -231,6 +236,8 @@ class ModelHub:
         """The cost of one sample (or one scored image) of requests with this key; worked out once per key,
         since the batcher asks for it on every call it assembles."""
         if key not in self._shapes:
+            if len(self._shapes) >= MEMOS:
+                self._shapes.clear()
             self._shapes[key] = self._work_shape(key)
         return self._shapes[key]
 
@@ -259,7 +266,15 @@ class ModelHub:
 
     def plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
         """Cut a request of `units` samples or images into parts (each part's payload is the slice of the
-        request it covers) and tell whether it is heavy; refuse it over the per-request budget."""
+        request it covers) and tell whether it is heavy; refuse it over the per-request budget. Remembered:
+        most requests repeat a few shapes, and planning was ~3 % of a one-sample request's CPU."""
+        if (key, units) not in self._plans:
+            if len(self._plans) >= MEMOS:
+                self._plans.clear()
+            self._plans[key, units] = self._plan(key, units)
+        return self._plans[key, units]
+
+    def _plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
         shape = self.work_shape(key)
         slices = shape.parts(units, self.settings.max_call_cost, self.most_units(key))
         cost = sum(shape.cost(piece.stop - piece.start) for piece in slices)
@@ -282,8 +297,10 @@ class ModelHub:
         disconnected: Disconnected | None = None,
     ) -> Trajectory:
         """Samples decoded at `frames` times, solved in parts that may share calls with other requests."""
-        z0, labels = served.model.draw_base(job.n, job.label, job.seed, job.temperature)
-        return await self.flow(kind, served, z0, labels, solver, frames, disconnected)
+        key = BatchKey(kind=kind, model=served.name, solver=solver, frames=frames)
+        parts, heavy = self.plan(key, job.n)
+        chunks = [Part(p.cost, SampleChunk(p.payload, job)) for p in parts]
+        return join_trajectories(await self._submit(key, chunks, heavy, disconnected))
 
     async def flow(
         self,
@@ -300,7 +317,11 @@ class ModelHub:
         key = BatchKey(kind=kind, model=served.name, solver=solver, frames=frames)
         parts, heavy = self.plan(key, len(z0))
         chunks = [
-            Part(p.cost, SampleChunk(z0[p.payload], labels[p.payload] if labels is not None else None)) for p in parts
+            Part(
+                p.cost,
+                SampleChunk(p.payload, z0=z0[p.payload], labels=labels[p.payload] if labels is not None else None),
+            )
+            for p in parts
         ]
         return join_trajectories(await self._submit(key, chunks, heavy, disconnected))
 
@@ -318,7 +339,7 @@ class ModelHub:
     async def _submit(
         self, key: BatchKey, parts: list[Part], heavy: bool, disconnected: Disconnected | None
     ) -> list[Any]:
-        """Queue a job for the inference thread; a failed solve is refused as SolverFailed. While it waits,
+        """Queue a job for the batcher's worker; a failed solve is refused as SolverFailed. While it waits,
         `disconnected` is polled: a job whose client has gone is withdrawn, or dropped before its next part.
         Each part comes back with the model call that ran it, traced here, in the request's context."""
         submitted_ns = time.time_ns()
@@ -346,15 +367,15 @@ class ModelHub:
         record_calls(self.tracer, submitted_ns, [call for _, call in outcomes])
         return [result for result, _ in outcomes]
 
-    def run_batch(self, key: BatchKey, chunks: Sequence[Any]) -> list[tuple[Any, ModelCall]]:
+    async def run_batch(self, key: BatchKey, chunks: Sequence[Any]) -> list[tuple[Any, ModelCall]]:
         """One merged model call: each chunk's result, with the call's times and sizes for its trace."""
         started, started_ns = time.perf_counter(), time.time_ns()
-        results, nfe = self.runner.run(key, chunks)
+        results, nfe = await self.runner.run(key, chunks)
         if key.kind == "score":
             size = sum(len(chunk.images) for chunk in chunks)
             metrics.IMAGES_SCORED.labels(model=key.model).inc(size)
         else:
-            size = sum(len(chunk.z0) for chunk in chunks)
+            size = sum(chunk.size for chunk in chunks)
             metrics.SAMPLES.labels(model=key.model).inc(size)
         metrics.INFERENCE_SECONDS.labels(model=key.model, kind=key.kind).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(model=key.model, kind=key.kind).observe(size)
@@ -363,7 +384,7 @@ class ModelHub:
         call = ModelCall(key.kind, key.model, size, len(chunks), nfe, started_ns, time.time_ns())
         return [(result, call) for result in results]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.batcher is not None:
-            self.batcher.stop()
-        self.runner.close()
+            await self.batcher.stop()
+        await self.runner.close()

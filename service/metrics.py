@@ -16,7 +16,7 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "latent_cnf_request_duration_seconds", "HTTP request duration by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS
 )
-QUEUE_DEPTH = Gauge("latent_cnf_queue_depth", "requests waiting for the inference thread", ["device"])
+QUEUE_DEPTH = Gauge("latent_cnf_queue_depth", "requests waiting for a model call", ["device"])
 BATCH_SIZE = Histogram(
     "latent_cnf_batch_size", "samples or images per merged model call", ["model", "kind"], buckets=BATCH_BUCKETS
 )

@@ -27,9 +27,38 @@ class BatchKey:
 
 
 @dataclass(frozen=True)
+class SampleJob:
+    """A seeded sampling request: sample i depends only on these and i, whatever call it shares."""
+
+    n: int
+    label: int | None
+    seed: int
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
 class SampleChunk:
-    z0: torch.Tensor  # (rows, latent_dim) base noise, drawn for the whole request before it was cut
-    labels: torch.Tensor | None
+    """Rows `rows` of a request's samples. A seeded request sends its recipe (`job`), and its base noise is drawn
+    where the call runs: no torch work in the HTTP process for it (a tenth of its CPU per one-sample request,
+    py-spy) and a few bytes on the pipe. Noise no seed draws (between two seeds') comes as it is."""
+
+    rows: slice  # of the request's samples, start and stop given
+    job: SampleJob | None = None
+    z0: torch.Tensor | None = None  # (rows, latent_dim), when there is no job
+    labels: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.stop - self.rows.start)
+
+    def base(self, model: LatentCNF) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This chunk's base noise and labels (the request's whole draw, cut: each row is the same in any part)."""
+        if self.job is None:
+            assert self.z0 is not None  # a chunk has a job or its noise
+            return self.z0, self.labels
+        job = self.job
+        z0, labels = model.draw_base(job.n, job.label, job.seed, job.temperature)
+        return z0[self.rows], labels[self.rows] if labels is not None else None
 
 
 @dataclass(frozen=True)
@@ -79,8 +108,10 @@ def forward(model: LatentCNF, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[l
         score = model.score(images, k=key.importance_samples, seed=seeds, solver=key.solver)
         return list(split_score(score, [len(chunk.images) for chunk in scored])), score.nfe
     sampled = cast(Sequence[SampleChunk], chunks)
-    z0 = torch.cat([chunk.z0 for chunk in sampled]).to(device)
-    given = [chunk.labels for chunk in sampled if chunk.labels is not None]
-    labels = torch.cat(given).to(device) if model.prior.uses_labels else None
+    bases = [chunk.base(model) for chunk in sampled]
+    z0 = torch.cat([z0 for z0, _ in bases]).to(device)
+    labels = (
+        torch.cat([labels for _, labels in bases if labels is not None]).to(device) if model.prior.uses_labels else None
+    )
     path = model.generate(z0, labels, key.solver, key.frames)
-    return list(split_trajectory(path, [len(chunk.z0) for chunk in sampled])), path.nfe
+    return list(split_trajectory(path, [chunk.size for chunk in sampled])), path.nfe

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from latent_cnf.images import binarize_at_threshold
 
 from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownModel
-from .inference import Disconnected, ModelHub, SampleJob, ServedModel, fresh_seed
+from .inference import Disconnected, ModelHub, ServedModel, fresh_seed
+from .model_calls import SampleJob
 from .open_inference import ModelMetadata, TensorMetadata
 from .schemas import DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES, MAX_MODEL_NAME, GenerateRequest
 from .scores import score_rows

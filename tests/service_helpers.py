@@ -14,7 +14,7 @@ from PIL import Image
 from latent_cnf import PRESETS, LatentCNF, available, save_pretrained
 from service.settings import Settings
 
-# The environment of a served model in the tests: one inference thread, the test process needs the other core.
+# The environment of a served model in the tests: one torch thread, the test process needs the other core.
 ONE_THREAD = {"LATENT_CNF_THREADS": "1"}
 
 

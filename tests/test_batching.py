@@ -4,16 +4,27 @@ part at a time with cheap ones in between, and a job nobody waits for is dropped
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
 
 from service.batching import Batcher, Part
 
+T = TypeVar("T")
+
 
 def parts(*costs: int, tag: object = None) -> list[Part]:
     return [Part(cost, (tag, i)) for i, cost in enumerate(costs)]
+
+
+async def then_stop(batcher: Batcher, work: Awaitable[T]) -> T:
+    """`work`, then the batcher stopped, on the loop its worker runs on, whatever happened."""
+    try:
+        return await work
+    finally:
+        await batcher.stop(5)
 
 
 def abandoned() -> float:
@@ -22,10 +33,10 @@ def abandoned() -> float:
 
 def test_merged_calls_stay_within_the_capacity_of_their_kind() -> None:
     calls: list[tuple[str, list[int]]] = []
-    gate = threading.Event()
+    gate = asyncio.Event()
 
-    def run_batch(key, payloads):
-        gate.wait(5)  # hold the worker so the whole queue is waiting when it looks for company
+    async def run_batch(key, payloads):
+        await gate.wait()  # hold the worker so the whole queue is waiting when it looks for company
         calls.append((key, [cost for _, cost in payloads]))
         return [tag for tag, _ in payloads]
 
@@ -42,10 +53,7 @@ def test_merged_calls_stay_within_the_capacity_of_their_kind() -> None:
         gate.set()
         return await asyncio.gather(*tasks)
 
-    try:
-        assert asyncio.run(main()) == [[i] for i in range(12)]  # every waiter gets its own result back
-    finally:
-        batcher.stop()
+    assert asyncio.run(then_stop(batcher, main())) == [[i] for i in range(12)]  # every waiter gets its own result back
     sizes = {key: [sum(costs) for k, costs in calls if k == key] for key in ("sample", "score")}
     assert sum(sizes["sample"]) == 6 and max(sizes["sample"]) <= 4
     assert sum(sizes["score"]) == 450 and [s for s in sizes["score"] if s > 100] == [250]  # oversize runs alone
@@ -53,11 +61,11 @@ def test_merged_calls_stay_within_the_capacity_of_their_kind() -> None:
 
 
 def test_a_failing_merged_call_runs_each_job_alone_so_only_the_bad_one_fails() -> None:
-    gate = threading.Event()
+    gate = asyncio.Event()
     calls: list[list[str]] = []
 
-    def run_batch(key, payloads):
-        gate.wait(5)
+    async def run_batch(key, payloads):
+        await gate.wait()
         calls.append(list(payloads))
         if "stiff" in calls[-1]:
             raise ValueError("too stiff")
@@ -71,10 +79,7 @@ def test_a_failing_merged_call_runs_each_job_alone_so_only_the_bad_one_fails() -
         gate.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    try:
-        first, bad, last = asyncio.run(main())
-    finally:
-        batcher.stop()
+    first, bad, last = asyncio.run(then_stop(batcher, main()))
     assert (first, last) == (["A"], ["B"]) and isinstance(bad, ValueError)
     assert calls[0] == ["a", "stiff", "b"] and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("stiff",)]
 
@@ -83,11 +88,11 @@ def test_a_heavy_job_runs_a_part_at_a_time_and_cheap_jobs_take_turns_with_it() -
     """Two heavy jobs of four parts and three cheap jobs, all queued while the worker is held: every call
     holds one capacity's worth at most, a cheap job never waits behind more than one heavy part, and each
     heavy job gets its results in part order."""
-    gate = threading.Event()
+    gate = asyncio.Event()
     calls: list[list[tuple[str, int]]] = []
 
-    def run_batch(key, payloads):
-        gate.wait(5)
+    async def run_batch(key, payloads):
+        await gate.wait()
         calls.append(list(payloads))
         return [f"{tag}{i}" for tag, i in payloads]
 
@@ -101,10 +106,7 @@ def test_a_heavy_job_runs_a_part_at_a_time_and_cheap_jobs_take_turns_with_it() -
         gate.set()
         return await asyncio.gather(*heavy, *cheap)
 
-    try:
-        results = asyncio.run(main())
-    finally:
-        batcher.stop()
+    results = asyncio.run(then_stop(batcher, main()))
     assert results == [["H0", "H1", "H2", "H3"], ["G0", "G1", "G2", "G3"], ["a0"], ["b0"], ["c0"]]
     assert all(len(call) == 1 for call in calls)  # capacity 10: nothing merges with a full part
     order = [tag for ((tag, _),) in calls]
@@ -114,11 +116,11 @@ def test_a_heavy_job_runs_a_part_at_a_time_and_cheap_jobs_take_turns_with_it() -
 
 @pytest.mark.parametrize("cancel", ["between parts", "while queued"])
 def test_a_job_whose_caller_gave_up_is_dropped_before_its_next_part(cancel: str) -> None:
-    tokens = threading.Semaphore(0)  # each call waits for one: the test decides when the worker moves on
+    tokens = asyncio.Semaphore(0)  # each call waits for one: the test decides when the worker moves on
     calls: list[list[tuple[str, int]]] = []
 
-    def run_batch(key, payloads):
-        tokens.acquire(timeout=5)
+    async def run_batch(key, payloads):
+        await tokens.acquire()
         calls.append(list(payloads))
         return [None for _ in payloads]
 
@@ -143,10 +145,7 @@ def test_a_job_whose_caller_gave_up_is_dropped_before_its_next_part(cancel: str)
         await first
         await asyncio.sleep(0.1)
 
-    try:
-        asyncio.run(main())
-    finally:
-        batcher.stop()
+    asyncio.run(then_stop(batcher, main()))
     ran = [tag for call in calls for tag, _ in call]
     # the part in progress when the caller gave up finishes; nothing after it starts
     assert ran.count("heavy") == (2 if cancel == "between parts" else 0), ran

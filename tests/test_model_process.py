@@ -3,45 +3,58 @@ raised here with their type, and a child that died replaced on the next call."""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 import pytest
 import torch
+import uvloop
 
 import latent_cnf
 from latent_cnf import SolverError
 from latent_cnf.config import SolverConfig
-from service.model_calls import BatchKey, SampleChunk, ScoreChunk
+from service.model_calls import BatchKey, SampleChunk, SampleJob, ScoreChunk
 from service.model_process import InProcess, InThread
 
 MODEL = "mnist-final"
+T = TypeVar("T")
 SAMPLE = BatchKey(kind="generate", model=MODEL, solver=SolverConfig("rk4", steps=4))
 SCORE = BatchKey(kind="score", model=MODEL, solver=SolverConfig("rk4", steps=4), importance_samples=4)
+
+
+def call(coroutine: Coroutine[Any, Any, T]) -> T:
+    """A runner's method, run to its end on an event loop of its own, uvloop's as the service runs on (uvicorn
+    takes it when installed; it makes a watched pipe non-blocking, where asyncio's own loop does not)."""
+    return uvloop.run(coroutine)
 
 
 @pytest.fixture(scope="module")
 def runners():
     model = latent_cnf.load(MODEL)
-    here, there = InThread({}), InProcess("cpu", threads=1)
-    here.load(MODEL, MODEL, model)
-    there.load(MODEL, MODEL)
+    here, there = InThread(), InProcess("cpu", threads=1)
+    call(here.load(MODEL, MODEL, model))
+    call(there.load(MODEL, MODEL))
     yield model, here, there
-    there.close()
+    call(there.close())
 
 
 def chunks(model) -> list[SampleChunk]:
-    return [SampleChunk(*model.draw_base(n, seed=seed)) for n, seed in ((2, 0), (3, 1))]
+    """A seeded chunk (its noise drawn where the call runs) and one that brings its noise."""
+    z0, labels = model.draw_base(3, seed=1)
+    return [SampleChunk(slice(0, 2), SampleJob(2, None, seed=0)), SampleChunk(slice(0, 3), z0=z0, labels=labels)]
 
 
 def test_a_merged_call_in_the_child_gives_what_it_gives_here(runners):
     model, here, there = runners
-    (ours, nfe), (theirs, their_nfe) = here.run(SAMPLE, chunks(model)), there.run(SAMPLE, chunks(model))
+    (ours, nfe), (theirs, their_nfe) = call(here.run(SAMPLE, chunks(model))), call(there.run(SAMPLE, chunks(model)))
     assert nfe == their_nfe == 16 and [len(path.latents[-1]) for path in theirs] == [2, 3]
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.latents, b.latents)
         torch.testing.assert_close(a.images, b.images)
     images = (torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     score = [ScoreChunk(images, torch.arange(2))]
-    (mine,), _ = here.run(SCORE, score)
-    (yours,), _ = there.run(SCORE, score)
+    (mine,), _ = call(here.run(SCORE, score))
+    (yours,), _ = call(there.run(SCORE, score))
     torch.testing.assert_close(mine.log_likelihood, yours.log_likelihood)
 
 
@@ -49,10 +62,10 @@ def test_errors_in_the_child_are_raised_here_with_their_type(runners):
     model, _, there = runners
     stiff = BatchKey(kind="generate", model=MODEL, solver=SolverConfig("dopri5", rtol=1e-9, atol=1e-9, max_nfe=8))
     with pytest.raises(SolverError):
-        there.run(stiff, chunks(model))
+        call(there.run(stiff, chunks(model)))
     with pytest.raises(KeyError):
-        there.run(BatchKey(kind="generate", model="no-such-model", solver=SAMPLE.solver), chunks(model))
-    assert there.run(SAMPLE, chunks(model))[1] == 16  # and it goes on serving
+        call(there.run(BatchKey(kind="generate", model="no-such-model", solver=SAMPLE.solver), chunks(model)))
+    assert call(there.run(SAMPLE, chunks(model)))[1] == 16  # and it goes on serving
 
 
 def test_a_child_that_died_is_replaced_with_its_models_on_the_next_call(runners):
@@ -60,6 +73,30 @@ def test_a_child_that_died_is_replaced_with_its_models_on_the_next_call(runners)
     assert there._process is not None
     there._process.kill()
     there._process.join(10)
-    (path, *_), _ = there.run(SAMPLE, chunks(model))
-    (expected, *_), _ = here.run(SAMPLE, chunks(model))
+    (path, *_), _ = call(there.run(SAMPLE, chunks(model)))
+    (expected, *_), _ = call(here.run(SAMPLE, chunks(model)))
     torch.testing.assert_close(path.latents, expected.latents)
+
+
+def test_a_seeded_request_cut_into_parts_draws_the_rows_it_draws_whole(runners):
+    model, here, _ = runners
+    job = SampleJob(5, None, seed=11, temperature=0.8)
+    (whole,), _ = call(here.run(SAMPLE, [SampleChunk(slice(0, 5), job)]))
+    parts, _ = call(here.run(SAMPLE, [SampleChunk(slice(0, 2), job), SampleChunk(slice(2, 5), job)]))
+    z0, labels = model.draw_base(5, None, 11, 0.8)
+    assert torch.equal(whole.latents[0], z0) and whole.labels is None and labels is None  # an unconditional model
+    torch.testing.assert_close(torch.cat([part.latents for part in parts], 1), whole.latents)
+    torch.testing.assert_close(torch.cat([part.images for part in parts], 1), whole.images)
+
+
+def test_an_answer_larger_than_the_pipe_buffer_comes_back_whole(runners):
+    """Megabytes each way (the loop watches the pipe without blocking, the messages still go whole)."""
+    model, here, there = runners
+    frames = BatchKey(kind="trajectory", model=MODEL, solver=SAMPLE.solver, frames=11)
+    z0, labels = model.draw_base(64, seed=3)
+    for _ in range(2):
+        chunks = [SampleChunk(slice(0, 64), z0=z0, labels=labels), SampleChunk(slice(0, 64), SampleJob(64, None, 4))]
+        (theirs, *_), _ = call(there.run(frames, chunks))
+        (ours, *_), _ = call(here.run(frames, chunks))
+        assert theirs.images.shape == (11, 64, 1, 28, 28)  # 2.2 MB of pixels
+        torch.testing.assert_close(theirs.images, ours.images)

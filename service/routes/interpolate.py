@@ -50,7 +50,7 @@ async def interpolate(
 def respond(
     model: str, seed_a: int, seed_b: int, t: list[float], label: int | None, temperature: float, path: Trajectory
 ) -> InterpolateResponse:
-    """PNG encoding off the event loop and off the inference thread."""
+    """PNG encoding off the event loop (a worker thread per response)."""
     return InterpolateResponse(
         model=model,
         seed_a=seed_a,

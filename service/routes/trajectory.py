@@ -13,7 +13,8 @@ from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
 from .. import offload
 from ..dependencies import Hub
-from ..inference import SampleJob, fresh_seed
+from ..inference import fresh_seed
+from ..model_calls import SampleJob
 from ..schemas import (
     BINARY,
     ERROR_RESPONSES,
@@ -61,7 +62,7 @@ async def trajectory(
 def respond(
     model: str, seed: int, temperature: float, label: int | None, path: Trajectory, as_png: bool
 ) -> Response | TrajectoryResponse:
-    """PNG encoding off the event loop and off the inference thread."""
+    """PNG encoding off the event loop (a worker thread per response)."""
     if as_png:
         return Response(png_bytes(trajectory_strip(path.times, path.images)), media_type="image/png")
     return TrajectoryResponse(
