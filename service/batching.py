@@ -43,7 +43,7 @@ class Job(Generic[Key]):
     future: asyncio.Future[list[Any]]  # the results, one per part
     heavy: bool  # costs more than one call's budget: takes turns with cheap jobs rather than queueing with them
     results: list[Any] = field(default_factory=list)
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float = field(default_factory=time.monotonic)  # when its next part joined the queue
 
     @property
     def next(self) -> Part:
@@ -158,11 +158,15 @@ class Batcher(Generic[Key]):
         return batch
 
     async def _work(self) -> None:
+        wait = metrics.QUEUE_WAIT_SECONDS.labels(device=self.device)
         while (batch := await self._take_batch()) is not None:
             live = [job for job in batch if not job.future.done()]
             metrics.ABANDONED.inc(len(batch) - len(live))
             if not live:
                 continue
+            now = time.monotonic()
+            for job in live:
+                wait.observe(now - job.enqueued)
             unfinished = []
             for job, result, error in await self._run(live):
                 if error is not None:
@@ -175,7 +179,9 @@ class Batcher(Generic[Key]):
                     metrics.ABANDONED.inc()
                 else:
                     unfinished.append(job)
-            self._jobs.extend(unfinished)  # parts left: to the back of the queue, behind what arrived meanwhile
+            for job in unfinished:  # parts left: to the back of the queue, behind what arrived meanwhile
+                job.enqueued = time.monotonic()
+                self._jobs.append(job)
             self._set_depth()
 
     async def _run(self, batch: list[Job[Key]]) -> list[tuple[Job[Key], Any, BaseException | None]]:

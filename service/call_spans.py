@@ -12,7 +12,8 @@ DISABLED = trace.NoOpTracer()
 
 @dataclass(frozen=True)
 class ModelCall:
-    """When one merged model call ran (awaited by the batcher's worker), as span attributes and times (ns since epoch)."""
+    """When one merged model call ran (awaited by the batcher's worker), as span attributes and times (ns since
+    epoch)."""
 
     kind: str
     model: str

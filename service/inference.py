@@ -36,7 +36,7 @@ from .failures import (
     SolverFailed,
     UnknownModel,
 )
-from .model_calls import BatchKey, SampleChunk, SampleJob, ScoreChunk
+from .model_calls import BatchKey, Encoded, SampleChunk, SampleJob, ScoreChunk
 from .model_process import InProcess, InThread, Runner
 from .settings import Settings
 
@@ -298,9 +298,20 @@ class ModelHub:
     ) -> Trajectory:
         """Samples decoded at `frames` times, solved in parts that may share calls with other requests."""
         key = BatchKey(kind=kind, model=served.name, solver=solver, frames=frames)
+        return join_trajectories(await self._sample(key, job, disconnected))
+
+    async def sample_pngs(
+        self, served: ServedModel, job: SampleJob, solver: SolverConfig, disconnected: Disconnected | None = None
+    ) -> tuple[Trajectory, list[bytes]]:
+        """As `sample` for generating, with each sample's image also as PNG bytes, encoded in the model call."""
+        key = BatchKey(kind="generate", model=served.name, solver=solver, pngs=True)
+        pieces: list[Encoded] = await self._sample(key, job, disconnected)
+        return join_trajectories([piece.path for piece in pieces]), [png for piece in pieces for png in piece.pngs]
+
+    async def _sample(self, key: BatchKey, job: SampleJob, disconnected: Disconnected | None) -> list[Any]:
         parts, heavy = self.plan(key, job.n)
         chunks = [Part(p.cost, SampleChunk(p.payload, job)) for p in parts]
-        return join_trajectories(await self._submit(key, chunks, heavy, disconnected))
+        return await self._submit(key, chunks, heavy, disconnected)
 
     async def flow(
         self,

@@ -17,6 +17,13 @@ REQUEST_SECONDS = Histogram(
     "latent_cnf_request_duration_seconds", "HTTP request duration by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS
 )
 QUEUE_DEPTH = Gauge("latent_cnf_queue_depth", "requests waiting for a model call", ["device"])
+QUEUE_WAIT_BUCKETS = (0.0005, 0.001, 0.0025, *LATENCY_BUCKETS)
+QUEUE_WAIT_SECONDS = Histogram(
+    "latent_cnf_queue_wait_seconds",
+    "time a request's part waited before its model call started (behind other calls, or for company)",
+    ["device"],
+    buckets=QUEUE_WAIT_BUCKETS,
+)
 BATCH_SIZE = Histogram(
     "latent_cnf_batch_size", "samples or images per merged model call", ["model", "kind"], buckets=BATCH_BUCKETS
 )

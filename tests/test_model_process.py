@@ -3,16 +3,20 @@ raised here with their type, and a child that died replaced on the next call."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 import torch
 import uvloop
+from PIL import Image
 
 import latent_cnf
 from latent_cnf import SolverError
 from latent_cnf.config import SolverConfig
+from latent_cnf.images import to_uint8
 from service.model_calls import BatchKey, SampleChunk, SampleJob, ScoreChunk
 from service.model_process import InProcess, InThread
 
@@ -100,3 +104,14 @@ def test_an_answer_larger_than_the_pipe_buffer_comes_back_whole(runners):
         (ours, *_), _ = call(here.run(frames, chunks))
         assert theirs.images.shape == (11, 64, 1, 28, 28)  # 2.2 MB of pixels
         torch.testing.assert_close(theirs.images, ours.images)
+
+
+def test_encoded_samples_are_the_pngs_of_their_own_images(runners):
+    """A call with pngs=True returns each chunk's final images as PNGs, cut at the chunk boundaries."""
+    model, _, there = runners
+    key = BatchKey(kind="generate", model=MODEL, solver=SAMPLE.solver, pngs=True)
+    pieces, _ = call(there.run(key, chunks(model)))
+    assert [len(piece.pngs) for piece in pieces] == [2, 3]
+    for piece in pieces:
+        decoded = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in piece.pngs])
+        assert np.array_equal(decoded, to_uint8(piece.path.images[-1]))

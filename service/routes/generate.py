@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from opentelemetry.trace import Tracer
 
-from latent_cnf.images import grid, image_pngs, png_bytes
+from latent_cnf.images import grid, png_bytes
 from latent_cnf.model import Trajectory
 
 from .. import offload
@@ -58,18 +58,21 @@ async def answer(
     solver = hub.sample_solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
     job = SampleJob(body.n, body.label, seed, body.temperature)
-    path = await hub.sample("generate", served, job, solver, 2, disconnected)
-    with tracer.start_as_current_span("encode"):
-        return await offload.encode(body.n, respond, served.name, body, seed, path, as_png)
-
-
-def respond(model: str, body: GenerateRequest, seed: int, path: Trajectory, as_png: bool) -> Response:
-    """The answer's bytes: a PNG grid, or GenerateResponse's JSON written by orjson (the fields in its order;
-    a pydantic round trip of the same dictionary costs ~7x as much)."""
-    images = path.images[-1]
     if as_png:
-        columns = math.ceil(math.sqrt(body.n))
-        return Response(png_bytes(grid(images, columns)), media_type="image/png")
+        path = await hub.sample("generate", served, job, solver, 2, disconnected)
+        with tracer.start_as_current_span("encode"):
+            return await offload.encode(body.n, grid_png, path, body.n)
+    path, pngs = await hub.sample_pngs(served, job, solver, disconnected)
+    return respond(served.name, body, seed, path, pngs)
+
+
+def grid_png(path: Trajectory, n: int) -> Response:
+    return Response(png_bytes(grid(path.images[-1], math.ceil(math.sqrt(n)))), media_type="image/png")
+
+
+def respond(model: str, body: GenerateRequest, seed: int, path: Trajectory, pngs: list[bytes]) -> Response:
+    """GenerateResponse's JSON, written by orjson (the fields in its order; a pydantic round trip of the same
+    dictionary costs ~7x as much)."""
     fields = {
         "model": model,
         "n": body.n,
@@ -78,7 +81,7 @@ def respond(model: str, body: GenerateRequest, seed: int, path: Trajectory, as_p
         "seed": seed,
         "temperature": body.temperature,
         "nfe": path.nfe,
-        "images": [base64.b64encode(png).decode() for png in image_pngs(images)],
+        "images": [base64.b64encode(png).decode() for png in pngs],
         "latents": path.latents[-1].tolist(),
     }
     return Response(orjson.dumps(fields), media_type=JSON)
