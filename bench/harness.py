@@ -62,11 +62,14 @@ def running_server(
 
 
 @contextlib.contextmanager
-def running_service(env: dict[str, str], options: Sequence[str] = (), timeout_s: float = 600) -> Iterator[Server]:
-    """The service as it ships, `python -m service` with its server and connection settings, on a free port."""
+def running_service(
+    env: dict[str, str], options: Sequence[str] = (), timeout_s: float = 600, checkout: Path = REPO
+) -> Iterator[Server]:
+    """The service as it ships, `python -m service` with its server and connection settings, on a free port;
+    from another `checkout` of the repository (a git worktree of another commit) to compare with it."""
     port = free_port()
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *options]
-    with running_command(command, port, env, "/readyz", timeout_s) as server:
+    with running_command(command, port, env, "/readyz", timeout_s, cwd=checkout) as server:
         yield server
 
 
@@ -89,14 +92,14 @@ def process_tree(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def running_command(
-    command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float = 600
+    command: list[str], port: int, env: dict[str, str], ready_path: str, timeout_s: float = 600, cwd: Path = REPO
 ) -> Iterator[Server]:
-    """Runs `command` (any server listening on `port`, such as Prometheus), logging to a file, and yields once
-    `ready_path` answers 200; stops it and its children after."""
+    """Runs `command` (any server listening on `port`, such as Prometheus) in `cwd`, logging to a file, and yields
+    once `ready_path` answers 200; stops it and its children after."""
     app = " ".join(command[1:4])
     log = Path(tempfile.mkstemp(prefix="latent-cnf-bench-", suffix=".log")[1])
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + timeout_s

@@ -76,8 +76,14 @@ NAIVE_APP = "naive_server:app"
 PEER_SCRIPTS = {"peer": BENCH / "litserve_peer.py", "kserve": BENCH / "kserve_peer.py"}
 # The references /generate n=1 is compared with, in the tables' order: (name, scenario)
 REFERENCES = (("naive", "naive-generate-1"), ("peer", "peer-generate-1"), ("kserve", "kserve-generate-1"))
-REFERENCES += (("healthz", "healthz"),)
-REFERENCE_NAMES = {"naive": "naive", "peer": "LitServe", "kserve": "KServe", "healthz": "/healthz"}
+REFERENCES += (("healthz", "healthz"), ("baseline", "baseline-generate-1"))
+REFERENCE_NAMES = {
+    "naive": "naive",
+    "peer": "LitServe",
+    "kserve": "KServe",
+    "healthz": "/healthz",
+    "baseline": "baseline",
+}
 # Issue #29's targets: (concurrency, reference, least ratio of ours to it)
 TARGETS = ((32, "healthz", 0.6), (32, "peer", 2.0), (32, "kserve", 2.0), (1, "naive", 1.0))
 TAIL_TARGET = 2.0  # p99 / p50 at concurrency 1
@@ -87,7 +93,7 @@ CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    target: str  # "service", "naive", "peer" (LitServe) or "kserve"
+    target: str  # "service", "baseline" (the service of --baseline), "naive", "peer" (LitServe) or "kserve"
     method: str
     path: str
     items: int  # samples (or scored images) per request; 0 for the health check
@@ -100,6 +106,8 @@ SCENARIOS = {
     for s in (
         Scenario("healthz", "service", "GET", "/healthz", 0),
         Scenario("generate-1", "service", "POST", "/generate", 1, {"n": 1}),
+        Scenario("baseline-healthz", "baseline", "GET", "/healthz", 0),
+        Scenario("baseline-generate-1", "baseline", "POST", "/generate", 1, {"n": 1}),
         Scenario("naive-generate-1", "naive", "POST", "/generate", 1, {"n": 1}),
         Scenario("peer-generate-1", "peer", "POST", "/predict", 1, {"n": 1}),
         Scenario("kserve-generate-1", "kserve", "POST", "/v1/models/{model}:predict", 1, {"n": 1}),
@@ -131,6 +139,13 @@ class LoadOptions:
     chaos: float | None = flag(None, help="run normal next to hostile traffic instead", metavar="SECONDS")
     chaos_normal: int = flag(4, help="closed-loop /generate n=1 clients of --chaos")
     chaos_heavy: int = flag(4, help="closed-loop heaviest /score clients of --chaos")
+    baseline: Path | None = flag(
+        None,
+        help="another checkout (git worktree add DIR COMMIT) whose `python -m service` the baseline-* scenarios "
+        "measure in the same run as this one's: a change's effect side by side",
+        type=Path,
+        metavar="DIR",
+    )
 
 
 # Histograms of the service's merged model calls: the batcher's view of a scenario.
@@ -276,6 +291,10 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     targets = {SCENARIOS[name].target for name in options.scenarios}
     with contextlib.ExitStack() as stack:
         servers = {"service": stack.enter_context(running_service(env))}
+        if "baseline" in targets:
+            if options.baseline is None:
+                raise SystemExit("the baseline-* scenarios need --baseline DIR, a checkout of the commit to compare")
+            servers["baseline"] = stack.enter_context(running_service(env, checkout=options.baseline))
         if "naive" in targets:
             servers["naive"] = stack.enter_context(running_server(NAIVE_APP, env, app_dir=BENCH))
         model = env["LATENT_CNF_DEFAULT_MODEL"]

@@ -49,10 +49,9 @@ RUNS = {
     "train_step": ("--checkpoint mnist-final-cond --batch-size 4 --steps 1", ["without discriminator"]),
     "perf_analyzer": ("--concurrency 1", ["infer/s"]),
     "service": (
-        "--scenarios healthz,generate-1,naive-generate-1,peer-generate-1,kserve-generate-1 --concurrency 1 "
-        "--duration 0.5 "
-        "--warmup 0.1 --timeout 20",
-        ["/generate n=1 against the references", "peer-generate-1", "ours / KServe"],
+        "--scenarios healthz,generate-1,naive-generate-1,peer-generate-1,kserve-generate-1,baseline-generate-1 "
+        "--concurrency 1 --duration 0.5 --warmup 0.1 --timeout 20 --baseline .",  # this checkout as its own baseline
+        ["/generate n=1 against the references", "peer-generate-1", "ours / KServe", "ours / baseline"],
     ),
     "service --overload": ("--burst-seconds 1 --burst-concurrency 16 --queue 2 --timeout 20", ["Overload"]),
     "service --soak": ("0.05 --soak-concurrency 2 --timeout 20", ["Soak summary"]),
