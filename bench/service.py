@@ -32,6 +32,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import random
 import ssl
 import statistics
@@ -87,6 +88,7 @@ REFERENCE_NAMES = {
 # Issue #29's targets: (concurrency, reference, least ratio of ours to it)
 TARGETS = ((32, "healthz", 0.6), (32, "peer", 2.0), (32, "kserve", 2.0), (1, "naive", 1.0))
 TAIL_TARGET = 2.0  # p99 / p50 at concurrency 1
+MERGED_CALL_TARGET = 1.5  # a merged call's time in the server over the same call alone
 CHAOS_P99_S = 2.0  # the normal traffic's p99 next to hostile clients
 
 
@@ -112,6 +114,7 @@ SCENARIOS = {
         Scenario("peer-generate-1", "peer", "POST", "/predict", 1, {"n": 1}),
         Scenario("kserve-generate-1", "kserve", "POST", "/v1/models/{model}:predict", 1, {"n": 1}),
         Scenario("generate-64", "service", "POST", "/generate", 64, {"n": 64}),
+        Scenario("generate-64-grid", "service", "POST", "/generate?format=png", 64, {"n": 64}),
         Scenario("score", "service", "POST", "/score", 1, {"importance_samples": "64"}, upload=True),
         Scenario("trajectory", "service", "GET", "/trajectory?steps=11", 1),
         Scenario("score-heaviest", "service", "POST", "/score", 16, {"importance_samples": "1024"}, upload=True),
@@ -246,12 +249,68 @@ def batching(before: Counter, after: Counter, seconds: float) -> dict:
     delta = {key: after[key] - before[key] for key in after}
     calls = delta.get("latent_cnf_batch_requests_count", 0)
     if not calls:
-        return {"requests_per_call": None, "nfe_per_call": None, "inference_busy": None}
+        return {"requests_per_call": None, "nfe_per_call": None, "inference_busy": None, "call_ms": None}
     return {
         "requests_per_call": delta["latent_cnf_batch_requests_sum"] / calls,
         "nfe_per_call": delta["latent_cnf_nfe_sum"] / calls,
         "inference_busy": delta["latent_cnf_inference_seconds_sum"] / seconds,
+        "call_ms": delta["latent_cnf_inference_seconds_sum"] / calls * 1000,
     }
+
+
+def call_alone_ms(scenario: Scenario, model_name: str, requests: int, threads: int, min_time: float = 2.0) -> float:
+    """Median time of the merged call a scenario's rows made in the server, run here alone through
+    service.model_calls.forward, as the model process runs it (`requests` chunks, each request's seeds, the served
+    solver, a JSON answer's PNGs), on as many torch threads as the model process has."""
+    import torch
+
+    import latent_cnf
+    from latent_cnf.data import load_split
+    from latent_cnf.images import binarize_at_threshold
+    from service.model_calls import BatchKey, SampleChunk, SampleJob, ScoreChunk, forward
+
+    torch.set_num_threads(threads)
+    model = latent_cnf.load(model_name)
+    chunks: list[SampleChunk] | list[ScoreChunk]
+    if scenario.upload:
+        k = int(scenario.body["importance_samples"]) if scenario.body else 64
+        key = BatchKey(kind="score", model=model_name, solver=model.score_solver, importance_samples=k)
+        digit = binarize_at_threshold(load_split("mnist", "test", None, download=False).images[:1])
+        images = digit.expand(scenario.items, 28, 28)
+        chunks = [ScoreChunk(images, torch.arange(scenario.items)) for _ in range(requests)]
+    else:
+        key = BatchKey(kind="generate", model=model_name, solver=model.sample_solver, pngs=True)
+        chunks = [
+            SampleChunk(slice(0, scenario.items), SampleJob(scenario.items, None, seed)) for seed in range(requests)
+        ]
+    forward(model, key, chunks)  # warm-up
+    times: list[float] = []
+    deadline = time.perf_counter() + min_time
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        forward(model, key, chunks)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def merged_calls(rows: list[dict], env: dict[str, str]) -> list[dict]:
+    """Each /generate and /score row's mean model call in the server against the same merged call alone (issue 29:
+    at most 1.5x)."""
+    threads = int(env.get("LATENT_CNF_THREADS") or max(1, (os.cpu_count() or 1) - 1))  # the model process's
+    out = []
+    for row in rows:
+        scenario = SCENARIOS[row["scenario"]]
+        if scenario.target != "service" or scenario.path not in ("/generate", "/score") or not row.get("call_ms"):
+            continue  # (the PNG grid's calls have no PNGs in them: not the call timed here)
+        requests = max(1, round(row["requests_per_call"]))
+        alone = call_alone_ms(scenario, env["LATENT_CNF_DEFAULT_MODEL"], requests, threads)
+        alone_per_s = requests * scenario.items / alone * 1000
+        out.append(
+            row
+            | {"merged_requests": requests, "alone_ms": alone, "ratio": row["call_ms"] / alone}
+            | {"alone_items_per_s": alone_per_s, "vs_alone": row["items_per_s"] / alone_per_s}
+        )
+    return out
 
 
 def mnist_digit(folder: Path | None) -> bytes:
@@ -328,7 +387,8 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
                     f"  wrk {row['wrk_core_share']:.0%} of a core, server {row['server_core_share']:.0%}"
                 )
         rss = {name: sum(filter(None, map(rss_bytes, process_tree(s.pid)))) for name, s in servers.items()}
-    return {"rows": results, "references": references(results), "rss_bytes_after": rss}
+    merged = merged_calls(results, env)
+    return {"rows": results, "references": references(results), "merged_calls": merged, "rss_bytes_after": rss}
 
 
 def references(rows: list[dict]) -> dict:
@@ -529,7 +589,20 @@ def report(kind: str, result: dict, markdown: bool) -> str:
             [t["target"], t["goal"], fmt(t["measured"], 2), {True: "met", False: "NOT met", None: "-"}[t["met"]]]
             for t in result["references"]["targets"]
         ]
-        return text + "\n" + render("Targets", ["target", "goal", "measured", "result"], targets, markdown)
+        text += "\n" + render("Targets", ["target", "goal", "measured", "result"], targets, markdown)
+        merged = [
+            [r["scenario"], r["concurrency"], r["merged_requests"], fmt(r["call_ms"]), fmt(r["alone_ms"])]
+            + [fmt(r["ratio"], 2), "met" if r["ratio"] <= MERGED_CALL_TARGET else "NOT met"]
+            + [fmt(r["items_per_s"]), fmt(r["alone_items_per_s"]), fmt(r["vs_alone"], 2)]
+            for r in result["merged_calls"]
+        ]
+        columns = ["scenario", "concurrency", "requests merged", "call ms in the server", "same call alone ms"]
+        columns += ["ratio", f"<= {MERGED_CALL_TARGET}", "served items/s", "the call alone items/s", "served / alone"]
+        return (
+            text
+            + "\n"
+            + render("A merged model call in the server against the same call alone", columns, merged, markdown)
+        )
     if kind == "overload":
         r = result
         rows = [

@@ -51,7 +51,7 @@ RUNS = {
     "service": (
         "--scenarios healthz,generate-1,naive-generate-1,peer-generate-1,kserve-generate-1,baseline-generate-1 "
         "--concurrency 1 --duration 0.5 --warmup 0.1 --timeout 20 --baseline .",  # this checkout as its own baseline
-        ["/generate n=1 against the references", "peer-generate-1", "ours / KServe", "ours / baseline"],
+        ["/generate n=1 against the references", "peer-generate-1", "ours / KServe", "ours / baseline", "same call alone ms"],
     ),
     "service --overload": ("--burst-seconds 1 --burst-concurrency 16 --queue 2 --timeout 20", ["Overload"]),
     "service --soak": ("0.05 --soak-concurrency 2 --timeout 20", ["Soak summary"]),
