@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -29,7 +30,8 @@ from .config import SolverConfig
 from .likelihood import bernoulli_log_likelihood, gaussian_log_density
 from .model import LatentCNF
 
-MASKS = ("top", "bottom", "left", "right")  # the named masks: the half of the image that is observed
+MaskName = Literal["top", "bottom", "left", "right"]  # the named masks: the half of the image that is observed
+MASKS: tuple[MaskName, ...] = get_args(MaskName)
 ENCODER_SHARE = 0.75  # of each label's proposals, drawn from the encoder; the rest from the prior
 IMPUTATION_STEPS = 5  # pseudo-Gibbs rounds before the encoder proposes
 PROPOSAL_STD_SCALE = 1.25
@@ -70,16 +72,21 @@ class Completion:
     nfe: int
 
 
+def prior_draws(importance_samples: int, encoder_share: float = ENCODER_SHARE) -> int:
+    """How many of a label's proposals come from the prior (the rest from the encoder)."""
+    return importance_samples - round(encoder_share * importance_samples)
+
+
 def _draws(
-    model: LatentCNF, seeds: torch.Tensor, classes: int, encoder_draws: int, prior_draws: int
+    model: LatentCNF, seeds: torch.Tensor, classes: int, encoder_draws: int, from_prior: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's encoder noise (classes, encoder_draws, d) and prior base noise (classes * prior_draws, d),
+    """Each image's encoder noise (classes, encoder_draws, d) and prior base noise (classes * from_prior, d),
     from its own seed."""
     d, noise, base = model.config.latent_dim, [], []
     for seed in seeds.tolist():
         generator = torch.Generator().manual_seed(int(seed))
         noise.append(torch.randn(classes, encoder_draws, d, generator=generator))
-        base.append(model.prior.base_sample(classes * prior_draws, generator))
+        base.append(model.prior.base_sample(classes * from_prior, generator))
     return torch.cat(noise).to(model.device), torch.cat(base)
 
 
@@ -124,24 +131,24 @@ def complete(
     observed = masks.reshape(n, -1).to(model.device, torch.float32)
     labels = torch.arange(classes, device=x.device).repeat(n) if classes > 1 else None
     mean, log_std = _imputed_encoding(model, x, observed, classes, labels)
-    encoder_draws = round(encoder_share * importance_samples)
-    prior_draws = importance_samples - encoder_draws
-    noise, base = _draws(model, seeds, classes, encoder_draws, prior_draws)
+    from_prior_count = prior_draws(importance_samples, encoder_share)
+    encoder_draws = importance_samples - from_prior_count
+    noise, base = _draws(model, seeds, classes, encoder_draws, from_prior_count)
     prior_labels = labels if model.prior.uses_labels else None
 
     def repeat(labels: torch.Tensor | None, times: int) -> torch.Tensor | None:
         return labels.repeat_interleave(times) if labels is not None else None
 
     from_encoder = mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * noise
-    pushed = model.prior.transform(base, repeat(prior_labels, prior_draws), solver) if prior_draws else None
+    pushed = model.prior.transform(base, repeat(prior_labels, from_prior_count), solver) if from_prior_count else None
     from_prior = pushed.z[-1] if pushed is not None else base
-    z = torch.cat([from_encoder, from_prior.reshape(n * classes, prior_draws, d)], 1).reshape(-1, d)
+    z = torch.cat([from_encoder, from_prior.reshape(n * classes, from_prior_count, d)], 1).reshape(-1, d)
     density = model.prior.log_prob(z, repeat(prior_labels, importance_samples), solver)
     assert density.log_prob is not None  # a prior's log_prob always sets it
     log_q_encoder = gaussian_log_density(
         z, mean.repeat_interleave(importance_samples, 0), log_std.repeat_interleave(importance_samples, 0)
     )
-    shares = torch.tensor([encoder_draws, prior_draws], dtype=z.dtype, device=z.device) / importance_samples
+    shares = torch.tensor([encoder_draws, from_prior_count], dtype=z.dtype, device=z.device) / importance_samples
     log_q = torch.logsumexp(torch.stack([log_q_encoder, density.log_prob]) + shares.log()[:, None], 0)
     logits = model.decode(z)
     rows = torch.arange(n, device=x.device).repeat_interleave(total)

@@ -11,6 +11,7 @@ from typing import Any, Literal, cast
 
 import torch
 
+from latent_cnf.completion import Completion, complete
 from latent_cnf.config import SolverConfig
 from latent_cnf.model import LatentCNF, Score, Trajectory
 
@@ -19,11 +20,11 @@ from latent_cnf.model import LatentCNF, Score, Trajectory
 class BatchKey:
     """What must be equal for requests to share a model call."""
 
-    kind: Literal["generate", "trajectory", "score"]
+    kind: Literal["generate", "trajectory", "score", "complete"]
     model: str
     solver: SolverConfig
     frames: int = 2  # decoded times of a sampling solve
-    importance_samples: int = 0  # K of a score
+    importance_samples: int = 0  # K of a score, or proposals per label of a completion
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,16 @@ class ScoreChunk:
     seeds: torch.Tensor  # (m,) proposal seed of each image: its index in the request
 
 
-Chunk = SampleChunk | ScoreChunk
-Result = Trajectory | Score
+@dataclass(frozen=True)
+class CompleteChunk:
+    image: torch.Tensor  # (28, 28) binarized pixels
+    mask: torch.Tensor  # (28, 28) bool: the observed pixels
+    seed: int  # of the request's proposals
+    k: int  # completions it asks for
+
+
+Chunk = SampleChunk | ScoreChunk | CompleteChunk
+Result = Trajectory | Score | Completion
 
 
 def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]:
@@ -72,6 +81,12 @@ def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
 def forward(model: LatentCNF, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]:
     """One merged call: every chunk's result (on the CPU) and the call's function evaluations."""
     device = model.device
+    if key.kind == "complete":
+        asked = cast(Sequence[CompleteChunk], chunks)
+        images, masks = torch.stack([chunk.image for chunk in asked]), torch.stack([chunk.mask for chunk in asked])
+        seeds = torch.tensor([chunk.seed for chunk in asked])
+        done = complete(model, images, masks, [c.k for c in asked], key.importance_samples, seeds, key.solver)
+        return list(done), done[0].nfe
     if key.kind == "score":
         scored = cast(Sequence[ScoreChunk], chunks)
         images = torch.cat([chunk.images for chunk in scored]).to(device)
