@@ -4,6 +4,7 @@ they answer, that they agree with the model, their errors, and a completion merg
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from latent_cnf.completion import complete, named_mask
 from latent_cnf.images import binarize_at_threshold
 from train.latent_map import encode
 
+from .conftest import REPO
 from .service_helpers import ONE_THREAD, decode_png, png
 from .test_v2_protocol import outputs, scalar
 
@@ -185,3 +187,16 @@ def test_a_completion_merged_with_others_is_the_one_it_gets_alone(digits):
     )
     assert merged["effective_sample_size"] == pytest.approx(alone["effective_sample_size"], rel=1e-3)
     assert merged["label_probabilities"] == pytest.approx(alone["label_probabilities"], abs=1e-4)
+
+
+def test_the_example_requests_hold_the_example_digit_with_its_top_half_observed():
+    digit = np.asarray(decode_png((REPO / "docs" / "examples" / "digit.png").read_bytes()), dtype=float) / 255
+    native = json.loads((REPO / "docs" / "examples" / "complete-top.json").read_text())
+    assert native["mask"] == "top" and np.allclose(native["image"], digit, atol=5e-4)
+    v2 = {
+        tensor["name"]: tensor
+        for tensor in json.loads((REPO / "docs" / "examples" / "complete-v2.json").read_text())["inputs"]
+    }
+    assert v2["IMAGE"]["data"] == [value for row in native["image"] for value in row]
+    assert v2["MASK"]["data"] == named_mask("top").reshape(-1).tolist()
+    assert v2["K"]["data"] == [native["k"]] and v2["SEED"]["data"] == [native["seed"]]
