@@ -38,6 +38,7 @@ RUNS = {
         " --fid-batch-size 10 --reference-images 50",
         ["sample(): samples/s by batch size", "score(): images/s", "Quality: FID of 20 samples"],
     ),
+    "completion": ("--images 3 --importance-samples 2 --k 2 --threads 1", ["mean_ess_mixture", "label_accuracy"]),
     "compile": ("--batch-sizes 1 --importance-samples 2 --min-time 0.01 --backend eager", ["eager / compiled"]),
     "cost_model": (
         "--batch-sizes 1,16 --steps 4,8 --score-images 1 --importance-samples 2 --adaptive-batch 2 --min-time 0",
@@ -65,7 +66,7 @@ def run_script(name: str, data_dir: Path) -> str:
     script, *mode = name.split()
     arguments, _ = RUNS[name]
     command = [sys.executable, str(BENCH / f"{script}.py"), *mode, *shlex.split(arguments)]
-    if script in ("model", "prior_step", "train_step"):
+    if script in ("model", "prior_step", "train_step", "completion"):
         command += ["--data-dir", str(data_dir)]
     done = subprocess.run(
         command,

@@ -38,11 +38,12 @@ def scatter(
 
 
 def project(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Identity for 2-D latents, else the latent map (whitened PCA) fitted on `reference` applied to all."""
+    """Identity for 2-D latents, else the first two principal axes of `reference` (the latent map's, unwhitened:
+    the spreads along them stay comparable) applied to all."""
     if reference.shape[1] == 2:
         return [reference, *others]
     fitted = LatentMap.fit(reference)
-    return [fitted.project(x).float() for x in (reference, *others)]
+    return [((x.double() - fitted.mean) @ fitted.axes.T).float() for x in (reference, *others)]
 
 
 def build_parser() -> argparse.ArgumentParser:
