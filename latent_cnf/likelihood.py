@@ -10,10 +10,14 @@ from torch.nn import functional as F
 LOG_2PI = math.log(2 * math.pi)
 
 
-def bernoulli_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def bernoulli_log_likelihood(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """log p(x | z) summed over pixels: x * l - softplus(l), stable for any logit and any target in [0, 1]
-    (grey targets give the cross-entropy). Targets broadcast, so K proposals can share one image row."""
-    return (targets * logits - F.softplus(logits)).sum(-1)
+    (grey targets give the cross-entropy). Targets broadcast, so K proposals can share one image row. With a
+    0/1 `mask`, only the pixels it marks count (the observed ones of a completion)."""
+    terms = targets * logits - F.softplus(logits)
+    return (terms if mask is None else terms * mask).sum(-1)
 
 
 def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

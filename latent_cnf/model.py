@@ -46,6 +46,8 @@ class Score:
     kl: torch.Tensor  # E_q [log q(z|x) - log p(z)]
     latent_log_density: torch.Tensor  # log p(encoder mean) under the prior
     decoded_mean: torch.Tensor  # (n, 1, H, W) pixel means decoded from that encoder mean: what the model kept
+    encoder_mean: torch.Tensor  # (n, d) that encoder mean (for a label-gated encoder, the best label's)
+    encoder_std: torch.Tensor  # (n, d) and the std of the same encoder posterior
     label_log_likelihood: torch.Tensor | None  # (n, classes): IWAE bound on log p(x | y), conditional priors
     predicted_label: torch.Tensor | None
     importance_samples: int
@@ -222,6 +224,8 @@ class LatentCNF(nn.Module):
             kl=merged["kl"],
             latent_log_density=merged["latent"],
             decoded_mean=merged["decoded_mean"],
+            encoder_mean=merged["encoder_mean"],
+            encoder_std=merged["encoder_std"],
             label_log_likelihood=per_label,
             predicted_label=per_label.argmax(1) if per_label is not None else None,
             importance_samples=k,
@@ -248,6 +252,7 @@ class LatentCNF(nn.Module):
         per_label = iwae_bound(log_w, dim=2)
         best = per_label.argmax(1)
         mean_best = mean.reshape(n, classes, d)[torch.arange(n), best]
+        std_best = torch.exp(log_std).reshape(n, classes, d)[torch.arange(n), best]
         label_best = best if self.prior.uses_labels else None
         latent = self.prior.log_prob(mean_best, label_best, solver)
         return {
@@ -258,5 +263,7 @@ class LatentCNF(nn.Module):
             "kl": (log_q - prior.log_prob).reshape(n, -1).mean(1),
             "latent": latent.log_prob,
             "decoded_mean": self.decode_images(mean_best),
+            "encoder_mean": mean_best,
+            "encoder_std": std_best,
             "nfe": prior.nfe + latent.nfe,
         }

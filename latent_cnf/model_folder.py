@@ -3,8 +3,10 @@
 A folder holds `model.safetensors` (the weights: tensors only, so loading executes nothing), `config.json`
 (what building the network needs), `training.json` (how it was made), `README.md` (a model card for people
 and model hubs, written from the JSON files; never parsed on load) and, for generative models,
-`serving.json` (what the service needs: score reference, OOD bounds, calibrated solvers) and
-`evaluation.json` (the headline test metrics, written by `python -m train.evaluate --record-in-folder`).
+`serving.json` (what the service needs: score reference, OOD bounds, calibrated solvers),
+`evaluation.json` (the headline test metrics, written by `python -m train.evaluate --record-in-folder`) and
+`latent_map.json` (a fixed 2-D projection of the latent with projected test points, written by
+`python -m train.latent_map`; see latent_cnf/latent_map.py).
 Keeping the JSON files apart means a calibration or evaluation rewrites what it measured, never the weights
 or their provenance; writing new weights drops the serving and evaluation data of the old ones.
 """
@@ -24,6 +26,7 @@ from torch import nn
 
 from . import model_card
 from .config import ModelConfig, SolverConfig
+from .latent_map import LatentMap
 from .model import LatentCNF
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -34,6 +37,7 @@ CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.json"
 SERVING_FILE = "serving.json"
 EVALUATION_FILE = "evaluation.json"
+LATENT_MAP_FILE = "latent_map.json"
 CARD_FILE = "README.md"
 FORMAT = "latent-cnf-model-folder/1"
 Module = TypeVar("Module", bound=nn.Module)
@@ -133,7 +137,7 @@ def save_folder(
     serving: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model or judge: weights, config, provenance, serving data when given, and the card. An
-    evaluation.json already there is removed: its numbers were measured on other weights."""
+    evaluation.json or latent_map.json already there is removed: they were measured on other weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -145,6 +149,7 @@ def save_folder(
     else:
         (folder / SERVING_FILE).unlink(missing_ok=True)  # an older export's serving data would not fit
     (folder / EVALUATION_FILE).unlink(missing_ok=True)
+    (folder / LATENT_MAP_FILE).unlink(missing_ok=True)  # projected other weights' encodings
     write_card(folder)
     return folder
 
@@ -179,6 +184,25 @@ def record_evaluation(name_or_path: str | Path, evaluation: dict[str, Any]) -> P
     _write_json(folder / EVALUATION_FILE, evaluation)
     (folder / CARD_FILE).write_text(card)
     return folder
+
+
+def read_latent_map(name_or_path: str | Path) -> LatentMap | None:
+    """latent_map.json, or None for a folder that has none (the service then serves no map)."""
+    folder = resolve(name_or_path)
+    if not (folder / LATENT_MAP_FILE).exists():
+        return None
+    latent_dim = int(read_config(folder)["latent_dim"])
+    try:
+        return LatentMap.from_dict(_read_json(folder / LATENT_MAP_FILE), latent_dim)
+    except ValueError as error:
+        raise ModelFolderError(f"{folder / LATENT_MAP_FILE}: {error}") from error
+
+
+def write_latent_map(name_or_path: str | Path, latent_map: LatentMap) -> Path:
+    """Write latent_map.json; the weights, the other JSON files and the card are not touched."""
+    folder = resolve(name_or_path)
+    _write_json(folder / LATENT_MAP_FILE, latent_map.to_dict())
+    return folder / LATENT_MAP_FILE
 
 
 def serving_solvers(serving: dict[str, Any]) -> dict[str, SolverConfig]:

@@ -24,7 +24,7 @@ from . import errors, metrics, request_id, tracing
 from .body_limit import BodySizeLimit
 from .fast_generate import FastGenerate
 from .inference import ModelHub
-from .routes import generate, health, interpolate, models, page, score, trajectory, v2
+from .routes import complete, generate, health, interpolate, latent_map, models, page, score, trajectory, v2
 from .settings import Settings, get_settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -34,11 +34,14 @@ TAGS = [
     {"name": "generate", "description": "Samples from a model: a batch for one seed, or between two seeds."},
     {"name": "score", "description": "Log-likelihood bounds of uploaded images, and whether they look like digits."},
     {"name": "trajectory", "description": "The flow from base noise to latent, decoded at evenly spaced times."},
+    {"name": "complete", "description": "Completions of a partly observed image, from p(latent | observed pixels)."},
+    {"name": "latent map", "description": "A fixed 2-D view of a model's latent, with test digits projected onto it."},
     {"name": "models", "description": "The models served, with their configuration and training record."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics, for probes and scrapers."},
     {
         "name": "open inference protocol (v2)",
-        "description": "KServe's v2 REST protocol (as Triton serves it): `<model>.generate` and `<model>.score`.",
+        "description": "KServe's v2 REST protocol (as Triton serves it): `<model>.generate`, `<model>.score` and "
+        "`<model>.complete`.",
     },
 ]
 
@@ -144,7 +147,9 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         generate.router,
         interpolate.router,
         score.router,
+        complete.router,
         trajectory.router,
+        latent_map.router,
         models.router,
         health.router,
         v2.router,

@@ -25,6 +25,7 @@ from .failures import (
     LabelRequired,
     MalformedRequest,
     ModelUnavailable,
+    NoLatentMap,
     NotReady,
     QueueFull,
     QueueTimeout,
@@ -47,6 +48,7 @@ V2_ROOT = "/v2"
 STATUSES: dict[type[Refusal], int] = {
     MalformedRequest: 400,
     UnknownModel: 404,
+    NoLatentMap: 404,
     ImageTooLarge: 413,
     RequestTooLarge: 413,
     UnsupportedImage: 415,

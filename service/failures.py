@@ -50,6 +50,12 @@ class UnknownModel(Refusal):
     code = "unknown_model"
 
 
+class NoLatentMap(Refusal):
+    """The model's folder holds no latent_map.json."""
+
+    code = "no_latent_map"
+
+
 class ModelUnavailable(Refusal):
     """The checkpoint was tried and failed to load."""
 

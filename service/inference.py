@@ -18,8 +18,10 @@ from opentelemetry.trace import Tracer
 
 import latent_cnf
 from latent_cnf import SolverError, model_folder, outlier
+from latent_cnf.completion import IMPUTATION_STEPS, Completion, check_mask, prior_draws
 from latent_cnf.config import DEFAULT_SOLVER, SolverConfig
 from latent_cnf.device import resolve_device
+from latent_cnf.latent_map import LatentMap
 from latent_cnf.model import LatentCNF, Score, Trajectory
 
 from . import metrics
@@ -28,6 +30,7 @@ from .call_spans import DISABLED, ModelCall, record_calls
 from .cost import WorkShape, measured_dopri5_nfe, row_evaluation_units, solve_evaluations
 from .failures import (
     ClientClosed,
+    InvalidRequest,
     InvalidSolver,
     LabelNotSupported,
     ModelUnavailable,
@@ -36,7 +39,7 @@ from .failures import (
     SolverFailed,
     UnknownModel,
 )
-from .model_calls import BatchKey, Encoded, SampleChunk, SampleJob, ScoreChunk
+from .model_calls import BatchKey, CompleteChunk, Encoded, SampleChunk, SampleJob, ScoreChunk
 from .model_process import InProcess, InThread, Runner
 from .settings import Settings
 
@@ -60,6 +63,7 @@ class ServedModel:
     sha256: str
     device: str
     reference: np.ndarray | None  # the score reference's log-likelihood quantiles 0..100
+    latent_map: LatentMap | None = None  # latent_map.json: the fixed 2-D view of the latent
 
     @property
     def prior_uses_labels(self) -> bool:
@@ -177,6 +181,7 @@ class ModelHub:
             sha256=model_folder.weights_sha256(name),
             device=self.device,
             reference=np.asarray(quantiles) if quantiles else None,
+            latent_map=model_folder.read_latent_map(name),
         )
 
     async def warm_up(self, served: ServedModel) -> None:
@@ -245,18 +250,26 @@ class ModelHub:
         served = self.models[key.model]
         hyper = sum(p.numel() for p in served.model.prior.parameters())  # the CNF's are its hypernetwork's
         row_units = row_evaluation_units(key.solver, hyper)
+        classes = served.model.config.score_classes
         if key.kind == "score":
-            rows = key.importance_samples * served.model.config.score_classes
+            rows = key.importance_samples * classes
             nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.serving, "scoring"))
             # + 1 row: the density at the posterior mean
             return WorkShape(rows=rows + 1, nfe=nfe, decoded=rows, row_units=row_units)
+        if key.kind == "complete":  # every proposal's density, and the prior's draws pushed through the flow first
+            rows = key.importance_samples * classes
+            pushed = prior_draws(key.importance_samples) * classes
+            nfe = solve_evaluations(key.solver, 2, measured_dopri5_nfe(served.serving, "scoring"))
+            decoded = rows + IMPUTATION_STEPS * classes
+            return WorkShape(rows=rows + pushed, nfe=nfe, decoded=decoded, row_units=row_units)
         nfe = solve_evaluations(key.solver, key.frames, measured_dopri5_nfe(served.serving, "sampling"))
         return WorkShape(rows=1, nfe=nfe, decoded=key.frames, row_units=row_units)
 
     def most_units(self, key: BatchKey) -> int:
         """Memory cap of one call: samples, or the images whose latent rows (K x labels) fit max_score_rows."""
-        if key.kind == "score":
-            return max(1, self.settings.max_score_rows // (self.work_shape(key).rows - 1))
+        if key.kind in ("score", "complete"):
+            classes = self.models[key.model].model.config.score_classes
+            return max(1, self.settings.max_score_rows // (key.importance_samples * classes))
         return self.settings.max_batch
 
     def capacity(self, key: BatchKey) -> int:
@@ -347,6 +360,33 @@ class ModelHub:
         chunks = [Part(p.cost, ScoreChunk(images[p.payload], seeds[p.payload])) for p in parts]
         return join_scores(await self._submit(key, chunks, heavy, disconnected))
 
+    async def complete(
+        self,
+        served: ServedModel,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        k: int,
+        importance_samples: int,
+        seed: int,
+        disconnected: Disconnected | None = None,
+    ) -> Completion:
+        """The k heaviest completions of one binary image (28, 28) given its observed pixels, from
+        `importance_samples` proposals per label drawn from `seed` alone, whatever else shares the call."""
+        try:
+            check_mask(mask)
+        except ValueError as error:
+            raise InvalidRequest(str(error)) from None
+        total = importance_samples * served.model.config.score_classes
+        if k > total:
+            raise InvalidRequest(f"k: at most {total} completions of {importance_samples} proposals per label")
+        solver = self.score_solver(served)
+        key = BatchKey(kind="complete", model=served.name, solver=solver, importance_samples=importance_samples)
+        (part,), heavy = self.plan(key, 1)
+        chunk = CompleteChunk(image, mask, seed, k)
+        (result,) = await self._submit(key, [Part(part.cost, chunk)], heavy, disconnected)
+        completion: Completion = result
+        return completion
+
     async def _submit(
         self, key: BatchKey, parts: list[Part], heavy: bool, disconnected: Disconnected | None
     ) -> list[Any]:
@@ -385,6 +425,8 @@ class ModelHub:
         if key.kind == "score":
             size = sum(len(chunk.images) for chunk in chunks)
             metrics.IMAGES_SCORED.labels(model=key.model).inc(size)
+        elif key.kind == "complete":
+            size = len(chunks)  # one image each
         else:
             size = sum(chunk.size for chunk in chunks)
             metrics.SAMPLES.labels(model=key.model).inc(size)

@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 
 import torch
 
+from latent_cnf.completion import Completion, complete
 from latent_cnf.config import SolverConfig
 from latent_cnf.images import image_pngs
 from latent_cnf.model import LatentCNF, Score, Trajectory
@@ -21,11 +22,11 @@ from latent_cnf.model import LatentCNF, Score, Trajectory
 class BatchKey:
     """What must be equal for requests to share a model call."""
 
-    kind: Literal["generate", "trajectory", "score"]
+    kind: Literal["generate", "trajectory", "score", "complete"]
     model: str
     solver: SolverConfig
     frames: int = 2  # decoded times of a sampling solve
-    importance_samples: int = 0  # K of a score
+    importance_samples: int = 0  # K of a score, or proposals per label of a completion
     pngs: bool = False  # sampling: each sample's final image also as PNG bytes, encoded where the call runs
 
 
@@ -71,6 +72,14 @@ class ScoreChunk:
 
 
 @dataclass(frozen=True)
+class CompleteChunk:
+    image: torch.Tensor  # (28, 28) binarized pixels
+    mask: torch.Tensor  # (28, 28) bool: the observed pixels
+    seed: int  # of the request's proposals
+    k: int  # completions it asks for
+
+
+@dataclass(frozen=True)
 class Encoded:
     """A sampling chunk's result with its samples' final images as PNGs (a JSON answer's `images`). Encoded in the
     model process: a one-sample answer's PNG and pixel conversion were a quarter of the HTTP process's CPU for
@@ -80,8 +89,8 @@ class Encoded:
     pngs: list[bytes]
 
 
-Chunk = SampleChunk | ScoreChunk
-Result = Trajectory | Score | Encoded
+Chunk = SampleChunk | ScoreChunk | CompleteChunk
+Result = Trajectory | Score | Completion | Encoded
 
 
 def split_trajectory(path: Trajectory, sizes: Sequence[int]) -> list[Trajectory]:
@@ -114,6 +123,12 @@ def split_score(score: Score, sizes: Sequence[int]) -> list[Score]:
 def forward(model: LatentCNF, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]:
     """One merged call: every chunk's result (on the CPU) and the call's function evaluations."""
     device = model.device
+    if key.kind == "complete":
+        asked = cast(Sequence[CompleteChunk], chunks)
+        images, masks = torch.stack([chunk.image for chunk in asked]), torch.stack([chunk.mask for chunk in asked])
+        seeds = torch.tensor([chunk.seed for chunk in asked])
+        done = complete(model, images, masks, [c.k for c in asked], key.importance_samples, seeds, key.solver)
+        return list(done), done[0].nfe
     if key.kind == "score":
         scored = cast(Sequence[ScoreChunk], chunks)
         images = torch.cat([chunk.images for chunk in scored]).to(device)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from latent_cnf.completion import MaskName
 from latent_cnf.config import MAX_STEPS, MAX_TOLERANCE, MIN_TOLERANCE, SolverMethod
 from latent_cnf.model import MAX_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
 MAX_MODEL_NAME = 128
 DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES = 64, 1024  # K of a score, by /score and /v2 alike
+DEFAULT_COMPLETIONS, MAX_COMPLETIONS = 8, 32  # k of a completion
+DEFAULT_PROPOSALS = 32  # proposals per label of a completion (its K)
+SIDE = 28  # pixels along each side of the images the models read
 TEMPERATURE_HELP = "scales the base noise (as in Glow): below 1, more typical samples, less variety"
 # Raw bytes in /openapi.json (a file part, a PNG answer, binary tensors): `format: binary` is how the clients
 # generated from the document (openapi-python-client, openapi-generator) know a file from a text field.
@@ -66,6 +70,14 @@ class GenerateResponse(BaseModel):
     latents: list[list[float]]
 
 
+class MapPosition(BaseModel):
+    x: float
+    y: float
+    covariance: list[list[float]] = Field(
+        description="2x2 covariance of the position: the encoder posterior's spread, projected onto the map"
+    )
+
+
 class ImageScore(BaseModel):
     filename: str
     log_likelihood_nats: float = Field(description="IWAE lower bound on log p(x) of the binarized image, in nats")
@@ -90,6 +102,10 @@ class ImageScore(BaseModel):
         description="p(label | image) for labels 0..9 (label-conditioned models): the softmax of the "
         "class-conditional bounds, Bayes' rule under the uniform class prior, exact up to the bounds' gaps"
     )
+    latent_map: MapPosition | None = Field(
+        description="where the encoder's posterior of this image (the one whose mean reconstruction_png decodes) "
+        "lies on the model's latent map (GET /latent-map); null for a model without a map"
+    )
     input_png: str = Field(description="base64 PNG of the binarized 28x28 image that was scored")
     reconstruction_png: str = Field(
         description="base64 PNG of the pixel means decoded from the encoder mean whose density "
@@ -107,6 +123,96 @@ class TrajectoryStep(BaseModel):
     t: float
     latents: list[list[float]]
     images: list[str] = Field(description="base64 PNG per sample at this time")
+    map_points: list[list[float]] | None = Field(
+        description="each sample's [x, y] on the model's latent map (GET /latent-map) at this time; null for a "
+        "model without a map"
+    )
+
+
+class MapPoint(BaseModel):
+    index: int = Field(description="the image's index in the model's test split")
+    label: int
+    x: float
+    y: float
+
+
+class LatentMapResponse(BaseModel):
+    model: str
+    method: str = Field(description="how the map was fitted")
+    latent_dim: int
+    mean: list[float] = Field(description="a latent z lies at ((z - mean) @ axes^T) / scale on the map")
+    axes: list[list[float]] = Field(description="the two principal directions, unit vectors of latent_dim")
+    scale: list[float] = Field(description="the test encodings' std along each axis: one map unit")
+    explained_variance: list[float] = Field(description="share of the test encodings' variance along each axis")
+    points: list[MapPoint] = Field(description="encoder means of test images, the first of each label, projected")
+
+
+Pixels = Annotated[
+    list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]], Field(min_length=SIDE, max_length=SIDE)
+]
+MaskRow = Annotated[list[bool], Field(min_length=SIDE, max_length=SIDE)]
+# the example's image: a horizontal bar in the top half, which the model may complete to a 7, a 5 or a 9
+BAR: list[Any] = [
+    [1.0 if 10 <= row < 14 and 9 <= column < 19 else 0.0 for column in range(SIDE)] for row in range(SIDE)
+]
+
+
+class CompleteRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"image": BAR, "mask": "top", "k": 4, "seed": 0}]},
+    )
+
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_MODEL_NAME,
+        description="served model name (default: LATENT_CNF_DEFAULT_MODEL)",
+    )
+    image: list[Pixels] = Field(
+        min_length=SIDE,
+        max_length=SIDE,
+        description="28 rows of 28 intensities in [0, 1], white ink on black as in MNIST; binarized at 0.5",
+    )
+    mask: MaskName | Annotated[list[MaskRow], Field(min_length=SIDE, max_length=SIDE)] = Field(
+        description="the observed pixels: a named half of the image, or 28 rows of 28 booleans (true: observed)"
+    )
+    k: int = Field(DEFAULT_COMPLETIONS, ge=1, le=MAX_COMPLETIONS, description="completions returned")
+    importance_samples: int = Field(
+        DEFAULT_PROPOSALS, ge=1, le=MAX_IMPORTANCE_SAMPLES, description="proposals per label (K); at least k"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of the proposals; omitted = a fresh one, returned"
+    )
+
+
+class CompletionImage(BaseModel):
+    image: str = Field(
+        description="base64 PNG: the observed pixels as sent (binarized), the others the decoder's means"
+    )
+    weight: float = Field(description="normalized importance weight among the returned completions (they sum to 1)")
+    label: int | None = Field(description="the label it was drawn under (models whose prior uses labels)")
+    latent: list[float]
+
+
+class CompleteResponse(BaseModel):
+    model: str
+    mask: str = Field(description="the named mask, or 'custom'")
+    observed_pixels: int
+    seed: int
+    importance_samples: int = Field(description="proposals per label")
+    proposals: int = Field(description="proposals in all: importance_samples x the labels scored")
+    effective_sample_size: float = Field(
+        description="1 / sum of the squared normalized weights of all proposals: how many independent posterior "
+        "draws they are worth (1 to proposals)"
+    )
+    mass: float = Field(description="the share of all proposals' weight that the returned completions carry")
+    label_probabilities: list[float] | None = Field(
+        description="p(label | observed pixels) for labels 0..9 (models whose prior uses labels)"
+    )
+    predicted_label: int | None
+    nfe: int = Field(description="ODE function evaluations of the model call")
+    completions: list[CompletionImage] = Field(description="the k heaviest proposals, heaviest first")
 
 
 class TrajectoryResponse(BaseModel):

@@ -1,6 +1,7 @@
-"""The service's operations as Open Inference Protocol models: `<model>.generate` and `<model>.score` for each
-served checkpoint, with named tensors in and out, run by the same hub, batcher and limits as /generate and
-/score. docs/api.md describes the mapping; this module is where it is defined."""
+"""The service's operations as Open Inference Protocol models: `<model>.generate`, `<model>.score` and
+`<model>.complete` for each served checkpoint, with named tensors in and out, run by the same hub, batcher and
+limits as /generate, /score and /complete. docs/api.md describes the mapping; this module is where it is
+defined."""
 
 from __future__ import annotations
 
@@ -18,12 +19,21 @@ from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownMod
 from .inference import Disconnected, ModelHub, ServedModel, fresh_seed
 from .model_calls import SampleJob
 from .open_inference import ModelMetadata, TensorMetadata
-from .schemas import DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES, MAX_MODEL_NAME, GenerateRequest
+from .schemas import (
+    DEFAULT_COMPLETIONS,
+    DEFAULT_IMPORTANCE_SAMPLES,
+    DEFAULT_PROPOSALS,
+    MAX_COMPLETIONS,
+    MAX_IMPORTANCE_SAMPLES,
+    MAX_MODEL_NAME,
+    MAX_SEED,
+    GenerateRequest,
+)
 from .scores import score_rows
 from .settings import Settings
 
-Operation = Literal["generate", "score"]
-OPERATIONS: tuple[Operation, ...] = ("generate", "score")
+Operation = Literal["generate", "score", "complete"]
+OPERATIONS: tuple[Operation, ...] = ("generate", "score", "complete")
 PLATFORM = "pytorch"
 IMAGE = (1, 28, 28)
 # Score outputs and the field of the score rows (service/scores.py) each one carries, all FP64 [m].
@@ -57,6 +67,14 @@ class V2Model:
 
     @property
     def inputs(self) -> list[Tensor]:
+        if self.operation == "complete":
+            return [
+                Tensor("IMAGE", "FP32", (1, *IMAGE)),
+                Tensor("MASK", "BOOL", (1, *IMAGE)),
+                Tensor("K", "INT32", (1,), True),
+                Tensor("IMPORTANCE_SAMPLES", "INT32", (1,), True),
+                Tensor("SEED", "INT64", (1,), True),
+            ]
         if self.operation == "score":
             return [Tensor("IMAGES", "FP32", (-1, *IMAGE)), Tensor("IMPORTANCE_SAMPLES", "INT32", (1,), True)]
         label = [Tensor("LABEL", "INT32", (1,), True)] if self.served.prior_uses_labels else []
@@ -70,6 +88,20 @@ class V2Model:
     @property
     def outputs(self) -> list[Tensor]:
         uses_labels = self.served.prior_uses_labels
+        if self.operation == "complete":
+            return [
+                Tensor("COMPLETIONS", "FP32", (-1, *IMAGE)),
+                Tensor("WEIGHTS", "FP64", (-1,)),
+                Tensor("LATENTS", "FP32", (-1, self.served.model.config.latent_dim)),
+                *(
+                    [Tensor("LABELS", "INT32", (-1,)), Tensor("LABEL_PROBABILITIES", "FP64", (10,))]
+                    if uses_labels
+                    else []
+                ),
+                Tensor("EFFECTIVE_SAMPLE_SIZE", "FP64", (1,)),
+                Tensor("SEED", "INT64", (1,)),
+                Tensor("NFE", "INT32", (1,)),
+            ]
         if self.operation == "score":
             return [
                 *(Tensor(name, "FP64", (-1,)) for name in SCORE_FIELDS),
@@ -130,7 +162,7 @@ def lookup(hub: ModelHub, name: str) -> V2Model:
     base, _, operation = name.rpartition(".")
     if operation not in OPERATIONS or not base:
         shown = name if len(name) <= MAX_MODEL_NAME else f"{name[:MAX_MODEL_NAME]}..."
-        raise UnknownModel(f"no model {shown!r}; models are named <model>.generate or .score")
+        raise UnknownModel(f"no model {shown!r}; models are named <model>.generate, .score or .complete")
     return V2Model(name, hub.get(base), operation)
 
 
@@ -155,7 +187,7 @@ def _check_inputs(model: V2Model, tensors: dict[str, np.ndarray]) -> None:
                 raise MalformedRequest(f"input {tensor.name!r} is required")
             continue
         kind = tensors[tensor.name].dtype.kind
-        wanted = "f" if tensor.datatype.startswith("FP") else "iu"
+        wanted = "f" if tensor.datatype.startswith("FP") else "biu" if tensor.datatype == "BOOL" else "iu"
         if kind not in wanted:
             raise MalformedRequest(f"input {tensor.name!r} must be {tensor.datatype} (or another of its kind)")
 
@@ -167,6 +199,8 @@ async def run(
     _check_inputs(model, tensors)
     if model.operation == "score":
         outputs = await _score(model, hub, tensors, disconnected)
+    elif model.operation == "complete":
+        outputs = await _complete(model, hub, tensors, disconnected)
     else:
         outputs = await _generate(model, hub, tensors, disconnected)
     return {tensor.name: outputs[tensor.name] for tensor in model.outputs}  # in the metadata's order
@@ -218,10 +252,7 @@ async def _score(
     images = binarize(tensors["IMAGES"])
     if not 1 <= len(images) <= settings.max_files:
         raise TooManyFiles(f"1 to {settings.max_files} images per request, got {len(images)}")
-    k = _scalar(tensors, "IMPORTANCE_SAMPLES")
-    k = DEFAULT_IMPORTANCE_SAMPLES if k is None else int(k)
-    if not 1 <= k <= MAX_IMPORTANCE_SAMPLES:
-        raise InvalidRequest(f"input IMPORTANCE_SAMPLES: must be 1 to {MAX_IMPORTANCE_SAMPLES}")
+    k = _count(tensors, "IMPORTANCE_SAMPLES", DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES)
     score = await hub.score(model.served, images, k, disconnected)
     rows = score_rows(model.served, images, score, verdict=False)  # v2 returns no verdict: nothing slow left
     outputs = {name: ("FP64", np.array([getattr(row, field) for row in rows])) for name, field in SCORE_FIELDS.items()}
@@ -229,4 +260,45 @@ async def _score(
         outputs["PREDICTED_LABEL"] = ("INT32", np.array([row.predicted_label for row in rows]))
     if model.served.reference is not None:
         outputs["PERCENTILE"] = ("FP64", np.array([row.percentile for row in rows]))
+    return outputs
+
+
+def _count(tensors: dict[str, np.ndarray], name: str, default: int, most: int) -> int:
+    """An optional count input, 1..most."""
+    value = _scalar(tensors, name)
+    count = default if value is None else int(value)
+    if not 1 <= count <= most:
+        raise InvalidRequest(f"input {name}: must be 1 to {most}")
+    return count
+
+
+async def _complete(
+    model: V2Model, hub: ModelHub, tensors: dict[str, np.ndarray], disconnected: Disconnected
+) -> dict[str, tuple[str, np.ndarray]]:
+    """As POST /complete with a custom mask: the same limits, seed handling and batched call."""
+    image = binarize(tensors["IMAGE"])
+    mask = tensors["MASK"]
+    if len(image) != 1:
+        raise MalformedRequest(f"IMAGE must hold one image, [1, 28, 28] or [1, 1, 28, 28], not {len(image)}")
+    if mask.size != image.numel() or not np.isin(mask, (0, 1)).all():
+        raise MalformedRequest(f"MASK must hold {image.numel()} values, each 0 or 1 (1: observed)")
+    k = _count(tensors, "K", DEFAULT_COMPLETIONS, MAX_COMPLETIONS)
+    proposals = _count(tensors, "IMPORTANCE_SAMPLES", DEFAULT_PROPOSALS, MAX_IMPORTANCE_SAMPLES)
+    given = _scalar(tensors, "SEED")
+    if given is not None and not 0 <= given <= MAX_SEED:
+        raise InvalidRequest(f"input SEED: must be 0 to {MAX_SEED}")
+    seed = fresh_seed(None if given is None else int(given))
+    observed = torch.from_numpy(mask.astype(bool).reshape(IMAGE[1:]))
+    done = await hub.complete(model.served, image[0], observed, k, proposals, seed, disconnected)
+    outputs = {
+        "COMPLETIONS": ("FP32", done.images.numpy()),
+        "WEIGHTS": ("FP64", done.weights.double().numpy()),
+        "LATENTS": ("FP32", done.latents.numpy()),
+        "EFFECTIVE_SAMPLE_SIZE": ("FP64", np.array([done.effective_sample_size])),
+        "SEED": ("INT64", np.array([seed])),
+        "NFE": ("INT32", np.array([done.nfe])),
+    }
+    if done.labels is not None and done.label_probabilities is not None:
+        outputs["LABELS"] = ("INT32", done.labels.numpy())
+        outputs["LABEL_PROBABILITIES"] = ("FP64", done.label_probabilities.double().numpy())
     return outputs

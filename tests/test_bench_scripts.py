@@ -38,6 +38,7 @@ RUNS = {
         " --fid-batch-size 10 --reference-images 50",
         ["sample(): samples/s by batch size", "score(): images/s", "Quality: FID of 20 samples"],
     ),
+    "completion": ("--images 3 --importance-samples 2 --k 2 --threads 1", ["mean_ess_mixture", "label_accuracy"]),
     "compile": ("--batch-sizes 1 --importance-samples 2 --min-time 0.01 --backend eager", ["eager / compiled"]),
     "cost_model": (
         "--batch-sizes 1,16 --steps 4,8 --score-images 1 --importance-samples 2 --adaptive-batch 2 --min-time 0",
@@ -51,7 +52,13 @@ RUNS = {
     "service": (
         "--scenarios healthz,generate-1,naive-generate-1,peer-generate-1,kserve-generate-1,baseline-generate-1 "
         "--concurrency 1 --duration 0.5 --warmup 0.1 --timeout 20 --baseline .",  # this checkout as its own baseline
-        ["/generate n=1 against the references", "peer-generate-1", "ours / KServe", "ours / baseline", "same call alone ms"],
+        [
+            "/generate n=1 against the references",
+            "peer-generate-1",
+            "ours / KServe",
+            "ours / baseline",
+            "same call alone ms",
+        ],
     ),
     "service --overload": ("--burst-seconds 1 --burst-concurrency 16 --queue 2 --timeout 20", ["Overload"]),
     "service --soak": ("0.05 --soak-concurrency 2 --timeout 20", ["Soak summary"]),
@@ -64,7 +71,7 @@ def run_script(name: str, data_dir: Path) -> str:
     script, *mode = name.split()
     arguments, _ = RUNS[name]
     command = [sys.executable, str(BENCH / f"{script}.py"), *mode, *shlex.split(arguments)]
-    if script in ("model", "prior_step", "train_step"):
+    if script in ("model", "prior_step", "train_step", "completion"):
         command += ["--data-dir", str(data_dir)]
     done = subprocess.run(
         command,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -88,9 +90,9 @@ def open_view(page, name: str) -> None:
     expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
 
 
-def strokes(page, viewport: str, lines: list[list[tuple[float, float]]]) -> None:
-    """Draw polylines given in canvas fractions: mouse on the desktop, a finger on the phone."""
-    box = page.locator("#pad").bounding_box()
+def strokes(page, viewport: str, lines: list[list[tuple[float, float]]], pad: str = "#pad") -> None:
+    """Draw polylines given in canvas fractions on a pad: mouse on the desktop, a finger on the phone."""
+    box = page.locator(pad).bounding_box()
 
     def at(point: tuple[float, float]) -> tuple[float, float]:
         return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
@@ -151,6 +153,10 @@ def test_drawing_a_one_is_scored_and_ranked_first(page, viewport):
     expect(page.locator("#verdict")).not_to_have_text("-")
     loaded(page.locator("#input-image"))
     loaded(page.locator("#reconstruction-image"))
+    latent_map = page.locator("#map-draw")  # the test digits, and the drawing with its spread
+    expect(latent_map).to_have_attribute("data-points", "1000")
+    expect(latent_map).to_have_attribute("data-encoding", re.compile(r"^-?\d+\.\d{3},-?\d+\.\d{3}$"))
+    expect(page.locator("#draw .legend li")).to_have_count(10)
     check_layout(page, viewport, "draw")
     assert page.console.errors == []
 
@@ -203,6 +209,10 @@ def test_play_the_flow(page, viewport):
     page.get_by_role("button", name="Play").click()
     expect(image).to_have_attribute("data-frame", "40")  # played to the end on its own
     expect(page.locator("#flow-time")).to_have_text("t = 10.00")
+    expect(page.locator("#map-flow")).to_have_attribute("data-path", "41")  # the whole path, base noise to latent
+    strip = page.locator("#flow-strip")  # GET /trajectory's PNG: 11 columns of 56-pixel tiles, titled
+    expect(strip).to_have_js_property("complete", True)
+    assert strip.evaluate("img => img.naturalWidth") == 11 * 60 + 4
     check_layout(page, viewport, "flow")
     assert image.get_attribute("src") != first
     expect(page.locator("#flow-play")).to_have_text("Play")
@@ -232,6 +242,30 @@ def test_move_the_interpolation_slider(page, viewport):
     expect(page.locator("#interp-t")).to_have_text("t = 0.25")
     expect(image).to_have_attribute("data-t", "0.25")
     check_layout(page, viewport, "interpolate")
+    assert page.console.errors == []
+
+
+def test_half_a_digit_is_completed_as_it_is_drawn(page, viewport):
+    """The loop of a 9 drawn in the observed half: eight completions with their weights, and p(label | half)."""
+    open_view(page, "Complete")
+    expect(page.locator("#complete-mask")).to_have_value("top")
+    loop = [(0.5 + 0.14 * math.cos(a * math.pi / 6), 0.3 - 0.13 * math.sin(a * math.pi / 6)) for a in range(13)]
+    strokes(page, viewport, [loop, [(0.64, 0.3), (0.63, 0.48)]], "#complete-pad")
+    figures = page.locator("#completions figure")
+    expect(figures).to_have_count(8)
+    weights = [float(w) for w in figures.evaluate_all("items => items.map(f => f.dataset.weight)")]
+    assert abs(sum(weights) - 1) < 1e-4 and weights == sorted(weights, reverse=True)
+    for i in range(8):
+        loaded(figures.nth(i).locator("img"))
+    kept = pixels(figures.nth(0).locator("img"))[:14]  # the observed half comes back as drawn, binarized
+    assert set(np.unique(kept)) <= {0, 255} and (kept == 255).sum() > 10
+    expect(page.locator("#complete-probs li")).to_have_count(10)
+    expect(page.locator("#complete-ess")).to_contain_text("Effective sample size")
+    check_layout(page, viewport, "complete")
+    page.locator("#complete-mask").select_option("left")  # the same drawing, another half observed: asked again
+    expect(page.locator("#complete-status")).to_have_text("Completed by mnist-final-cond.")
+    page.get_by_role("button", name="Clear").last.click()
+    expect(figures).to_have_count(0)
     assert page.console.errors == []
 
 
@@ -273,14 +307,14 @@ def test_views_are_reachable_from_the_keyboard(page, viewport):
     expect(page.locator("#gen-label")).to_be_focused()
     page.get_by_role("tab", name="Draw and score").focus()
     page.keyboard.press("ArrowLeft")  # wraps around to the last view
-    expect(page.locator("#interpolate")).to_be_visible()
+    expect(page.locator("#complete")).to_be_visible()
     expect(page.locator("#draw")).to_be_hidden()
     assert page.console.errors == []
 
 
 def test_images_with_nothing_to_show_yet_are_not_drawn_as_broken(page, viewport):
     """Before anything is drawn or generated, no <img> shows a broken-image icon or its alt text."""
-    for view in ("Draw and score", "Watch the flow", "Interpolate"):
+    for view in ("Draw and score", "Watch the flow", "Interpolate", "Complete"):
         if page.get_by_role("tab", name=view).count():
             open_view(page, view)
         broken = page.evaluate(

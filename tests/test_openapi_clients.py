@@ -79,6 +79,8 @@ def test_operation_ids_are_the_route_names() -> None:
             "interpolate",
             "score",
             "trajectory",
+            "complete",
+            "latent_map",
             "list_models",
             "get_model",
             "healthz",
@@ -202,6 +204,25 @@ def check_trajectory(api: SimpleNamespace) -> None:
     assert all(len(step.images) == len(step.latents) == 2 for step in body.trajectory)
     strip = api.client.get_httpx_client().get("/trajectory", params={"steps": 3, "seed": 5, "label": 4})
     assert strip.status_code == 200 and strip.headers["content-type"] == "image/png"  # the default: raw
+
+
+def check_complete(api: SimpleNamespace) -> None:
+    image = digit_pixels().reshape(28, 28).tolist()
+    request = api.models.CompleteRequest(image=image, mask=api.models.CompleteRequestMaskType0.TOP, k=3, seed=2)
+    status, body = call(api, "complete", body=request)
+    assert status == 200 and isinstance(body, api.models.CompleteResponse), body
+    assert (body.model, body.mask, body.observed_pixels, body.seed, body.predicted_label) == (MODEL, "top", 392, 2, 7)
+    assert len(body.completions) == 3 and math.isclose(sum(c.weight for c in body.completions), 1, abs_tol=1e-5)
+    assert all(pixels(c.image).shape == (28, 28) for c in body.completions)
+    status, error = call(api, "complete", body=api.models.CompleteRequest(image=image, mask=[[True] * 28] * 28))
+    assert status == 422 and isinstance(error, api.models.ErrorBody) and "every pixel" in error.error.message
+
+
+def check_latent_map(api: SimpleNamespace) -> None:
+    status, body = call(api, "latent_map", model=MODEL)
+    assert status == 200 and isinstance(body, api.models.LatentMapResponse)
+    assert body.latent_dim == len(body.mean) == len(body.axes[0]) and len(body.points) == 1000
+    assert {point.label for point in body.points} == set(range(10))
 
 
 def check_list_models(api: SimpleNamespace) -> None:

@@ -195,7 +195,7 @@ def test_score_takes_images_without_a_channel_and_binarizes_at_one_half(client):
     "path, body, status, message",
     [
         ("/v2/models/nope.generate/infer", {"inputs": []}, 404, "no model 'nope'"),
-        ("/v2/models/mnist-final-cond.train/infer", {"inputs": []}, 404, "<model>.generate or .score"),
+        ("/v2/models/mnist-final-cond.train/infer", {"inputs": []}, 404, "<model>.generate, .score or .complete"),
         (GENERATE, {"inputs": []}, 400, "input 'N' is required"),
         (GENERATE, {"inputs": [scalar("N", "INT32", 0)]}, 422, "input N: Input should be greater than or equal to 1"),
         (GENERATE, {"inputs": [scalar("N", "FP32", 1)]}, 400, "input 'N' must be INT32"),

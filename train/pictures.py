@@ -15,6 +15,7 @@ import latent_cnf
 from latent_cnf import data
 from latent_cnf.device import resolve_device
 from latent_cnf.images import grid, trajectory_strip
+from latent_cnf.latent_map import LatentMap
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
@@ -37,12 +38,12 @@ def scatter(
 
 
 def project(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Identity for 2-D latents, else the first two principal axes of `reference` applied to all."""
+    """Identity for 2-D latents, else the first two principal axes of `reference` (the latent map's, unwhitened:
+    the spreads along them stay comparable) applied to all."""
     if reference.shape[1] == 2:
         return [reference, *others]
-    mean = reference.mean(0)
-    _, _, v = torch.linalg.svd(reference - mean, full_matrices=False)
-    return [(x - mean) @ v[:2].T for x in (reference, *others)]
+    fitted = LatentMap.fit(reference)
+    return [((x.double() - fitted.mean) @ fitted.axes.T).float() for x in (reference, *others)]
 
 
 def build_parser() -> argparse.ArgumentParser:

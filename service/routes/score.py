@@ -25,6 +25,7 @@ from ..schemas import (
 )
 from ..scores import score_rows
 from ..uploads import check_request_pixels, decode_image
+from .latent_map import positions
 
 router = APIRouter(tags=["score"])
 PREPROCESSORS = {"mnist": preprocess_mnist, "resize": preprocess_resize}
@@ -81,8 +82,9 @@ async def score(
     score = await hub.score(served, batch, importance_samples, request.is_disconnected)
     rows = await offload.encode(len(batch), score_rows, served, batch, score)
     pictures = await offload.encode(len(batch), encode_pictures, batch, score.decoded_mean)
+    places = positions(served.latent_map, score.encoder_mean, score.encoder_std)
     results = [
-        ImageScore(filename=name, importance_samples=importance_samples, **picture, **vars(row))
-        for name, row, picture in zip(names, rows, pictures, strict=True)
+        ImageScore(filename=name, importance_samples=importance_samples, latent_map=place, **picture, **vars(row))
+        for name, row, picture, place in zip(names, rows, pictures, places, strict=True)
     ]
     return ScoreResponse(model=served.name, preprocess=preprocess, results=results)

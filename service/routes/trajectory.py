@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from latent_cnf.images import image_pngs, png_bytes, trajectory_strip
+from latent_cnf.latent_map import LatentMap
 from latent_cnf.model import MAX_TEMPERATURE, Trajectory
 
 from .. import offload
@@ -56,11 +57,18 @@ async def trajectory(
     path = await hub.sample("trajectory", served, job, solver, steps, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
         images = n * steps
-        return await offload.encode(images, respond, served.name, seed, temperature, label, path, format == "png")
+        answer = (served.name, seed, temperature, label, path, served.latent_map, format == "png")
+        return await offload.encode(images, respond, *answer)
 
 
 def respond(
-    model: str, seed: int, temperature: float, label: int | None, path: Trajectory, as_png: bool
+    model: str,
+    seed: int,
+    temperature: float,
+    label: int | None,
+    path: Trajectory,
+    latent_map: LatentMap | None,
+    as_png: bool,
 ) -> Response | TrajectoryResponse:
     """PNG encoding off the event loop (a worker thread per response)."""
     if as_png:
@@ -79,6 +87,7 @@ def respond(
                 t=float(t),
                 latents=path.latents[i].tolist(),
                 images=[base64.b64encode(png).decode() for png in image_pngs(path.images[i])],
+                map_points=latent_map.project(path.latents[i]).tolist() if latent_map is not None else None,
             )
             for i, t in enumerate(path.times)
         ],

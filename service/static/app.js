@@ -1,14 +1,23 @@
-// The demo page: plain JavaScript over the public API (/v1/models, /score, /generate, /trajectory, /interpolate).
+// The demo page: plain JavaScript over the public API (/v1/models, /score, /generate, /trajectory, /interpolate,
+// /latent-map, /complete).
 "use strict";
 
-const SCORE_DEBOUNCE_MS = 250; // score once the pen has rested this long: live, without a request per stroke point
+const DEBOUNCE_MS = 250; // ask once the pen has rested this long: live, without a request per stroke point
 const FLOW_STEPS = 41; // frames of the flow animation (t0 to t1), enough for smooth motion
+const STRIP_STEPS = 11; // columns of the trajectory strip
 const FRAME_MS = 70;
 const INK_WIDTH = 18; // at the canvas' 280 px: MNIST-like stroke width once fitted into 20x20
+const COMPLETE_INK_WIDTH = 26; // the completion pad is read as it is, 280 px to 28: 2.6 pixels, as MNIST's strokes
+const SIDE = 28; // pixels along each side of the images the models read
+const COMPLETIONS = 8;
+const MAP_RANGE = 2.8; // the latent map shows -2.8 to 2.8 standard deviations of the test encodings on each axis
+// Label colours of the latent map, as train/pictures.py draws them
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+  "#17becf"];
 
 const $ = (id) => document.getElementById(id);
 const png = (base64) => `data:image/png;base64,${base64}`;
-const state = { models: [], model: null };
+const state = { models: [], model: null, maps: {} };
 
 /** An API error with the service's code and message, shown to the user as is. */
 class ApiError extends Error {
@@ -83,9 +92,12 @@ function selectModel(name) {
   $("probs-note").hidden = model.prior_uses_labels;
   $("probs").hidden = !model.prior_uses_labels;
   $("grid").replaceChildren();
+  fillLegends();
   resetFlow();
   if (!$("flow").hidden) loadFlow();
-  if (drawing.inked) scheduleScore(0);
+  showDrawingOnMap(null);
+  if (pad.inked) scoring.schedule(0);
+  if (completePad.inked) completing.schedule(0);
   if (!$("interpolate").hidden) loadInterpolation();
 }
 
@@ -130,86 +142,103 @@ for (const tab of tabs) {
   });
 }
 
+// ---- drawing pads and live requests ---------------------------------------------------------------------------
+
+/** A canvas to draw on in white on black with a mouse, pen or finger; `changed` runs as strokes move and end. */
+function makePad(canvas, inkWidth, changed) {
+  const ink = canvas.getContext("2d");
+  const pad = { canvas, inked: false, active: null, last: null };
+  pad.clear = () => {
+    ink.fillStyle = "#000";
+    ink.fillRect(0, 0, canvas.width, canvas.height);
+    pad.inked = false;
+  };
+  const point = (event) => { // CSS pixels to canvas pixels: the canvas is scaled on narrow screens
+    const box = canvas.getBoundingClientRect();
+    return [(event.clientX - box.left) * (canvas.width / box.width), (event.clientY - box.top) * (canvas.height / box.height)];
+  };
+  const stroke = (from, to) => {
+    ink.strokeStyle = "#fff";
+    ink.lineWidth = inkWidth;
+    ink.lineCap = ink.lineJoin = "round";
+    ink.beginPath();
+    ink.moveTo(...from);
+    ink.lineTo(...to);
+    ink.stroke();
+    pad.inked = true;
+  };
+  canvas.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    canvas.setPointerCapture(event.pointerId);
+    pad.active = event.pointerId;
+    pad.last = point(event);
+    stroke(pad.last, pad.last);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (event.pointerId !== pad.active) return;
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+    for (const e of events.length ? events : [event]) {
+      const next = point(e);
+      stroke(pad.last, next);
+      pad.last = next;
+    }
+    changed();
+  });
+  for (const type of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(type, (event) => {
+      if (event.pointerId !== pad.active) return;
+      pad.active = null;
+      changed();
+    });
+  }
+  pad.clear();
+  return pad;
+}
+
+/** `task(signal, ...args)` run now (`run`) or once input has rested (`schedule`); a newer run aborts an older
+ * one's request: only the newest drawing's answer matters. */
+function live(task) {
+  let timer = null;
+  let controller = null;
+  const run = (...args) => {
+    controller?.abort();
+    controller = new AbortController();
+    return task(controller.signal, ...args);
+  };
+  return {
+    run,
+    schedule(delay = DEBOUNCE_MS) { clearTimeout(timer); timer = setTimeout(run, delay); },
+    cancel() { clearTimeout(timer); controller?.abort(); },
+  };
+}
+
 // ---- draw and score ---------------------------------------------------------------------------------------------
 
-const pad = $("pad");
-const ink = pad.getContext("2d");
-const drawing = { active: null, inked: false, timer: null, controller: null, last: null };
-
-function blank() {
-  ink.fillStyle = "#000";
-  ink.fillRect(0, 0, pad.width, pad.height);
-  drawing.inked = false;
-}
-
-function point(event) { // CSS pixels to canvas pixels: the canvas is scaled on narrow screens
-  const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
-}
-
-function stroke(from, to) {
-  ink.strokeStyle = "#fff";
-  ink.lineWidth = INK_WIDTH;
-  ink.lineCap = ink.lineJoin = "round";
-  ink.beginPath();
-  ink.moveTo(...from);
-  ink.lineTo(...to);
-  ink.stroke();
-  drawing.inked = true;
-}
-
-pad.addEventListener("pointerdown", (event) => {
-  event.preventDefault();
-  pad.setPointerCapture(event.pointerId);
-  drawing.active = event.pointerId;
-  drawing.last = point(event);
-  stroke(drawing.last, drawing.last);
+const scoring = live(async (signal, upload) => {
+  const blob = upload ?? await new Promise((resolve) => pad.canvas.toBlob(resolve));
+  await score(blob, upload?.name ?? "drawing.png", signal);
 });
-pad.addEventListener("pointermove", (event) => {
-  if (event.pointerId !== drawing.active) return;
-  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
-  for (const e of events.length ? events : [event]) {
-    const next = point(e);
-    stroke(drawing.last, next);
-    drawing.last = next;
-  }
-  scheduleScore();
-});
-for (const type of ["pointerup", "pointercancel"]) {
-  pad.addEventListener(type, (event) => {
-    if (event.pointerId !== drawing.active) return;
-    drawing.active = null;
-    scheduleScore();
-  });
-}
+const pad = makePad($("pad"), INK_WIDTH, () => scoring.schedule());
 
 $("clear").addEventListener("click", () => {
-  blank();
-  clearTimeout(drawing.timer);
-  drawing.controller?.abort();
+  pad.clear();
+  scoring.cancel();
   showScore(null);
   $("draw-status").textContent = "Draw a digit: it is scored as you draw.";
 });
 
 $("upload").addEventListener("change", () => {
   const file = $("upload").files[0];
-  if (file) score(file, file.name);
+  if (file) scoring.run(file);
 });
 
-function scheduleScore(delay = SCORE_DEBOUNCE_MS) {
-  clearTimeout(drawing.timer);
-  drawing.timer = setTimeout(() => pad.toBlob((blob) => score(blob, "drawing.png")), delay);
-}
-
-async function score(blob, filename) {
-  drawing.controller?.abort(); // only the newest drawing's score matters
-  const controller = (drawing.controller = new AbortController());
+async function score(blob, filename, signal) {
   const form = new FormData();
   form.append("file", blob, filename);
   form.append("model", state.model);
   $("draw-status").textContent = "Scoring...";
   try {
-    const body = await api("/score", { method: "POST", body: form, signal: controller.signal });
+    const body = await api("/score", { method: "POST", body: form, signal });
     clearError($("draw-error"));
     showScore(body.results[0]);
     $("draw-status").textContent = `Scored by ${body.model}.`;
@@ -236,11 +265,11 @@ function showScore(result) {
   else if (result.in_distribution) { verdict.textContent = "yes"; verdict.className = "verdict-in"; }
   else { verdict.textContent = `no (${result.ood_reason.replaceAll("_", " ")})`; verdict.className = "verdict-out"; }
   $("predicted").textContent = result?.predicted_label == null ? "-" : labelName(result.predicted_label);
-  showProbabilities(result?.label_probabilities ?? null);
+  showProbabilities($("probs"), result?.label_probabilities ?? null);
+  showDrawingOnMap(result?.latent_map ?? null);
 }
 
-function showProbabilities(probabilities) {
-  const list = $("probs");
+function showProbabilities(list, probabilities) {
   list.replaceChildren();
   if (!probabilities) return;
   const best = probabilities.indexOf(Math.max(...probabilities));
@@ -270,6 +299,172 @@ function showProbabilities(probabilities) {
     list.append(item);
   });
 }
+
+// ---- the latent map ---------------------------------------------------------------------------------------------
+
+/** The current model's map (GET /latent-map), fetched once per model; null for a model without one. */
+function latentMap() {
+  const model = state.model;
+  if (!(model in state.maps)) state.maps[model] = api(`/latent-map?${query({ model })}`).catch(() => null);
+  return state.maps[model];
+}
+
+function fillLegends() {
+  for (const legend of document.querySelectorAll(".legend")) {
+    legend.replaceChildren(...PALETTE.map((colour, label) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = colour;
+      item.append(swatch, labelName(label));
+      return item;
+    }));
+  }
+}
+
+/** Test digits as points coloured by label; `marks.encoding` a map position with its covariance (drawn as its
+ * 2-sd ellipse), `marks.path` map positions of which the first `marks.upto` + 1 are drawn as a line. */
+function drawMap(canvas, map, marks = {}) {
+  const g = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const scale = width / (2 * MAP_RANGE);
+  const at = ([x, y]) => [width / 2 + x * scale, height / 2 - y * scale];
+  g.fillStyle = "#fff";
+  g.fillRect(0, 0, width, height);
+  canvas.dataset.points = map ? String(map.points.length) : "0";
+  delete canvas.dataset.encoding;
+  delete canvas.dataset.path;
+  if (!map) {
+    g.fillStyle = "#5a6273";
+    g.fillText("no latent map for this model", 10, height / 2);
+    return;
+  }
+  g.globalAlpha = 0.75;
+  for (const point of map.points) {
+    g.fillStyle = PALETTE[point.label % PALETTE.length];
+    g.beginPath();
+    g.arc(...at([point.x, point.y]), 1.8, 0, 2 * Math.PI);
+    g.fill();
+  }
+  g.globalAlpha = 1;
+  const ring = (position, radius, fill) => {
+    g.beginPath();
+    g.arc(...at(position), radius, 0, 2 * Math.PI);
+    g.fillStyle = fill;
+    g.fill();
+    g.lineWidth = 2;
+    g.strokeStyle = "#000";
+    g.stroke();
+  };
+  if (marks.encoding) {
+    const { x, y, covariance: [[a, b], [, c]] } = marks.encoding;
+    const middle = (a + c) / 2;
+    const spread = Math.sqrt(((a - c) / 2) ** 2 + b * b);
+    const angle = 0.5 * Math.atan2(2 * b, a - c); // of the major axis, in map coordinates (y up)
+    g.beginPath();
+    g.ellipse(...at([x, y]), 2 * Math.sqrt(middle + spread) * scale, 2 * Math.sqrt(Math.max(middle - spread, 0)) * scale,
+      -angle, 0, 2 * Math.PI);
+    g.fillStyle = "rgba(0, 0, 0, 0.12)";
+    g.fill();
+    g.strokeStyle = "#000";
+    g.lineWidth = 1.5;
+    g.stroke();
+    ring([x, y], 3.5, "#fff");
+    canvas.dataset.encoding = `${x.toFixed(3)},${y.toFixed(3)}`;
+  }
+  if (marks.path) {
+    const shown = marks.path.slice(0, marks.upto + 1);
+    g.beginPath();
+    shown.forEach((position, i) => (i ? g.lineTo(...at(position)) : g.moveTo(...at(position))));
+    g.strokeStyle = "#000";
+    g.lineWidth = 2;
+    g.stroke();
+    ring(shown[0], 4, "#fff");
+    ring(shown[shown.length - 1], 5, "#000");
+    canvas.dataset.path = String(shown.length);
+  }
+}
+
+async function showDrawingOnMap(position) {
+  const model = state.model;
+  const map = await latentMap();
+  if (model === state.model) drawMap($("map-draw"), map, { encoding: position });
+}
+
+// ---- complete ---------------------------------------------------------------------------------------------------
+
+const completing = live(complete);
+const completePad = makePad($("complete-pad"), COMPLETE_INK_WIDTH, () => completing.schedule());
+
+/** The pad as the models read it: 28 rows of 28 intensities in [0, 1], the canvas shrunk as it is. */
+function padPixels(canvas) {
+  const small = document.createElement("canvas");
+  small.width = small.height = SIDE;
+  const g = small.getContext("2d");
+  g.imageSmoothingQuality = "high";
+  g.drawImage(canvas, 0, 0, SIDE, SIDE);
+  const rgba = g.getImageData(0, 0, SIDE, SIDE).data;
+  return Array.from({ length: SIDE }, (_, row) =>
+    Array.from({ length: SIDE }, (_, column) => rgba[4 * (row * SIDE + column)] / 255));
+}
+
+function showHiddenHalf() {
+  const hidden = { top: "bottom", bottom: "top", left: "right", right: "left" }[$("complete-mask").value];
+  const style = $("complete-hidden").style;
+  const vertical = hidden === "top" || hidden === "bottom";
+  Object.assign(style, { top: hidden === "bottom" ? "50%" : "0", left: hidden === "right" ? "50%" : "0",
+    width: vertical ? "100%" : "50%", height: vertical ? "50%" : "100%" });
+}
+
+async function complete(signal) {
+  if (!completePad.inked) return;
+  const request = { model: state.model, image: padPixels(completePad.canvas), mask: $("complete-mask").value,
+    k: COMPLETIONS, seed: 0 };
+  $("complete-status").textContent = "Completing...";
+  try {
+    const body = await api("/complete", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify(request), signal });
+    clearError($("complete-error"));
+    showCompletions(body);
+    $("complete-status").textContent = `Completed by ${body.model}.`;
+  } catch (error) {
+    report($("complete-error"), error);
+    if (error.name !== "AbortError") $("complete-status").textContent = "Completion failed.";
+  }
+}
+
+function showCompletions(body) {
+  const cells = (body?.completions ?? []).map((completion, index) => {
+    const figure = document.createElement("figure");
+    figure.dataset.weight = completion.weight;
+    const img = document.createElement("img");
+    img.src = png(completion.image);
+    img.className = "pixels";
+    img.width = img.height = 84;
+    const label = completion.label === null ? "" : `, drawn as ${labelName(completion.label)}`;
+    img.alt = `Completion ${index + 1}${label}`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${(100 * completion.weight).toFixed(1)} %`;
+    figure.append(img, caption);
+    return figure;
+  });
+  $("completions").replaceChildren(...cells);
+  $("complete-ess").textContent = body
+    ? `Effective sample size ${body.effective_sample_size.toFixed(1)} of ${body.proposals} proposals; ` +
+      `these ${body.completions.length} carry ${(100 * body.mass).toFixed(0)} % of the weight.`
+    : "";
+  showProbabilities($("complete-probs"), body?.label_probabilities ?? null);
+}
+
+$("complete-mask").addEventListener("change", () => {
+  showHiddenHalf();
+  completing.schedule(0);
+});
+$("complete-clear").addEventListener("click", () => {
+  completePad.clear();
+  completing.cancel();
+  showCompletions(null);
+});
 
 // ---- generate ---------------------------------------------------------------------------------------------------
 
@@ -326,7 +521,7 @@ function showGrid(body) {
 
 // ---- watch the flow ---------------------------------------------------------------------------------------------
 
-const flow = { frames: [], times: [], timer: null, source: null, loading: 0, requests: 0 };
+const flow = { frames: [], times: [], path: null, map: null, timer: null, source: null, loading: 0, requests: 0 };
 
 function resetFlow() {
   stopFlow();
@@ -334,6 +529,7 @@ function resetFlow() {
   flow.frames = [];
   flow.source = null;
   $("flow-image").removeAttribute("src");
+  $("flow-strip").removeAttribute("src");
   $("flow-play").disabled = $("flow-slider").disabled = true;
 }
 
@@ -354,11 +550,14 @@ async function loadFlow() {
     ? `Sample ${source.index + 1} of the grid (seed ${source.seed}, ${source.n} samples).`
     : `Seed ${source.seed}${source.label === null ? "" : `, label ${labelName(source.label)}`}.`;
   try {
-    const body = await api(`/trajectory?${query(params)}`);
+    const [body, map] = await Promise.all([api(`/trajectory?${query(params)}`), latentMap()]);
     if (request !== flow.requests) return;
     clearError($("flow-error"));
     flow.frames = body.trajectory.map((step) => png(step.images[source.index]));
     flow.times = body.trajectory.map((step) => step.t);
+    flow.path = body.trajectory[0].map_points ? body.trajectory.map((step) => step.map_points[source.index]) : null;
+    flow.map = map;
+    $("flow-strip").src = `/trajectory?${query({ ...params, format: "png", steps: STRIP_STEPS })}`;
     const slider = $("flow-slider");
     slider.max = String(flow.frames.length - 1);
     slider.disabled = $("flow-play").disabled = false;
@@ -376,6 +575,7 @@ function showFrame(index) {
   $("flow-image").dataset.frame = index;
   $("flow-time").textContent = `t = ${flow.times[index].toFixed(2)}`;
   $("flow-slider").setAttribute("aria-valuetext", `t = ${flow.times[index].toFixed(2)}`);
+  drawMap($("map-flow"), flow.map, flow.path ? { path: flow.path, upto: index } : {});
 }
 
 function stopFlow() {
@@ -460,8 +660,7 @@ $("interp-form").addEventListener("submit", (event) => {
 // ---- start ------------------------------------------------------------------------------------------------------
 
 $("model").addEventListener("change", () => selectModel($("model").value));
-blank();
-showScore(null);
+showHiddenHalf();
 loadModels().then(() => {
   const tab = tabs.find((t) => `#${t.getAttribute("aria-controls")}` === location.hash);
   if (tab) showTab(tab);
