@@ -153,6 +153,7 @@ class LoadOptions:
 
 # Histograms of the service's merged model calls: the batcher's view of a scenario.
 MODEL_METRICS = ("latent_cnf_batch_requests", "latent_cnf_nfe", "latent_cnf_inference_seconds")
+MODEL_METRICS += ("latent_cnf_call_round_trip_seconds",)
 SOAK_MIX = {"generate-1": 4, "generate-64": 2, "score": 2, "trajectory": 1, "healthz": 1}
 # A client that gives up: the heaviest /generate, abandoned after HANG_UP_S.
 HANG_UP_BODY, HANG_UP_S = {"n": 256, "solver": {"method": "rk4", "steps": 1000}}, 0.2
@@ -255,6 +256,7 @@ def batching(before: Counter, after: Counter, seconds: float) -> dict:
         "nfe_per_call": delta["latent_cnf_nfe_sum"] / calls,
         "inference_busy": delta["latent_cnf_inference_seconds_sum"] / seconds,
         "call_ms": delta["latent_cnf_inference_seconds_sum"] / calls * 1000,
+        "round_trip_ms": delta["latent_cnf_call_round_trip_seconds_sum"] / calls * 1000,
     }
 
 
@@ -591,12 +593,14 @@ def report(kind: str, result: dict, markdown: bool) -> str:
         ]
         text += "\n" + render("Targets", ["target", "goal", "measured", "result"], targets, markdown)
         merged = [
-            [r["scenario"], r["concurrency"], r["merged_requests"], fmt(r["call_ms"]), fmt(r["alone_ms"])]
+            [r["scenario"], r["concurrency"], r["merged_requests"], fmt(r["call_ms"]), fmt(r["round_trip_ms"])]
+            + [fmt(r["alone_ms"])]
             + [fmt(r["ratio"], 2), "met" if r["ratio"] <= MERGED_CALL_TARGET else "NOT met"]
             + [fmt(r["items_per_s"]), fmt(r["alone_items_per_s"]), fmt(r["vs_alone"], 2)]
             for r in result["merged_calls"]
         ]
-        columns = ["scenario", "concurrency", "requests merged", "call ms in the server", "same call alone ms"]
+        columns = ["scenario", "concurrency", "requests merged", "call ms in the model process", "its round trip ms"]
+        columns += ["same call alone ms"]
         columns += ["ratio", f"<= {MERGED_CALL_TARGET}", "served items/s", "the call alone items/s", "served / alone"]
         return (
             text

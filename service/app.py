@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -44,6 +46,16 @@ TAGS = [
         "`<model>.complete`.",
     },
 ]
+
+
+# FastAPI >= 0.165 has OpenTelemetry of its own, on by default: it looks up the global providers on every request
+# (environment reads, ~4 % of a small request's CPU) though this app traces with its own provider
+# (service/tracing.py). Off where the option exists.
+NATIVE_TELEMETRY_OFF: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def operation_id(route: APIRoute) -> str:
@@ -138,6 +150,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
         lifespan=lifespan,
+        **NATIVE_TELEMETRY_OFF,
     )
     app.state.settings = settings
     tracing.instrument(app, settings, tracer_provider)

@@ -421,7 +421,7 @@ class ModelHub:
     async def run_batch(self, key: BatchKey, chunks: Sequence[Any]) -> list[tuple[Any, ModelCall]]:
         """One merged model call: each chunk's result, with the call's times and sizes for its trace."""
         started, started_ns = time.perf_counter(), time.time_ns()
-        results, nfe = await self.runner.run(key, chunks)
+        results, nfe, seconds = await self.runner.run(key, chunks)
         if key.kind == "score":
             size = sum(len(chunk.images) for chunk in chunks)
             metrics.IMAGES_SCORED.labels(model=key.model).inc(size)
@@ -430,7 +430,8 @@ class ModelHub:
         else:
             size = sum(chunk.size for chunk in chunks)
             metrics.SAMPLES.labels(model=key.model).inc(size)
-        metrics.INFERENCE_SECONDS.labels(model=key.model, kind=key.kind).observe(time.perf_counter() - started)
+        metrics.INFERENCE_SECONDS.labels(model=key.model, kind=key.kind).observe(seconds)
+        metrics.CALL_ROUND_TRIP_SECONDS.labels(model=key.model, kind=key.kind).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(model=key.model, kind=key.kind).observe(size)
         metrics.BATCH_REQUESTS.labels(model=key.model, kind=key.kind).observe(len(chunks))
         metrics.NFE.labels(model=key.model, kind=key.kind).observe(nfe)

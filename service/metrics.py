@@ -31,7 +31,16 @@ BATCH_REQUESTS = Histogram(
     "latent_cnf_batch_requests", "requests merged into one model call", ["model", "kind"], buckets=BATCH_BUCKETS
 )
 INFERENCE_SECONDS = Histogram(
-    "latent_cnf_inference_seconds", "time of one merged model call", ["model", "kind"], buckets=LATENCY_BUCKETS
+    "latent_cnf_inference_seconds",
+    "time of one merged model call where it runs (the model process)",
+    ["model", "kind"],
+    buckets=LATENCY_BUCKETS,
+)
+CALL_ROUND_TRIP_SECONDS = Histogram(
+    "latent_cnf_call_round_trip_seconds",
+    "one merged model call as the batcher awaits it: the call, its transfers and the wake-ups between",
+    ["model", "kind"],
+    buckets=LATENCY_BUCKETS,
 )
 NFE = Histogram("latent_cnf_nfe", "ODE function evaluations per model call", ["model", "kind"], buckets=NFE_BUCKETS)
 SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model"])

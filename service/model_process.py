@@ -22,6 +22,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from .model_calls import BatchKey, Chunk, Result, forward
 
 log = logging.getLogger("latent_cnf.service")
 STOP = b""
+Call = tuple[list[Result], int, float]  # a call's results, its function evaluations, its seconds where it ran
 
 
 class Runner(Protocol):
@@ -44,7 +46,8 @@ class Runner(Protocol):
         """Make a model callable as `name`: `model` itself where calls run in this process, else a copy of
         `checkpoint` loaded where they run."""
 
-    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]: ...
+    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
+        """The call's results, its function evaluations and its time where it ran (transfers not counted)."""
 
     async def close(self) -> None: ...
 
@@ -59,8 +62,10 @@ class Models:
     def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         self.models[name] = model if model is not None else latent_cnf.load(checkpoint, self.device)
 
-    def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]:
-        return forward(self.models[key.model], key, chunks)
+    def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
+        started = time.perf_counter()
+        results, nfe = forward(self.models[key.model], key, chunks)
+        return results, nfe, time.perf_counter() - started
 
 
 class InThread:
@@ -73,7 +78,7 @@ class InThread:
     async def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.models.load, name, checkpoint, model)
 
-    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]:
+    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self.models.run, key, chunks)
 
     async def close(self) -> None:
@@ -186,10 +191,10 @@ class InProcess:
             await self._ask("load", name, checkpoint)
             self.checkpoints[name] = checkpoint
 
-    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[list[Result], int]:
+    async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         async with self._lock:
-            results: tuple[list[Result], int] = await self._ask("call", key, list(chunks))
-            return results
+            call: Call = await self._ask("call", key, list(chunks))
+            return call
 
     async def close(self) -> None:
         async with self._lock:

@@ -50,15 +50,18 @@ def chunks(model) -> list[SampleChunk]:
 
 def test_a_merged_call_in_the_child_gives_what_it_gives_here(runners):
     model, here, there = runners
-    (ours, nfe), (theirs, their_nfe) = call(here.run(SAMPLE, chunks(model))), call(there.run(SAMPLE, chunks(model)))
+    (ours, nfe, _), (theirs, their_nfe, _) = (
+        call(here.run(SAMPLE, chunks(model))),
+        call(there.run(SAMPLE, chunks(model))),
+    )
     assert nfe == their_nfe == 16 and [len(path.latents[-1]) for path in theirs] == [2, 3]
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.latents, b.latents)
         torch.testing.assert_close(a.images, b.images)
     images = (torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
     score = [ScoreChunk(images, torch.arange(2))]
-    (mine,), _ = call(here.run(SCORE, score))
-    (yours,), _ = call(there.run(SCORE, score))
+    (mine,), *_ = call(here.run(SCORE, score))
+    (yours,), *_ = call(there.run(SCORE, score))
     torch.testing.assert_close(mine.log_likelihood, yours.log_likelihood)
 
 
@@ -77,16 +80,16 @@ def test_a_child_that_died_is_replaced_with_its_models_on_the_next_call(runners)
     assert there._process is not None
     there._process.kill()
     there._process.join(10)
-    (path, *_), _ = call(there.run(SAMPLE, chunks(model)))
-    (expected, *_), _ = call(here.run(SAMPLE, chunks(model)))
+    (path, *_), *_ = call(there.run(SAMPLE, chunks(model)))
+    (expected, *_), *_ = call(here.run(SAMPLE, chunks(model)))
     torch.testing.assert_close(path.latents, expected.latents)
 
 
 def test_a_seeded_request_cut_into_parts_draws_the_rows_it_draws_whole(runners):
     model, here, _ = runners
     job = SampleJob(5, None, seed=11, temperature=0.8)
-    (whole,), _ = call(here.run(SAMPLE, [SampleChunk(slice(0, 5), job)]))
-    parts, _ = call(here.run(SAMPLE, [SampleChunk(slice(0, 2), job), SampleChunk(slice(2, 5), job)]))
+    (whole,), *_ = call(here.run(SAMPLE, [SampleChunk(slice(0, 5), job)]))
+    parts, *_ = call(here.run(SAMPLE, [SampleChunk(slice(0, 2), job), SampleChunk(slice(2, 5), job)]))
     z0, labels = model.draw_base(5, None, 11, 0.8)
     assert torch.equal(whole.latents[0], z0) and whole.labels is None and labels is None  # an unconditional model
     torch.testing.assert_close(torch.cat([part.latents for part in parts], 1), whole.latents)
@@ -100,8 +103,8 @@ def test_an_answer_larger_than_the_pipe_buffer_comes_back_whole(runners):
     z0, labels = model.draw_base(64, seed=3)
     for _ in range(2):
         chunks = [SampleChunk(slice(0, 64), z0=z0, labels=labels), SampleChunk(slice(0, 64), SampleJob(64, None, 4))]
-        (theirs, *_), _ = call(there.run(frames, chunks))
-        (ours, *_), _ = call(here.run(frames, chunks))
+        (theirs, *_), *_ = call(there.run(frames, chunks))
+        (ours, *_), *_ = call(here.run(frames, chunks))
         assert theirs.images.shape == (11, 64, 1, 28, 28)  # 2.2 MB of pixels
         torch.testing.assert_close(theirs.images, ours.images)
 
@@ -110,7 +113,7 @@ def test_encoded_samples_are_the_pngs_of_their_own_images(runners):
     """A call with pngs=True returns each chunk's final images as PNGs, cut at the chunk boundaries."""
     model, _, there = runners
     key = BatchKey(kind="generate", model=MODEL, solver=SAMPLE.solver, pngs=True)
-    pieces, _ = call(there.run(key, chunks(model)))
+    pieces, *_ = call(there.run(key, chunks(model)))
     assert [len(piece.pngs) for piece in pieces] == [2, 3]
     for piece in pieces:
         decoded = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in piece.pngs])
