@@ -3,6 +3,7 @@ raised here with their type, and a child that died replaced on the next call."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -26,10 +27,12 @@ SAMPLE = BatchKey(kind="generate", model=MODEL, solver=SolverConfig("rk4", steps
 SCORE = BatchKey(kind="score", model=MODEL, solver=SolverConfig("rk4", steps=4), importance_samples=4)
 
 
+LOOP = uvloop.new_event_loop()  # uvloop's, as the service runs on (uvicorn takes it when installed)
+
+
 def call(coroutine: Coroutine[Any, Any, T]) -> T:
-    """A runner's method, run to its end on an event loop of its own, uvloop's as the service runs on (uvicorn
-    takes it when installed; it makes a watched pipe non-blocking, where asyncio's own loop does not)."""
-    return uvloop.run(coroutine)
+    """A runner's method, run to its end on the module's event loop: a runner's pipe belongs to one loop."""
+    return LOOP.run_until_complete(coroutine)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ def runners():
     call(there.load(MODEL, MODEL))
     yield model, here, there
     call(there.close())
+    LOOP.close()
 
 
 def chunks(model) -> list[SampleChunk]:
@@ -118,3 +122,19 @@ def test_encoded_samples_are_the_pngs_of_their_own_images(runners):
     for piece in pieces:
         decoded = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in piece.pngs])
         assert np.array_equal(decoded, to_uint8(piece.path.images[-1]))
+
+
+def test_calls_sent_before_the_last_is_answered_come_back_each_to_its_caller(runners):
+    """The batcher keeps a second call waiting in the pipe while the first runs: answers return in order, each to
+    the call that asked, and equal what the calls give one at a time."""
+    model, _, there = runners
+    images = (torch.rand(2, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.7).float()
+    score = [ScoreChunk(images, torch.arange(2))]
+
+    async def both() -> list:
+        return await asyncio.gather(there.run(SAMPLE, chunks(model)), there.run(SCORE, score))
+
+    (paths, *_), (scores, *_) = call(both())
+    (alone_paths, *_), (alone_scores, *_) = call(there.run(SAMPLE, chunks(model))), call(there.run(SCORE, score))
+    torch.testing.assert_close(paths[1].latents, alone_paths[1].latents)
+    torch.testing.assert_close(scores[0].log_likelihood, alone_scores[0].log_likelihood)
