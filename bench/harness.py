@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,21 @@ def running_script(script: Path, env: dict[str, str], ready_path: str, timeout_s
     command = [sys.executable, str(script), "--port", str(port)]
     with running_command(command, port, env, ready_path, timeout_s) as server:
         yield server
+
+
+@contextlib.contextmanager
+def paused(servers: Iterable[Server]) -> Iterator[None]:
+    """Servers stopped (SIGSTOP, each with its children) while another is measured, continued after: idle, a
+    framework's workers still poll their queues (LitServe's, measured: they took CPU from the server under load)."""
+    pids = [pid for server in servers for pid in process_tree(server.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def process_tree(pid: int) -> list[int]:

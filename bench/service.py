@@ -20,6 +20,7 @@ References, each as requests/s of POST /generate with n = 1 on the same machine 
     python bench/service.py --overload [--burst-seconds 5] [--queue 8]   # concurrency 512 on a small queue
     python bench/service.py --soak 10                                      # 10 minutes of mixed traffic
     python bench/service.py --chaos 60     # normal traffic beside the heaviest valid requests and hang-ups
+    python bench/service.py --combine run1.json run2.json run3.json       # the targets over runs, with intervals
 
 Every loop ends by itself (fixed durations, a client timeout), and all traffic goes to 127.0.0.1.
 """
@@ -61,6 +62,7 @@ from bench.harness import (
     machine,
     metric,
     parse_env,
+    paused,
     peak_rss_bytes,
     process_tree,
     render,
@@ -347,7 +349,8 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
     """Every scenario at every concurrency, driven by wrk; scenarios interleaved per concurrency so drift hits
-    all alike. The naive server and the peer start only if a chosen scenario needs them; idle, they cost no CPU."""
+    all alike. The naive server and the peers start only if a chosen scenario needs them, and every server but
+    the one measured is paused while it is."""
     results: list[dict] = []
     targets = {SCENARIOS[name].target for name in options.scenarios}
     with contextlib.ExitStack() as stack:
@@ -373,12 +376,13 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
                 )
                 before = model_calls(service.url)
                 started = time.perf_counter()
-                if options.warmup > 0:
-                    drive(options.warmup)
-                cpu_before, measured = tree_cpu_seconds(server.pid), time.perf_counter()
-                row = {"scenario": name, "concurrency": concurrency} | drive(options.duration)
-                server_cpu = tree_cpu_seconds(server.pid) - cpu_before
-                row["server_core_share"] = server_cpu / (time.perf_counter() - measured)
+                with paused(other for target, other in servers.items() if target != scenario.target):
+                    if options.warmup > 0:
+                        drive(options.warmup)
+                    cpu_before, measured = tree_cpu_seconds(server.pid), time.perf_counter()
+                    row = {"scenario": name, "concurrency": concurrency} | drive(options.duration)
+                    server_cpu = tree_cpu_seconds(server.pid) - cpu_before
+                    row["server_core_share"] = server_cpu / (time.perf_counter() - measured)
                 row["items_per_s"] = row["ok_per_s"] * scenario.items if scenario.items else None
                 if scenario.target == "service":  # over the whole drive, warm-up included
                     row.update(batching(before, model_calls(service.url), time.perf_counter() - started))
@@ -391,6 +395,12 @@ def throughput(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
         rss = {name: sum(filter(None, map(rss_bytes, process_tree(s.pid)))) for name, s in servers.items()}
     merged = merged_calls(results, env)
     return {"rows": results, "references": references(results), "merged_calls": merged, "rss_bytes_after": rss}
+
+
+def target_goals() -> list[tuple[str, float, str]]:
+    """Issue 29's targets: (name, goal, "ge" for at least or "le" for at most)."""
+    goals = [(f"/generate n=1 at c={c}: x {REFERENCE_NAMES[key]}", goal, "ge") for c, key, goal in TARGETS]
+    return [*goals, ("/generate n=1 at c=1: p99 / p50", TAIL_TARGET, "le")]
 
 
 def references(rows: list[dict]) -> dict:
@@ -410,11 +420,8 @@ def references(rows: list[dict]) -> dict:
     at = {r["concurrency"]: r for r in ratios}
     single = by.get(("generate-1", 1))
     tail = single["p99_ms"] / single["p50_ms"] if single and single["p50_ms"] else None
-    targets = [
-        (f"/generate n=1 at c={c}: x {REFERENCE_NAMES[key]}", goal, at.get(c, {}).get(f"vs_{key}"), "ge")
-        for c, key, goal in TARGETS
-    ]
-    targets.append(("/generate n=1 at c=1: p99 / p50", TAIL_TARGET, tail, "le"))
+    values = [at.get(c, {}).get(f"vs_{key}") for c, key, _ in TARGETS] + [tail]
+    targets = [(name, goal, value, op) for (name, goal, op), value in zip(target_goals(), values, strict=True)]
     checks = [
         {
             "target": name,
@@ -425,6 +432,38 @@ def references(rows: list[dict]) -> dict:
         for name, goal, value, op in targets
     ]
     return {"ratios": ratios, "targets": checks}
+
+
+def combine(paths: Sequence[Path]) -> list[dict]:
+    """The targets over several throughput runs (their --json files): each one's mean and 95 % t-interval, met
+    only if the whole interval is on the right side of the goal."""
+    from scipy import stats
+
+    runs = [json.loads(path.read_text())["result"]["references"]["targets"] for path in paths]
+    ops = {name: op for name, _, op in target_goals()}
+    out = []
+    for checks in zip(*runs, strict=True):
+        values = np.array([c["measured"] for c in checks if c["measured"] is not None], dtype=float)
+        first = checks[0]
+        row = {"target": first["target"], "goal": first["goal"], "runs": len(values), "values": values.tolist()}
+        if len(values) >= 2:
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+            low, high = values.mean() - half, values.mean() + half
+            met = low >= first["goal"] if ops[first["target"]] == "ge" else high <= first["goal"]
+            row |= {"mean": values.mean(), "low": low, "high": high, "met": bool(met)}
+        out.append(row)
+    return out
+
+
+def combined_report(rows: list[dict], markdown: bool) -> str:
+    table = [
+        [r["target"], r["goal"], r["runs"], ", ".join(fmt(v, 2) for v in r["values"])]
+        + [fmt(r.get("mean"), 2), f"{fmt(r.get('low'), 2)} .. {fmt(r.get('high'), 2)}"]
+        + [{True: "met", False: "NOT met", None: "-"}[r.get("met")]]
+        for r in rows
+    ]
+    columns = ["target", "goal", "runs", "each run", "mean", "95 % interval", "result (interval)"]
+    return render("Targets over runs", columns, table, markdown)
 
 
 def overload(options: LoadOptions, env: dict[str, str], digit: bytes) -> dict:
@@ -674,6 +713,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flags(parser, LoadOptions, threads=False)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for docs/benchmarks.md)")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", metavar="JSON", help="no run: the targets over these runs' --json files"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -683,6 +725,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.combine:
+        print(combined_report(combine(args.combine), args.markdown))
+        return
     # The shipped settings, and a queue that holds the offered load (the overload run shrinks it).
     env = {
         "LATENT_CNF_MODELS": args.model,

@@ -105,9 +105,10 @@ def check_port_free(host: str, port: int) -> None:
 
 
 # How long a thread may hold the GIL before another that waits for it takes it (CPython's default is 5 ms). The
-# event loop rarely lets go by itself under load, and the inference thread (its pipe to the model process, or
-# its own model calls) needs the GIL for moments between waits: 0.5 ms measured 18 % more /generate n=1
-# requests/s at concurrency 32 (681 -> 804 on 2 cores, docs/benchmarks.md).
+# event loop rarely lets go by itself under load, and the server's other threads (a large answer's encoding, the
+# model calls with LATENT_CNF_MODEL_PROCESS=false) need it for moments between waits: 0.5 ms measured 18 % more
+# /generate n=1 requests/s at concurrency 32 when an inference thread still talked to the model process
+# (681 -> 804 on 2 cores, docs/benchmarks.md).
 SWITCH_INTERVAL_S = 0.0005
 
 
