@@ -63,6 +63,10 @@ RUNS = {
     "service --overload": ("--burst-seconds 1 --burst-concurrency 16 --queue 2 --timeout 20", ["Overload"]),
     "service --soak": ("0.05 --soak-concurrency 2 --timeout 20", ["Soak summary"]),
     "service --chaos": ("2 --chaos-normal 1 --chaos-heavy 1 --timeout 20", ["Chaos"]),
+    "service --combine": (  # the runs behind docs/benchmarks.md's issue-29 table
+        " ".join(f"docs/results/bench/service-2026-12-07-issue29-run{i}.json" for i in (1, 2, 3)),
+        ["Targets over runs", "95 % interval"],
+    ),
 }
 NEEDS = {"service": "wrk"}  # a tool from outside PyPI each needs (.ci/run installs it from Debian)
 
