@@ -1,6 +1,7 @@
 """What the model itself can do: samples/s of `sample()` and images/s of `score()` against batch size, per ODE
 solver setting, with the NFE of each; the decoder alone as the upper bound of `sample()` (the flow costs
-nothing there); and, with --fid N, the quality each solver setting buys (FID of N samples in the judge
+nothing there); the PNGs a JSON /generate answer adds per sample (Pillow, on real samples' images); and, with
+--fid N, the quality each solver setting buys (FID of N samples in the judge
 classifier's feature space, computed as train.evaluate does, with the same noise for every setting).
 
     python bench/model.py [--batch-sizes 1,4,16,32,64,256,1024,4096] [--threads 2] [--json out.json] [--markdown]
@@ -32,6 +33,7 @@ from latent_cnf import SolverConfig, model_folder
 from latent_cnf import data as datasets
 from latent_cnf.config import DEFAULT_SOLVER, FIXED_STEP_METHODS
 from latent_cnf.device import resolve_device
+from latent_cnf.images import image_pngs
 from latent_cnf.model import LatentCNF
 from train.cli import add_flags, flag, options_from, parse
 
@@ -55,6 +57,7 @@ SOLVERS = {
     )
 }
 DECODER = "decoder only"
+PNGS = "PNGs only"  # the PNG per sample of a JSON /generate answer, encoded from real samples' images
 CALIBRATED = "calibrated"  # the checkpoint's own solvers (train.calibrate): no solver passed
 
 
@@ -114,6 +117,13 @@ def make_call(
     if op == "score":
         images = test_images[torch.arange(batch) % len(test_images)]
         return lambda i: model.score(images, k=k, solver=solver, seed=i).nfe
+    if op == "png":
+        images = model.sample(batch, seed=0, solver=solver).images
+
+        def encode(i: int) -> None:
+            image_pngs(images)
+
+        return encode
     z = torch.randn(batch, model.config.latent_dim, device=model.device)
 
     def decode(i: int) -> None:
@@ -127,7 +137,7 @@ def sweep(
 ) -> list[dict]:
     """One row per (solver, batch size) of `op`; larger batches are skipped once a call is too slow."""
     rows = []
-    solvers = [DECODER] if op == "decode" else options.solvers
+    solvers = [DECODER] if op == "decode" else [PNGS] if op == "png" else options.solvers
     sizes = options.score_batch_sizes if op == "score" else options.batch_sizes
     for name in solvers:
         too_slow = False
@@ -190,8 +200,12 @@ def report(rows: list[dict], fid_rows: list[dict] | None, options: BenchOptions,
         ("sample", "samples/s", options.batch_sizes),
         ("score", f"images/s (K = {options.importance_samples})", options.score_batch_sizes),
     ):
-        solvers = options.solvers + ([DECODER] if op == "sample" else [])
-        cells = {(r["solver"], r["batch"]): r for r in rows if r["op"] in (op, "decode" if op == "sample" else op)}
+        solvers = options.solvers + ([DECODER, PNGS] if op == "sample" else [])
+        cells = {
+            (r["solver"], r["batch"]): r
+            for r in rows
+            if r["op"] in ((op, "decode", "png") if op == "sample" else (op,))
+        }
         if not any(r["op"] == op for r in rows):
             continue
         table = []
@@ -247,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_score:
         test = datasets.load_split(dataset, "test", args.data_dir, download=False)
         test_images = datasets.binarize(datasets.to_float(test.images), torch.Generator().manual_seed(0))
-    rows = sweep("sample", model, options, device, None) + sweep("decode", model, options, device, None)
+    rows = [row for op in ("sample", "decode", "png") for row in sweep(op, model, options, device, None)]
     if not args.skip_score:
         rows += sweep("score", model, options, device, test_images)
     fid_rows = quality(model, options, device, dataset) if args.fid else None

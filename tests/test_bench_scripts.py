@@ -36,7 +36,7 @@ RUNS = {
     "model": (
         "--batch-sizes 1,4 --solvers 'calibrated,rk4 4 steps' --importance-samples 2 --min-time 0.01 --fid 20"
         " --fid-batch-size 10 --reference-images 50",
-        ["sample(): samples/s by batch size", "score(): images/s", "Quality: FID of 20 samples"],
+        ["sample(): samples/s by batch size", "PNGs only", "score(): images/s", "Quality: FID of 20 samples"],
     ),
     "completion": ("--images 3 --importance-samples 2 --k 2 --threads 1", ["mean_ess_mixture", "label_accuracy"]),
     "compile": ("--batch-sizes 1 --importance-samples 2 --min-time 0.01 --backend eager", ["eager / compiled"]),
