@@ -75,6 +75,17 @@ def test_native_score_has_a_model_call_span(traced):
     assert call.attributes["latent_cnf.kind"] == "score" and call.attributes["latent_cnf.batch_size"] == 1
 
 
+@pytest.mark.parametrize("query", ["", "?format=png"])  # the shortcut beside FastAPI, and the FastAPI route
+def test_native_generate_is_traced_whichever_way_it_is_answered(traced, query):
+    client, exporter = traced
+    exporter.clear()
+    response = client.post(f"/generate{query}", json={"n": 2, "seed": 1}, headers={"traceparent": TRACEPARENT})
+    server, spans = spans_of_request(exporter, response)
+    assert server.parent.span_id == int(PARENT_ID, 16) and server.attributes["http.route"] == "/generate"
+    (call,) = children(spans, server, "model call")
+    assert call.attributes["latent_cnf.kind"] == "generate" and call.attributes["latent_cnf.batch_size"] == 2
+
+
 def test_tracing_is_off_unless_configured():
     assert isinstance(create_app(Settings(models=[])).state.tracer, trace.NoOpTracer)
     configured = create_app(Settings(models=[], otlp_endpoint="http://127.0.0.1:9/v1/traces"))
