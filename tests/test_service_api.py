@@ -207,3 +207,15 @@ def test_conditional_samples_are_the_requested_digit(client):
         with torch.no_grad():
             hits += (judge(images).argmax(1) == label).sum().item()
     assert hits / 100 >= 0.6
+
+
+def test_the_generate_shortcut_answers_as_the_fastapi_route_does(client):
+    """service/fast_generate.py takes a plain JSON request; `?format=json` goes through FastAPI's route. Same
+    answer, byte for byte; a body that does not validate is handed to the route and refused in its words."""
+    body = {"n": 2, "seed": 5, "temperature": 0.9}
+    shortcut, route = client.post("/generate", json=body), client.post("/generate?format=json", json=body)
+    assert shortcut.status_code == route.status_code == 200
+    assert shortcut.content == route.content and shortcut.headers["content-type"] == "application/json"
+    refused = client.post("/generate", json={"n": 0, "surprise": True})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_request"
+    assert "n:" in refused.json()["error"]["message"] and "surprise" in refused.json()["error"]["message"]
