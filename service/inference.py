@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -46,7 +47,7 @@ from .settings import Settings
 log = logging.getLogger("latent_cnf.service")
 Disconnected = Callable[[], Awaitable[bool]]  # true once the client has gone
 DISCONNECT_CHECK_S = 0.1  # how often a queued or running request checks that its client is still there
-MEMOS = 4096  # entries of a per-key memo before it starts over: solver fields in requests make keys unbounded
+MEMOS = 4096  # entries of a per-key memo (least recently used go): solver fields in requests make keys unbounded
 
 
 def fresh_seed(seed: int | None) -> int:
@@ -124,8 +125,10 @@ class ModelHub:
             InProcess(self.device, settings.threads) if settings.model_process else InThread(self.device)
         )
         self._home = "cpu" if settings.model_process else self.device
-        self._shapes: dict[BatchKey, WorkShape] = {}  # cost of one unit per batch key (work_shape)
-        self._plans: dict[tuple[BatchKey, int], tuple[list[Part], bool]] = {}  # plan(), for repeated shapes
+        # Remembered per key: the batcher asks for a key's shape on every call it assembles, and most requests
+        # repeat a few plans (planning was ~3 % of a one-sample request's CPU).
+        self.work_shape = functools.lru_cache(maxsize=MEMOS)(self._work_shape)
+        self.plan = functools.lru_cache(maxsize=MEMOS)(self._plan)
         self._sample_solvers: dict[str, SolverConfig] = {}  # sample_solver() of requests that choose none
 
     @property
@@ -237,16 +240,8 @@ class ModelHub:
         if label is not None and not served.prior_uses_labels:
             raise LabelNotSupported(f"model {served.name!r} is not label-conditioned: omit 'label'")
 
-    def work_shape(self, key: BatchKey) -> WorkShape:
-        """The cost of one sample (or one scored image) of requests with this key; worked out once per key,
-        since the batcher asks for it on every call it assembles."""
-        if key not in self._shapes:
-            if len(self._shapes) >= MEMOS:
-                self._shapes.clear()
-            self._shapes[key] = self._work_shape(key)
-        return self._shapes[key]
-
     def _work_shape(self, key: BatchKey) -> WorkShape:
+        """The cost of one sample (or one scored image) of requests with this key (self.work_shape, remembered)."""
         served = self.models[key.model]
         hyper = sum(p.numel() for p in served.model.prior.parameters())  # the CNF's are its hypernetwork's
         row_units = row_evaluation_units(key.solver, hyper)
@@ -277,17 +272,10 @@ class ModelHub:
         shape = self.work_shape(key)
         return shape.marginal * shape.units_per_part(self.settings.max_call_cost, self.most_units(key))
 
-    def plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
-        """Cut a request of `units` samples or images into parts (each part's payload is the slice of the
-        request it covers) and tell whether it is heavy; refuse it over the per-request budget. Remembered:
-        most requests repeat a few shapes, and planning was ~3 % of a one-sample request's CPU."""
-        if (key, units) not in self._plans:
-            if len(self._plans) >= MEMOS:
-                self._plans.clear()
-            self._plans[key, units] = self._plan(key, units)
-        return self._plans[key, units]
-
     def _plan(self, key: BatchKey, units: int) -> tuple[list[Part], bool]:
+        """Cut a request of `units` samples or images into parts (each part's payload is the slice of the
+        request it covers) and tell whether it is heavy; refuse it over the per-request budget (self.plan,
+        remembered)."""
         shape = self.work_shape(key)
         slices = shape.parts(units, self.settings.max_call_cost, self.most_units(key))
         cost = sum(shape.cost(piece.stop - piece.start) for piece in slices)

@@ -177,12 +177,16 @@ class _Pipe(asyncio.Protocol):
             if not answer.done():
                 answer.set_exception(RuntimeError(f"the model process died ({exc or 'its pipe closed'})"))
 
-    def ask(self, message: bytes) -> asyncio.Future[bytes]:
+    async def ask(self, *command: Any) -> Any:
+        """Send a command and wait for its answer's value; an error in the child is raised here."""
         assert self.transport is not None
         answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.waiting.append(answer)
-        self.transport.writelines(frame(message))
-        return answer
+        self.transport.writelines(frame(dumps(command)))
+        status, value = pickle.loads(await answer)
+        if status == "error":
+            raise value
+        return value
 
 
 class InProcess:
@@ -204,10 +208,7 @@ class InProcess:
             if self._pipe is None or self._pipe.closed or self._process is None or not self._process.is_alive():
                 await self._start()
         assert self._pipe is not None
-        status, value = pickle.loads(await self._pipe.ask(dumps(message)))
-        if status == "error":
-            raise value
-        return value
+        return await self._pipe.ask(*message)
 
     async def _start(self) -> None:
         if self._process is not None:
@@ -220,9 +221,7 @@ class InProcess:
         theirs.close()
         _, self._pipe = await asyncio.get_running_loop().create_unix_connection(_Pipe, sock=ours)
         for name, checkpoint in self.checkpoints.items():
-            status, value = pickle.loads(await self._pipe.ask(dumps(("load", name, checkpoint))))
-            if status == "error":
-                raise value
+            await self._pipe.ask("load", name, checkpoint)
 
     async def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         await self._ask("load", name, checkpoint)
