@@ -278,12 +278,12 @@ def call_alone_ms(scenario: Scenario, model_name: str, requests: int, threads: i
     chunks: list[SampleChunk] | list[ScoreChunk]
     if scenario.upload:
         k = int(scenario.body["importance_samples"]) if scenario.body else 64
-        key = BatchKey(kind="score", model=model_name, solver=model.score_solver, importance_samples=k)
+        key = BatchKey(kind="score", model=model_name, version=1, solver=model.score_solver, importance_samples=k)
         digit = binarize_at_threshold(load_split("mnist", "test", None, download=False).images[:1])
         images = digit.expand(scenario.items, 28, 28)
         chunks = [ScoreChunk(images, torch.arange(scenario.items)) for _ in range(requests)]
     else:
-        key = BatchKey(kind="generate", model=model_name, solver=model.sample_solver, pngs=True)
+        key = BatchKey(kind="generate", model=model_name, version=1, solver=model.sample_solver, pngs=True)
         chunks = [
             SampleChunk(slice(0, scenario.items), SampleJob(scenario.items, None, seed)) for seed in range(requests)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -26,7 +27,19 @@ from . import errors, metrics, request_id, tracing
 from .body_limit import BodySizeLimit
 from .fast_generate import FastGenerate
 from .inference import ModelHub
-from .routes import complete, generate, health, interpolate, latent_map, models, page, score, trajectory, v2
+from .routes import (
+    complete,
+    generate,
+    health,
+    interpolate,
+    latent_map,
+    models,
+    page,
+    repository,
+    score,
+    trajectory,
+    v2,
+)
 from .settings import Settings, get_settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -44,6 +57,11 @@ TAGS = [
         "name": "open inference protocol (v2)",
         "description": "KServe's v2 REST protocol (as Triton serves it): `<model>.generate`, `<model>.score` and "
         "`<model>.complete`.",
+    },
+    {
+        "name": "model repository (v2)",
+        "description": "Triton's repository extension: list models and versions, load and unload without a "
+        "restart (LATENT_CNF_CONTROL_TOKEN guards load and unload).",
     },
 ]
 
@@ -127,12 +145,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await hub.load()
         except Exception:
             log.exception("loading models failed; /readyz stays 503")
+            return
+        if settings.repository_poll_s is not None:
+            await hub.poll(settings.repository_poll_s)
 
     loading = asyncio.create_task(load())
     try:
         yield
     finally:
-        await loading
+        if settings.repository_poll_s is not None:
+            loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
         await hub.close()
 
 
@@ -166,6 +190,7 @@ def create_app(settings: Settings | None = None, tracer_provider: TracerProvider
         models.router,
         health.router,
         v2.router,
+        repository.router,
         page.router,
     ):
         app.include_router(router)

@@ -23,6 +23,7 @@ from .failures import (
     InvalidSolver,
     LabelNotSupported,
     LabelRequired,
+    LoadFailed,
     MalformedRequest,
     ModelUnavailable,
     NoLatentMap,
@@ -35,6 +36,7 @@ from .failures import (
     ShuttingDown,
     SolverFailed,
     TooManyFiles,
+    Unauthorized,
     UnknownModel,
     UnsupportedImage,
 )
@@ -47,6 +49,8 @@ V2_ROOT = "/v2"
 # The HTTP status of every kind of refusal (service/failures.py): the one place the service core meets HTTP.
 STATUSES: dict[type[Refusal], int] = {
     MalformedRequest: 400,
+    LoadFailed: 400,  # Triton's answer to a load that fails
+    Unauthorized: 401,
     UnknownModel: 404,
     NoLatentMap: 404,
     ImageTooLarge: 413,

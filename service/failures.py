@@ -57,9 +57,21 @@ class NoLatentMap(Refusal):
 
 
 class ModelUnavailable(Refusal):
-    """The checkpoint was tried and failed to load."""
+    """The model failed to load, or is loading or unloading."""
 
     code = "model_unavailable"
+
+
+class LoadFailed(Refusal):
+    """A repository load of a model folder that does not load (the folder is at fault, not the service)."""
+
+    code = "load_failed"
+
+
+class Unauthorized(Refusal):
+    """A repository control call without the configured bearer token."""
+
+    code = "unauthorized"
 
 
 class NotReady(Refusal):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,26 +26,34 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=QUEUE_WAIT_BUCKETS,
 )
 BATCH_SIZE = Histogram(
-    "latent_cnf_batch_size", "samples or images per merged model call", ["model", "kind"], buckets=BATCH_BUCKETS
+    "latent_cnf_batch_size",
+    "samples or images per merged model call",
+    ["model", "version", "kind"],
+    buckets=BATCH_BUCKETS,
 )
 BATCH_REQUESTS = Histogram(
-    "latent_cnf_batch_requests", "requests merged into one model call", ["model", "kind"], buckets=BATCH_BUCKETS
+    "latent_cnf_batch_requests",
+    "requests merged into one model call",
+    ["model", "version", "kind"],
+    buckets=BATCH_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
     "latent_cnf_inference_seconds",
     "time of one merged model call where it runs (the model process)",
-    ["model", "kind"],
+    ["model", "version", "kind"],
     buckets=LATENCY_BUCKETS,
 )
 CALL_ROUND_TRIP_SECONDS = Histogram(
     "latent_cnf_call_round_trip_seconds",
     "one merged model call as the batcher awaits it: the call, its transfers and the wake-ups between",
-    ["model", "kind"],
+    ["model", "version", "kind"],
     buckets=LATENCY_BUCKETS,
 )
-NFE = Histogram("latent_cnf_nfe", "ODE function evaluations per model call", ["model", "kind"], buckets=NFE_BUCKETS)
-SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model"])
-IMAGES_SCORED = Counter("latent_cnf_images_scored", "images scored", ["model"])
+NFE = Histogram(
+    "latent_cnf_nfe", "ODE function evaluations per model call", ["model", "version", "kind"], buckets=NFE_BUCKETS
+)
+SAMPLES = Counter("latent_cnf_samples_generated", "samples generated", ["model", "version"])
+IMAGES_SCORED = Counter("latent_cnf_images_scored", "images scored", ["model", "version"])
 REJECTED = Counter("latent_cnf_rejected", "requests refused, by reason", ["reason"])
 CONNECTIONS_CLOSED = Counter(
     "latent_cnf_connections_closed",
@@ -63,9 +72,25 @@ ABANDONED = Counter(
     "latent_cnf_abandoned",
     "requests dropped before they ran, or between their parts: their client had gone or timed out",
 )
-MODEL_INFO = Gauge("latent_cnf_model_info", "served models (value 1)", ["model", "device", "checkpoint_sha256"])
+MODEL_INFO = Gauge(
+    "latent_cnf_model_info", "served model versions (value 1)", ["model", "version", "device", "checkpoint_sha256"]
+)
 READY = Gauge("latent_cnf_ready", "1 once every checkpoint was tried and the default model is served")
 MODEL_LOAD_FAILED = Gauge("latent_cnf_model_load_failed", "checkpoints that could not be served (value 1)", ["model"])
+
+
+CALL_FAMILIES = (BATCH_SIZE, BATCH_REQUESTS, INFERENCE_SECONDS, CALL_ROUND_TRIP_SECONDS, NFE)
+KINDS = ("generate", "trajectory", "score", "complete")
+
+
+def forget_model_version(model: str, version: str, device: str, sha256: str) -> None:
+    """Drop an unloaded version's series, so the label sets stay those of loaded versions."""
+    series = [(MODEL_INFO, (model, version, device, sha256)), (SAMPLES, (model, version))]
+    series += [(IMAGES_SCORED, (model, version))]
+    series += [(family, (model, version, kind)) for family in CALL_FAMILIES for kind in KINDS]
+    for family, labels in series:
+        with contextlib.suppress(KeyError):  # a series never observed was never made
+            family.remove(*labels)
 
 
 def connection_closed(reason: CloseReason) -> None:

@@ -24,10 +24,20 @@ class BatchKey:
 
     kind: Literal["generate", "trajectory", "score", "complete"]
     model: str
+    version: int
     solver: SolverConfig
     frames: int = 2  # decoded times of a sampling solve
     importance_samples: int = 0  # K of a score, or proposals per label of a completion
     pngs: bool = False  # sampling: each sample's final image also as PNG bytes, encoded where the call runs
+
+    @property
+    def instance(self) -> str:
+        """The loaded model the call runs on, where calls run: one version of one model."""
+        return instance(self.model, self.version)
+
+
+def instance(model: str, version: int) -> str:
+    return f"{model}/{version}"
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,11 @@ class Runner(Protocol):
     """Where merged calls run, driven from the event loop: one call at a time (the batcher's worker awaits each)."""
 
     async def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
-        """Make a model callable as `name`: `model` itself where calls run in this process, else a copy of
-        `checkpoint` loaded where they run."""
+        """Make a model callable as `name` (a BatchKey's instance): `model` itself where calls run in this
+        process, else a copy of `checkpoint` loaded where they run."""
+
+    async def unload(self, name: str) -> None:
+        """Free a model no call will name again."""
 
     async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         """The call's results, its function evaluations and its time where it ran (transfers not counted)."""
@@ -63,9 +66,12 @@ class Models:
     def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         self.models[name] = model if model is not None else latent_cnf.load(checkpoint, self.device)
 
+    def unload(self, name: str) -> None:
+        self.models.pop(name, None)
+
     def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         started = time.perf_counter()
-        results, nfe = forward(self.models[key.model], key, chunks)
+        results, nfe = forward(self.models[key.instance], key, chunks)
         return results, nfe, time.perf_counter() - started
 
 
@@ -78,6 +84,9 @@ class InThread:
 
     async def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.models.load, name, checkpoint, model)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self.models.unload, name)
 
     async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         return await asyncio.get_running_loop().run_in_executor(self._thread, self.models.run, key, chunks)
@@ -121,8 +130,8 @@ def _receive(sock: socket.socket, size: int) -> bytearray:
 
 
 def _child(sock: socket.socket, device: str, threads: int) -> None:
-    """The child's loop: ("load", name, checkpoint) or ("call", key, chunks), each answered in order with
-    ("ok", value) or ("error", exception); STOP (or the server's end closing) ends it."""
+    """The child's loop: ("load", name, checkpoint), ("unload", name) or ("call", key, chunks), each answered in
+    order with ("ok", value) or ("error", exception); STOP (or the server's end closing) ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     runner = Models(device)
@@ -130,8 +139,8 @@ def _child(sock: socket.socket, device: str, threads: int) -> None:
         while (message := _receive(sock, int.from_bytes(_receive(sock, HEADER), "big"))) != STOP:
             command, *args = pickle.loads(message)
             try:
-                if command == "load":
-                    runner.load(*args)
+                if command in ("load", "unload"):
+                    getattr(runner, command)(*args)
                     reply = dumps(("ok", None))
                 else:
                     reply = dumps(("ok", runner.run(*args)))
@@ -226,6 +235,10 @@ class InProcess:
     async def load(self, name: str, checkpoint: str, model: LatentCNF | None = None) -> None:
         await self._ask("load", name, checkpoint)
         self.checkpoints[name] = checkpoint
+
+    async def unload(self, name: str) -> None:
+        self.checkpoints.pop(name, None)  # a new child does not load it again
+        await self._ask("unload", name)
 
     async def run(self, key: BatchKey, chunks: Sequence[Chunk]) -> Call:
         call: Call = await self._ask("call", key, list(chunks))

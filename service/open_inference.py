@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
@@ -67,6 +67,22 @@ class Live(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
+
+
+class RepositoryEntry(BaseModel):
+    """One version of one model of the repository, as Triton's repository index lists it."""
+
+    name: str
+    version: str
+    state: Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field(description="why an UNAVAILABLE version is not served: not loaded, or its load error")
+
+
+class RepositoryChange(BaseModel):
+    """What a load or unload left: the model and the versions it loaded or unloaded."""
+
+    name: str
+    versions: list[str]
 
 
 class ModelReady(BaseModel):

@@ -12,6 +12,8 @@ from latent_cnf.model import MAX_TEMPERATURE
 
 MAX_SEED = 2**63 - 1
 MAX_MODEL_NAME = 128
+MAX_VERSION = 999_999_999
+VERSION_HELP = "version of the model (default: its newest loaded version)"
 DEFAULT_IMPORTANCE_SAMPLES, MAX_IMPORTANCE_SAMPLES = 64, 1024  # K of a score, by /score and /v2 alike
 DEFAULT_COMPLETIONS, MAX_COMPLETIONS = 8, 32  # k of a completion
 DEFAULT_PROPOSALS = 32  # proposals per label of a completion (its K)
@@ -49,6 +51,7 @@ class GenerateRequest(BaseModel):
         max_length=MAX_MODEL_NAME,
         description="served model name (default: LATENT_CNF_DEFAULT_MODEL)",
     )
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description=VERSION_HELP)
     n: int = Field(16, ge=1, le=256, description="number of samples")
     label: int | None = Field(None, ge=0, le=9, description="digit to draw (label-conditioned models only)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted = a fresh one, returned")
@@ -169,6 +172,7 @@ class CompleteRequest(BaseModel):
         max_length=MAX_MODEL_NAME,
         description="served model name (default: LATENT_CNF_DEFAULT_MODEL)",
     )
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description=VERSION_HELP)
     image: list[Pixels] = Field(
         min_length=SIDE,
         max_length=SIDE,
@@ -241,6 +245,8 @@ class InterpolateResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    version: int = Field(description="the version described: the newest loaded unless one was asked for")
+    versions: list[int] = Field(description="every loaded version (the model repository's policy decides which)")
     dataset: str | None
     preset: str | None
     prior_uses_labels: bool = Field(

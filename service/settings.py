@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from latent_cnf.config import DEFAULT_MAX_NFE, DEFAULT_SOLVER, MAX_STEPS, MAX_TOLERANCE, MIN_TOLERANCE, SolverMethod
+
+from .repository import VersionPolicy
 
 
 class Settings(BaseSettings):
@@ -16,7 +19,28 @@ class Settings(BaseSettings):
 
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated checkpoint names or paths; empty = all shipped"
+        default_factory=list,
+        description="comma-separated models of the repository (or model folders anywhere) to load at start-up; "
+        "empty = every model of the repository",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="a folder of models, <name>/<version>/ each a model folder (or <name>/ itself: version 1); "
+        "unset = the shipped models",
+    )
+    version_policy: VersionPolicy = Field(
+        "latest", description="versions of a model served: latest (the highest number) or all"
+    )
+    repository_poll_s: float | None = Field(
+        None,
+        gt=0,
+        description="watch the repository: every this many seconds, load new versions and unload models gone "
+        "from disk (unset: only load and unload calls change what is served)",
+    )
+    control_token: SecretStr | None = Field(
+        None,
+        description="bearer token the repository's load and unload calls must carry (unset: no check; expose "
+        "them only to operators)",
     )
     default_model: str = Field("mnist-final-cond", description="model used when a request names none")
     max_batch: int = Field(256, ge=1, description="most samples merged into one sampling call")

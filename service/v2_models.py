@@ -64,6 +64,7 @@ class V2Model:
     name: str
     served: ServedModel
     operation: Operation
+    versions: list[int]  # of the served model, loaded
 
     @property
     def inputs(self) -> list[Tensor]:
@@ -122,7 +123,7 @@ class V2Model:
 
         return ModelMetadata(
             name=self.name,
-            versions=["1"],
+            versions=[str(version) for version in self.versions],
             platform=PLATFORM,
             inputs=describe(self.inputs),
             outputs=describe(self.outputs),
@@ -157,13 +158,23 @@ class V2Model:
         }
 
 
-def lookup(hub: ModelHub, name: str) -> V2Model:
-    """`<served model>.<operation>`; unknown operations 404 like unknown models, loading ones 503."""
+def split_name(name: str) -> tuple[str, Operation]:
+    """(served model, operation) of `<served model>.<operation>`."""
     base, _, operation = name.rpartition(".")
     if operation not in OPERATIONS or not base:
         shown = name if len(name) <= MAX_MODEL_NAME else f"{name[:MAX_MODEL_NAME]}..."
         raise UnknownModel(f"no model {shown!r}; models are named <model>.generate, .score or .complete")
-    return V2Model(name, hub.get(base), operation)
+    return base, operation
+
+
+def lookup(hub: ModelHub, name: str, version: str | None = None) -> V2Model:
+    """`<served model>.<operation>`, its newest loaded version or the one named; unknown operations and
+    versions 404 like unknown models, loading ones 503."""
+    base, operation = split_name(name)
+    if version is not None and not (version.isdigit() and 0 < len(version) <= 9):
+        raise UnknownModel(f"no version {version[:16]!r} of {name!r}: versions are positive integers")
+    served = hub.get(base, None if version is None else int(version))
+    return V2Model(name, served, operation, sorted(hub.versions.get(base, {served.version: served})))
 
 
 def _scalar(tensors: dict[str, np.ndarray], name: str) -> int | float | None:

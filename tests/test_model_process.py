@@ -23,8 +23,8 @@ from service.model_process import InProcess, InThread
 
 MODEL = "mnist-final"
 T = TypeVar("T")
-SAMPLE = BatchKey(kind="generate", model=MODEL, solver=SolverConfig("rk4", steps=4))
-SCORE = BatchKey(kind="score", model=MODEL, solver=SolverConfig("rk4", steps=4), importance_samples=4)
+SAMPLE = BatchKey(kind="generate", model=MODEL, version=1, solver=SolverConfig("rk4", steps=4))
+SCORE = BatchKey(kind="score", model=MODEL, version=1, solver=SolverConfig("rk4", steps=4), importance_samples=4)
 
 
 LOOP = uvloop.new_event_loop()  # uvloop's, as the service runs on (uvicorn takes it when installed)
@@ -39,8 +39,8 @@ def call(coroutine: Coroutine[Any, Any, T]) -> T:
 def runners():
     model = latent_cnf.load(MODEL)
     here, there = InThread(), InProcess("cpu", threads=1)
-    call(here.load(MODEL, MODEL, model))
-    call(there.load(MODEL, MODEL))
+    call(here.load(SAMPLE.instance, MODEL, model))
+    call(there.load(SAMPLE.instance, MODEL))
     yield model, here, there
     call(there.close())
     LOOP.close()
@@ -71,11 +71,15 @@ def test_a_merged_call_in_the_child_gives_what_it_gives_here(runners):
 
 def test_errors_in_the_child_are_raised_here_with_their_type(runners):
     model, _, there = runners
-    stiff = BatchKey(kind="generate", model=MODEL, solver=SolverConfig("dopri5", rtol=1e-9, atol=1e-9, max_nfe=8))
+    stiff = BatchKey(
+        kind="generate", model=MODEL, version=1, solver=SolverConfig("dopri5", rtol=1e-9, atol=1e-9, max_nfe=8)
+    )
     with pytest.raises(SolverError):
         call(there.run(stiff, chunks(model)))
     with pytest.raises(KeyError):
-        call(there.run(BatchKey(kind="generate", model="no-such-model", solver=SAMPLE.solver), chunks(model)))
+        call(
+            there.run(BatchKey(kind="generate", model="no-such-model", version=1, solver=SAMPLE.solver), chunks(model))
+        )
     assert call(there.run(SAMPLE, chunks(model)))[1] == 16  # and it goes on serving
 
 
@@ -103,7 +107,7 @@ def test_a_seeded_request_cut_into_parts_draws_the_rows_it_draws_whole(runners):
 def test_an_answer_larger_than_the_pipe_buffer_comes_back_whole(runners):
     """Megabytes each way (the loop watches the pipe without blocking, the messages still go whole)."""
     model, here, there = runners
-    frames = BatchKey(kind="trajectory", model=MODEL, solver=SAMPLE.solver, frames=11)
+    frames = BatchKey(kind="trajectory", model=MODEL, version=1, solver=SAMPLE.solver, frames=11)
     z0, labels = model.draw_base(64, seed=3)
     for _ in range(2):
         chunks = [SampleChunk(slice(0, 64), z0=z0, labels=labels), SampleChunk(slice(0, 64), SampleJob(64, None, 4))]
@@ -116,7 +120,7 @@ def test_an_answer_larger_than_the_pipe_buffer_comes_back_whole(runners):
 def test_encoded_samples_are_the_pngs_of_their_own_images(runners):
     """A call with pngs=True returns each chunk's final images as PNGs, cut at the chunk boundaries."""
     model, _, there = runners
-    key = BatchKey(kind="generate", model=MODEL, solver=SAMPLE.solver, pngs=True)
+    key = BatchKey(kind="generate", model=MODEL, version=1, solver=SAMPLE.solver, pngs=True)
     pieces, *_ = call(there.run(key, chunks(model)))
     assert [len(piece.pngs) for piece in pieces] == [2, 3]
     for piece in pieces:

@@ -93,6 +93,12 @@ def test_operation_ids_are_the_route_names() -> None:
             "model_ready",
             "model_config",
             "model_infer",
+            "model_version_metadata",
+            "model_version_ready",
+            "model_version_infer",
+            "repository_index",
+            "load_model",
+            "unload_model",
         ]
     )
 
@@ -258,7 +264,7 @@ def check_server_metadata(api: SimpleNamespace) -> None:
     status, body = call(api, "server_metadata")
     assert status == 200 and body.name == "latent-cnf"
     assert body.version == OPENAPI["info"]["version"]
-    assert body.extensions == ["binary_tensor_data", "model_configuration"]
+    assert body.extensions == ["binary_tensor_data", "model_configuration", "model_repository"]
 
 
 def check_server_live(api: SimpleNamespace) -> None:
@@ -320,6 +326,49 @@ def check_model_infer(api: SimpleNamespace) -> None:
     assert outputs["PREDICTED_LABEL"].data == [7] and len(outputs["LOG_LIKELIHOOD"].data) == 1
     status, error = call(api, "model_infer", name=f"{MODEL}.score", body=api.File(payload=io.BytesIO(b"{")))
     assert status == 400 and isinstance(error, api.models.ErrorMessage)
+
+
+def check_model_version_metadata(api: SimpleNamespace) -> None:
+    status, body = call(api, "model_version_metadata", name=f"{MODEL}.generate", version="1")
+    assert status == 200 and (body.name, body.versions) == (f"{MODEL}.generate", ["1"])
+    status, error = call(api, "model_version_metadata", name=f"{MODEL}.generate", version="2")
+    assert status == 404 and isinstance(error, api.models.ErrorMessage) and "no version 2" in error.error
+
+
+def check_model_version_ready(api: SimpleNamespace) -> None:
+    status, body = call(api, "model_version_ready", name=f"{MODEL}.score", version="1")
+    assert status == 200 and (body.name, body.ready) == (f"{MODEL}.score", True)
+
+
+def check_model_version_infer(api: SimpleNamespace) -> None:
+    request, tensor = api.models.ModelVersionInferJsonInferRequest, api.models.ModelInferJsonInferRequestRequestInput
+    inputs = [
+        tensor(name="N", shape=[1], datatype="INT32", data=[2]),
+        tensor(name="SEED", shape=[1], datatype="INT64", data=[8]),
+    ]
+    status, body = call(api, "model_version_infer", name=f"{MODEL}.generate", version="1", body=request(inputs=inputs))
+    assert status == 200 and isinstance(body, api.models.InferResponse)
+    assert {output.name for output in body.outputs} >= {"IMAGES", "LATENTS", "LABELS"}
+
+
+def check_repository_index(api: SimpleNamespace) -> None:
+    status, body = call(api, "repository_index")
+    assert status == 200 and any((e.name, e.version, e.state) == (MODEL, "1", "READY") for e in body)
+
+
+def check_load_model(api: SimpleNamespace) -> None:
+    status, body = call(api, "load_model", name=MODEL)
+    assert status == 200 and (body.name, body.versions) == (MODEL, ["1"])
+    status, error = call(api, "load_model", name="nope")
+    assert status == 404 and isinstance(error, api.models.ErrorMessage) and "nope" in error.error
+
+
+def check_unload_model(api: SimpleNamespace) -> None:
+    status, body = call(api, "unload_model", name=f"{MODEL}.generate")
+    assert status == 200 and (body.name, body.versions) == (MODEL, ["1"])
+    status, _ = call(api, "model_ready", name=f"{MODEL}.generate")
+    assert status == 404
+    assert call(api, "load_model", name=MODEL)[0] == 200  # as it was, for the checks after this one
 
 
 CHECKS: dict[str, Callable[[SimpleNamespace], None]] = {

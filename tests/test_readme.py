@@ -60,10 +60,13 @@ def curl_examples(text: str = README) -> list[tuple[str, str | None]]:
 def request_of(command: str) -> dict[str, Any]:
     """The HTTP request a curl command line sends (the options the README uses)."""
     words = shlex.split(command)[1:]
-    request: dict[str, Any] = {"headers": {}, "form": {}, "files": [], "output": None, "body": None}
+    request: dict[str, Any] = {"headers": {}, "form": {}, "files": [], "output": None, "body": None, "method": None}
     while words:
         word = words.pop(0)
         if word == "-s":
+            continue
+        if word == "-X":
+            request["method"] = words.pop(0)
             continue
         if word == "-H":
             name, value = words.pop(0).split(":", 1)
@@ -95,7 +98,7 @@ def send(client, request: dict[str, Any]):
         return client.post(request["path"], data=request["form"], files=request["files"], headers=headers)
     if request["body"] is not None:
         return client.post(request["path"], content=request["body"], headers=headers)
-    return client.get(request["path"], headers=headers)
+    return client.request(request["method"] or "GET", request["path"], headers=headers)
 
 
 def decimals(number: float) -> int:

@@ -47,7 +47,11 @@ def test_tritonclient_health_and_metadata(url):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(GENERATE) and client.is_model_ready(SCORE)
     assert not client.is_model_ready("mnist-final-cond.nothing")
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration"]
+    assert client.get_server_metadata()["extensions"] == [
+        "binary_tensor_data",
+        "model_configuration",
+        "model_repository",
+    ]
     metadata = client.get_model_metadata(SCORE)
     assert metadata["inputs"][0] == {"name": "IMAGES", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
     assert client.get_model_config(GENERATE)["max_batch_size"] == 0

@@ -59,7 +59,7 @@ def test_server_metadata_and_health(client):
     assert client.get("/v2").json() == {
         "name": "latent-cnf",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
     }
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}

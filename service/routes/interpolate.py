@@ -15,7 +15,15 @@ from latent_cnf.model import MAX_TEMPERATURE, Trajectory, slerp
 from .. import offload
 from ..dependencies import Hub
 from ..failures import LabelRequired
-from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, MAX_SEED, TEMPERATURE_HELP, InterpolateResponse
+from ..schemas import (
+    ERROR_RESPONSES,
+    MAX_MODEL_NAME,
+    MAX_SEED,
+    MAX_VERSION,
+    TEMPERATURE_HELP,
+    VERSION_HELP,
+    InterpolateResponse,
+)
 
 router = APIRouter(tags=["generate"])
 MAX_WEIGHTS = 64
@@ -33,9 +41,10 @@ async def interpolate(
     label: int | None = Query(None, ge=0, le=9, description="required for label-conditioned models"),
     temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
     model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
+    version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP),
 ) -> InterpolateResponse:
     """Spherical interpolation of the two seeds' base noise, pushed through the flow and decoded."""
-    served = hub.get(model)
+    served = hub.get(model, version)
     hub.check_label(served, label)
     if served.prior_uses_labels and label is None:
         raise LabelRequired(f"model {served.name!r} is label-conditioned: give 'label'")

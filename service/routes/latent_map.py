@@ -10,7 +10,15 @@ from latent_cnf.latent_map import LatentMap
 from ..dependencies import Hub
 from ..failures import NoLatentMap
 from ..inference import ServedModel
-from ..schemas import ERROR_RESPONSES, MAX_MODEL_NAME, LatentMapResponse, MapPoint, MapPosition
+from ..schemas import (
+    ERROR_RESPONSES,
+    MAX_MODEL_NAME,
+    MAX_VERSION,
+    VERSION_HELP,
+    LatentMapResponse,
+    MapPoint,
+    MapPosition,
+)
 
 router = APIRouter(tags=["latent map"])
 CACHE_CONTROL = "public, max-age=3600"  # a map changes only with new weights, which restart the service
@@ -19,11 +27,14 @@ _answers: dict[tuple[str, str], LatentMapResponse] = {}  # by model and weights:
 
 @router.get("/latent-map", response_model=LatentMapResponse, responses=ERROR_RESPONSES)
 async def latent_map(
-    response: Response, hub: Hub, model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME)
+    response: Response,
+    hub: Hub,
+    model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
+    version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP),
 ) -> LatentMapResponse:
     """The projection (a latent z lies at ((z - mean) @ axes^T) / scale) and the test digits' points, by label.
     /score places a drawing on the same map, and /trajectory?format=json a sample's path."""
-    served = hub.get(model)
+    served = hub.get(model, version)
     key = (served.name, served.sha256)
     if key not in _answers:
         _answers[key] = build(served)

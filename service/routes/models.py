@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from latent_cnf.data import CLASS_NAMES
 
 from ..dependencies import Hub
 from ..inference import ServedModel
-from ..schemas import ERROR_RESPONSES, ModelInfo, ModelList
+from ..schemas import ERROR_RESPONSES, MAX_VERSION, VERSION_HELP, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def describe(served: ServedModel) -> ModelInfo:
+def describe(served: ServedModel, versions: list[int]) -> ModelInfo:
     return ModelInfo(
         name=served.name,
+        version=served.version,
+        versions=versions,
         dataset=served.training.get("dataset"),
         preset=served.training.get("preset"),
         prior_uses_labels=served.prior_uses_labels,
@@ -38,10 +40,14 @@ async def list_models(hub: Hub) -> ModelList:
     """Every model served, the default one, and the checkpoints that could not be served (and why)."""
     served = list(hub.models.values())  # a copy: the loading thread may add models meanwhile
     default = hub.settings.default_model if hub.settings.default_model in hub.models else None
-    return ModelList(default=default, models=[describe(m) for m in served], failed=dict(hub.failed))
+    models = [describe(m, sorted(hub.versions.get(m.name, {}))) for m in served]
+    return ModelList(default=default, models=models, failed=dict(hub.failed))
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=ERROR_RESPONSES)
-async def get_model(name: str, hub: Hub) -> ModelInfo:
+async def get_model(
+    name: str, hub: Hub, version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP)
+) -> ModelInfo:
     """One served model: its dataset, configuration, training record and calibrated serving data."""
-    return describe(hub.get(name))
+    served = hub.get(name, version)
+    return describe(served, sorted(hub.versions.get(served.name, {})))

@@ -20,6 +20,8 @@ from ..schemas import (
     ERROR_RESPONSES,
     MAX_IMPORTANCE_SAMPLES,
     MAX_MODEL_NAME,
+    MAX_VERSION,
+    VERSION_HELP,
     ImageScore,
     ScoreResponse,
 )
@@ -59,13 +61,14 @@ async def score(
         json_schema_extra={"items": {**BINARY, "contentMediaType": "application/octet-stream"}},
     ),
     model: str | None = Form(None, min_length=1, max_length=MAX_MODEL_NAME),
+    version: int | None = Form(None, ge=1, le=MAX_VERSION, description=VERSION_HELP),
     importance_samples: int = Form(
         DEFAULT_IMPORTANCE_SAMPLES, ge=1, le=MAX_IMPORTANCE_SAMPLES, description="K of the IWAE bound"
     ),
     preprocess: Literal["mnist", "resize"] = Form("mnist"),
 ) -> ScoreResponse:
     """IWAE bound on log p(x) per image; higher is more digit-like. See the README for what the number means."""
-    served = hub.get(model)
+    served = hub.get(model, version)
     if len(file) > settings.max_files:
         raise TooManyFiles(f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]

@@ -21,7 +21,9 @@ from ..schemas import (
     ERROR_RESPONSES,
     MAX_MODEL_NAME,
     MAX_SEED,
+    MAX_VERSION,
     TEMPERATURE_HELP,
+    VERSION_HELP,
     TrajectoryResponse,
     TrajectoryStep,
 )
@@ -46,10 +48,11 @@ async def trajectory(
     label: int | None = Query(None, ge=0, le=9),
     temperature: float = Query(1.0, gt=0, le=MAX_TEMPERATURE, description=TEMPERATURE_HELP),
     model: str | None = Query(None, min_length=1, max_length=MAX_MODEL_NAME),
+    version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP),
     format: Literal["png", "json"] = Query("png"),
 ) -> Response | TrajectoryResponse:
     """PNG: n rows of `steps` images with each column's time written above it."""
-    served = hub.get(model)
+    served = hub.get(model, version)
     hub.check_label(served, label)
     seed = fresh_seed(seed)
     solver = hub.sample_solver(served)

@@ -28,10 +28,10 @@ from ..open_inference import (
     encode_response,
 )
 from ..schemas import BINARY, error_responses
-from ..v2_models import lookup, run
+from ..v2_models import V2Model, lookup, run
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 ERRORS = error_responses(
     ErrorMessage,
     {400: "malformed request or tensors", 413: "body too large", 415: None, 422: "values outside the service's limits"},
@@ -77,8 +77,14 @@ async def server_ready(hub: Hub) -> Ready | JSONResponse:
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(name: str, hub: Hub) -> ModelMetadata:
-    """Inputs and outputs of `<model>.generate` or `<model>.score`."""
+    """Inputs and outputs of `<model>.generate`, `<model>.score` or `<model>.complete`, and its loaded versions."""
     return lookup(hub, name).metadata()
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
+async def model_version_metadata(name: str, version: str, hub: Hub) -> ModelMetadata:
+    """As the model's metadata, for one loaded version (404 for a version that is not loaded)."""
+    return lookup(hub, name, version).metadata()
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=ERRORS)
@@ -87,16 +93,21 @@ async def model_ready(name: str, hub: Hub) -> ModelReady:
     return ModelReady(name=lookup(hub, name).name, ready=True)
 
 
+@router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
+async def model_version_ready(name: str, version: str, hub: Hub) -> ModelReady:
+    """As the model's readiness, for one version."""
+    return ModelReady(name=lookup(hub, name, version).name, ready=True)
+
+
 @router.get("/models/{name}/config", response_model=dict[str, Any], responses=ERRORS)
 async def model_config(name: str, hub: Hub, settings: ServiceSettings) -> dict[str, Any]:
     """Triton's model configuration (the model_configuration extension), as perf_analyzer asks for it."""
     return lookup(hub, name).config(settings)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferResponse,
-    responses={
+INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": {
         **ERRORS,
         200: {
             "content": {"application/octet-stream": {"schema": BINARY}},
@@ -110,7 +121,7 @@ async def model_config(name: str, hub: Hub, settings: ServiceSettings) -> dict[s
             },
         },
     },
-    openapi_extra={
+    "openapi_extra": {
         "parameters": [
             {
                 "name": HEADER_LENGTH,
@@ -130,11 +141,24 @@ async def model_config(name: str, hub: Hub, settings: ServiceSettings) -> dict[s
             },
         },
     },
-)
+}
+
+
+@router.post("/models/{name}/infer", **INFER_ROUTE)
 async def model_infer(name: str, request: Request, hub: Hub) -> Response:
-    """Sample (`<model>.generate`) or score (`<model>.score`) through the same batcher and limits as
-    /generate and /score; `id` is echoed (default: the request's X-Request-ID)."""
-    model = lookup(hub, name)
+    """Sample (`<model>.generate`), score (`<model>.score`) or complete (`<model>.complete`) through the same
+    batcher and limits as the native routes, on the newest loaded version; `id` is echoed (default: the
+    request's X-Request-ID)."""
+    return await infer(lookup(hub, name), request, hub)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **INFER_ROUTE)
+async def model_version_infer(name: str, version: str, request: Request, hub: Hub) -> Response:
+    """As the model's inference, on one loaded version."""
+    return await infer(lookup(hub, name, version), request, hub)
+
+
+async def infer(model: V2Model, request: Request, hub: Hub) -> Response:
     body, tensors = await run_in_threadpool(decode_request, await request.body(), request.headers.get(HEADER_LENGTH))
     check_outputs(body, [tensor.name for tensor in model.outputs])
     outputs = await run(model, hub, tensors, request.is_disconnected)

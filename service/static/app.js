@@ -107,7 +107,7 @@ async function loadModels() {
     if (!list.models.length) throw new ApiError(503, "not_ready", "no model is served yet: reload in a moment", null);
     state.models = list.models;
     const picker = $("model");
-    picker.replaceChildren(...list.models.map((m) => new Option(m.name, m.name)));
+    picker.replaceChildren(...list.models.map(modelOption));
     picker.value = list.default ?? list.models[0]?.name;
     selectModel(picker.value);
     clearError($("global-error"));
@@ -115,6 +115,33 @@ async function loadModels() {
     report($("global-error"), error);
   }
 }
+
+const modelOption = (m) => new Option(m.version > 1 ? `${m.name} (version ${m.version})` : m.name, m.name);
+
+// Operators load and unload models while the page is open (the model repository): the list is fetched again
+// whenever the picker is about to be used or the page comes back into view, keeping the choice while it is served.
+async function refreshModels() {
+  let list;
+  try {
+    list = await api("/v1/models");
+  } catch {
+    return; // the next focus tries again
+  }
+  const shown = (models) => models.map((m) => `${m.name}@${m.version}`).join();
+  if (shown(list.models) === shown(state.models)) return; // unchanged: an open dropdown stays as it is
+  const picker = $("model");
+  const names = list.models.map((m) => m.name);
+  const keep = names.includes(picker.value) ? picker.value : (list.default ?? names[0]);
+  state.models = list.models;
+  picker.replaceChildren(...list.models.map(modelOption));
+  if (keep === undefined) return;
+  picker.value = keep;
+  if (keep !== state.model) selectModel(keep);
+}
+$("model").addEventListener("focus", refreshModels);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) refreshModels();
+});
 
 // ---- tabs -------------------------------------------------------------------------------------------------------
 
