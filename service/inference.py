@@ -234,8 +234,8 @@ class ModelHub:
             return sorted(wanted)
 
     async def unload_model(self, name: str) -> list[int]:
-        """Stop serving every version of `name`: requests for it get 404 at once, and the work they queued or
-        started finishes before the weights are freed."""
+        """Stop serving every version of `name`: new requests for it are refused at once (503 while it drains,
+        then 404), and the work already queued or started finishes before the weights are freed."""
         async with self._changes.setdefault(name, asyncio.Lock()):
             versions = sorted(self.versions.get(name, {}))
             if not versions:

@@ -267,7 +267,16 @@ def test_tritonclient_drives_the_repository_while_traffic_flows(repository: Path
             switched.set()
             same_model.join()
             assert client.get_model_metadata("tiny.generate")["versions"] == ["2"]
+            unloading, unloaded = [], threading.Event()
+            mid_unload = threading.Thread(target=traffic, args=("tiny", unloading, unloaded))
+            mid_unload.start()
+            while not unloading:
+                unloaded.wait(0.01)
             client.unload_model("tiny")
+            while unloading[-1] == 200:  # in flight: answered; after: 503 while it unloads, then 404
+                unloaded.wait(0.01)
+            unloaded.set()
+            mid_unload.join()
             with pytest.raises(InferenceServerException, match="not loaded"):
                 client.infer("tiny.generate", [request])
         finally:
@@ -275,6 +284,7 @@ def test_tritonclient_drives_the_repository_while_traffic_flows(repository: Path
             worker.join()
         assert set(statuses) == {200} and during[0] >= 1, (set(statuses), during)
         assert set(switching) == {200} and switching, set(switching)  # version 1 or 2, never an error
+        assert unloading[0] == 200 and set(unloading) <= {200, 404, 503}, set(unloading)  # answered or refused
 
 
 OPERATIONS = (REPO / "docs" / "operations.md").read_text()

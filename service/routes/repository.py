@@ -84,7 +84,8 @@ async def load_model(
 async def unload_model(
     name: str, hub: Hub, settings: ServiceSettings, body: Parameters, authorization: Authorization = None
 ) -> RepositoryChange:
-    """Stop serving the model: new requests for it get 404 at once; those already queued or running finish first."""
+    """Stop serving the model: new requests for it are refused at once (503 while it drains, then 404); those
+    already queued or running finish first."""
     check_token(settings, authorization)
     versions = await hub.unload_model(model_name(name))
     return RepositoryChange(name=model_name(name), versions=[str(version) for version in versions])
