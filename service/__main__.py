@@ -1,4 +1,4 @@
-"""python -m service: run the app with uvicorn (one worker per device; see the README)."""
+"""python -m service: run the app with uvicorn (one worker per device; see docs/settings.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ FD_RESERVE_MAX = 4096
 
 def setting_rows() -> list[tuple[str, str, str]]:
     """Each setting's variable, shown default and description, from the Settings model: what --help and the
-    README's table say cannot go stale."""
+    docs/settings.md's table say cannot go stale."""
     prefix = Settings.model_config["env_prefix"]
     rows = []
     for name, field in Settings.model_fields.items():
@@ -44,7 +44,7 @@ def settings_help() -> str:
 
 
 def settings_table() -> str:
-    """The README's table of settings (`python -m service --settings-table` prints it)."""
+    """docs/settings.md's table of settings (`python -m service --settings-table` prints it)."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     lines += [
         f"| `{variable}` | {default or '-'} | {description} |" for variable, default, description in setting_rows()

@@ -19,7 +19,8 @@ def test_every_v2_route_has_an_example():
     paths = [command.split()[2].removeprefix("localhost:8000") for command, _ in curl_examples(API)]
     for route in V2_ROUTES:
         assert any(route in path for path in paths), f"docs/api.md has no curl example for {route}"
-    assert all(shown is not None for _, shown in curl_examples(API)), "every example shows its answer"
+    for command, shown in curl_examples(API):  # its answer shown, or an image saved to a file
+        assert shown is not None or " -o " in command, f"docs/api.md shows no answer to {command}"
 
 
 @pytest.mark.parametrize("command, shown", curl_examples(API), ids=lambda value: str(value)[:70])

@@ -1,4 +1,5 @@
-"""The README's examples, run as written: every curl example against the app, every Python example as code.
+"""The README's and docs' examples, run as written: every curl example against the app, every Python example as
+code, every offline command's options, the settings and calibration tables against their sources.
 
 A shown output is a contract: each field shown must match what the app returns now, strings that end in
 "..." by their prefix and numbers to the decimals shown (within one unit of the last shown digit, so the
@@ -28,6 +29,15 @@ from latent_cnf import SolverConfig, model_folder
 from .conftest import REPO
 
 README = (REPO / "README.md").read_text()
+MODEL_DOC = (REPO / "docs" / "model.md").read_text()  # the Python API and the calibrated solvers
+TRAINING_DOC = (REPO / "docs" / "training.md").read_text()  # training, pictures and evaluation commands
+SETTINGS_DOC = (REPO / "docs" / "settings.md").read_text()
+DOCS = sorted(["README.md", *(f"docs/{path.name}" for path in (REPO / "docs").glob("*.md"))])
+# where the README's own sections went: their offline commands are checked as the README's were
+MOVED_FROM_README = [
+    "README.md",
+    *(f"docs/{name}.md" for name in ("page", "model", "settings", "training", "architecture")),
+]
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
 
 
@@ -40,11 +50,6 @@ def blocks(shown_as: str = "json", text: str = README) -> list[tuple[str, str, s
         adjacent = following and following[0] == shown_as and not text[end : following[2]].strip()
         out.append((lang, code, following[1] if adjacent else None))
     return out
-
-
-def text_blocks() -> list[tuple[str, str, str | None]]:
-    """Blocks followed by the printed output of their command."""
-    return blocks("text")
 
 
 def curl_examples(text: str = README) -> list[tuple[str, str | None]]:
@@ -155,11 +160,11 @@ def check_curl_example(client, command: str, shown: str | None) -> None:
 
 def test_python_examples_run_as_written(data_dir, monkeypatch):
     monkeypatch.setenv("LATENT_CNF_DATA", str(data_dir))
-    snippets = [code for lang, code, _ in blocks() if lang == "python"]
+    snippets = [code for lang, code, _ in blocks(text=MODEL_DOC) if lang == "python"]
     assert snippets
     for code in snippets:
         namespace: dict[str, Any] = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(code, "docs/model.md", "exec"), namespace)  # noqa: S102 - the docs' own code
     assert namespace["samples"].images.shape == (16, 1, 28, 28)
     assert namespace["samples"].labels.tolist() == [3] * 16
     assert namespace["path"].images.shape == (11, 4, 1, 28, 28)
@@ -177,9 +182,12 @@ def test_shipped_example_image_is_the_first_mnist_test_digit(data_dir):
 
 
 def cli_commands() -> list[str]:
-    """Every `python -m train... --option` command the README gives, in code blocks or inline code."""
-    lines = [line for _, code, _ in blocks() for line in code.replace("\\\n", " ").splitlines()]
-    inline = [" ".join(code.split()) for code in re.findall(r"`([^`]+)`", FENCE.sub("", README))]
+    """Every `python -m train... --option` command the README and docs give, in code blocks or inline code."""
+    texts = [(REPO / path).read_text() for path in MOVED_FROM_README]
+    lines = [
+        line for text in texts for _, code, _ in blocks(text=text) for line in code.replace("\\\n", " ").splitlines()
+    ]
+    inline = [" ".join(code.split()) for text in texts for code in re.findall(r"`([^`]+)`", FENCE.sub("", text))]
     found = [re.match(r"(?:\.venv/bin/)?python -m (train\S*)( -.*)", text.strip()) for text in lines + inline]
     return [" ".join(match.groups()) for match in found if match]
 
@@ -190,23 +198,25 @@ def parser_of(module: str):
 
 @pytest.mark.parametrize("command", cli_commands())
 def test_cli_example_parses(command):
-    """The README's training and evaluation commands use options that exist (parsed, not run)."""
+    """The docs' training and evaluation commands use options that exist (parsed, not run)."""
     module, *words = shlex.split(command)
     if words != ["--help"]:
         parser_of(module).parse_args(words)
 
 
-def test_every_training_option_is_in_the_readme():
+def test_every_training_option_is_documented():
     options = {o for action in parser_of("train")._actions for o in action.option_strings if o.startswith("--")}
-    missing = {o for o in options - {"--help"} if f"`{o}" not in README}
-    assert not missing, f"python -m train options missing from the README: {sorted(missing)}"
+    missing = {o for o in options - {"--help"} if f"`{o}" not in TRAINING_DOC}
+    assert not missing, f"python -m train options missing from docs/training.md: {sorted(missing)}"
 
 
 @pytest.mark.slow
 def test_quick_evaluation_prints_the_rows_the_readme_shows(data_dir, tmp_path, capsys):
     from train import evaluate
 
-    command, shown = next((code, following) for _, code, following in text_blocks() if "train.evaluate" in code)
+    command, shown = next(
+        (code, following) for _, code, following in blocks("text", TRAINING_DOC) if "train.evaluate" in code
+    )
     words = shlex.split(command.replace("\\\n", " "))
     words = words[words.index("train.evaluate") + 1 :]
     words[words.index("--data-dir") + 1] = str(data_dir)
@@ -219,7 +229,7 @@ def test_quick_evaluation_prints_the_rows_the_readme_shows(data_dir, tmp_path, c
 
 
 def calibration_rows() -> dict[str, list[str]]:
-    section = README[README.index("**Calibrated solvers.**") :]
+    section = MODEL_DOC[MODEL_DOC.index("**Calibrated solvers.**") :]
     rows = re.findall(r"^\| `([\w-]+)` \|(.*)\|$", section[: section.index("\n\n", section.index("| ---"))], re.M)
     return {name: [cell.strip() for cell in cells.split("|")] for name, cells in rows}
 
@@ -242,13 +252,13 @@ def test_calibration_table_matches_the_cards(name):
 
 
 def test_the_settings_table_is_the_one_settings_generates():
-    """Every LATENT_CNF_* variable is in the README with its default and meaning, as `Settings` says."""
+    """Every LATENT_CNF_* variable is in docs/settings.md with its default and meaning, as `Settings` says."""
     from service.__main__ import settings_table
 
-    assert settings_table() in README, "README's settings table is stale: `python -m service --settings-table`"
+    assert settings_table() in SETTINGS_DOC, "docs/settings.md's table is stale: `python -m service --settings-table`"
 
 
-@pytest.mark.parametrize("path", ["README.md", "docs/api.md", "docs/operations.md"])
+@pytest.mark.parametrize("path", DOCS)
 def test_curl_urls_with_a_query_are_quoted(path):
     """zsh (macOS's shell) expands an unquoted `?` and fails with 'no matches found'."""
     text = (REPO / path).read_text()

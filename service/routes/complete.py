@@ -20,7 +20,7 @@ router = APIRouter(tags=["complete"])
 
 @router.post("/complete", response_model=CompleteResponse, responses=ERROR_RESPONSES)
 async def complete(body: CompleteRequest, request: Request, hub: Hub) -> CompleteResponse:
-    """The k heaviest of K importance samples per label from p(z, label | observed pixels); see the README for
+    """The k heaviest of K importance samples per label from p(z, label | observed pixels); see docs/api.md for
     the sampler and what its effective sample size means."""
     served = hub.get(body.model, body.version)
     image = binarize_at_threshold(torch.tensor(body.image, dtype=torch.float32))

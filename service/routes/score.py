@@ -67,7 +67,7 @@ async def score(
     ),
     preprocess: Literal["mnist", "resize"] = Form("mnist"),
 ) -> ScoreResponse:
-    """IWAE bound on log p(x) per image; higher is more digit-like. See the README for what the number means."""
+    """IWAE bound on log p(x) per image; higher is more digit-like. docs/model.md says what the number means."""
     served = hub.get(model, version)
     if len(file) > settings.max_files:
         raise TooManyFiles(f"at most {settings.max_files} images per request, got {len(file)}")
