@@ -147,7 +147,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.exception("loading models failed; /readyz stays 503")
             return
         if settings.repository_poll_s is not None:
-            await hub.poll(settings.repository_poll_s)
+            await hub.registry.poll(settings.repository_poll_s)
 
     loading = asyncio.create_task(load())
     try:

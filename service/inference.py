@@ -4,29 +4,22 @@ refuses it raises as Refusals (service/failures.py), which service/errors.py ans
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import functools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from opentelemetry.trace import Tracer
 
-import latent_cnf
-from latent_cnf import SolverError, model_folder, outlier
+from latent_cnf import SolverError
 from latent_cnf.completion import IMPUTATION_STEPS, Completion, check_mask, prior_draws
 from latent_cnf.config import DEFAULT_SOLVER, SolverConfig
 from latent_cnf.device import resolve_device
-from latent_cnf.latent_map import LatentMap
-from latent_cnf.model import LatentCNF, Score, Trajectory
+from latent_cnf.model import Score, Trajectory
 
 from . import metrics
 from .batching import Batcher, Part
@@ -37,17 +30,12 @@ from .failures import (
     InvalidRequest,
     InvalidSolver,
     LabelNotSupported,
-    LoadFailed,
-    ModelUnavailable,
-    NotReady,
-    Refusal,
     RequestTooCostly,
     SolverFailed,
-    UnknownModel,
 )
-from .model_calls import BatchKey, CompleteChunk, Encoded, SampleChunk, SampleJob, ScoreChunk, instance
+from .model_calls import BatchKey, CompleteChunk, Encoded, SampleChunk, SampleJob, ScoreChunk
 from .model_process import InProcess, InThread, Runner
-from .repository import ModelRepository
+from .registry import ModelRegistry, ServedModel
 from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -56,44 +44,9 @@ DISCONNECT_CHECK_S = 0.1  # how often a queued or running request checks that it
 MEMOS = 4096  # entries of a per-key memo (least recently used go): solver fields in requests make keys unbounded
 
 
-def _shown(name: str) -> str:
-    """A model name as error messages quote it: a client's long name cut short."""
-    return name if len(name) <= 64 else f"{name[:64]}..."
-
-
 def fresh_seed(seed: int | None) -> int:
     """Requests without a seed get a random one, returned so the result can be reproduced."""
     return seed if seed is not None else secrets.randbelow(2**31)
-
-
-@dataclass
-class ServedModel:
-    name: str
-    version: int  # of the model repository (service/repository.py)
-    model: LatentCNF
-    training: dict[str, Any]  # training.json: how the weights were made
-    serving: dict[str, Any]  # serving.json: score reference, OOD bounds, calibrated solvers
-    sha256: str
-    device: str
-    reference: np.ndarray | None  # the score reference's log-likelihood quantiles 0..100
-    latent_map: LatentMap | None = None  # latent_map.json: the fixed 2-D view of the latent
-
-    @property
-    def prior_uses_labels(self) -> bool:
-        return self.model.prior.uses_labels
-
-    @property
-    def instance(self) -> str:
-        return instance(self.name, self.version)
-
-    @property
-    def key_fields(self) -> dict[str, Any]:
-        """What a BatchKey takes from the model: its name and version."""
-        return {"model": self.name, "version": self.version}
-
-    @property
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
 
 async def until(condition: Callable[[], Awaitable[bool]], every_s: float) -> None:
@@ -131,183 +84,35 @@ def join_trajectories(parts: Sequence[Trajectory]) -> Trajectory:
 
 
 class ModelHub:
-    """Loads the repository's models onto one device, loads and unloads them on request, and runs merged
-    requests for them."""
+    """Runs requests on the served models: chooses their solvers, prices and parts them, queues them for the
+    batcher and runs the merged calls. Which models are served is the registry's (service/registry.py)."""
 
     def __init__(self, settings: Settings, tracer: Tracer = DISABLED):
         self.settings, self.tracer = settings, tracer
         self.device = str(resolve_device(settings.device))
-        self.repository = ModelRepository(settings.model_repository or model_folder.MODELS_DIR, settings.version_policy)
-        self.folders: dict[str, Path] = {}  # models named at start-up by a folder outside the repository
-        self.versions: dict[str, dict[int, ServedModel]] = {}  # loaded: model -> version -> served
-        self.models: dict[str, ServedModel] = {}  # what a request naming no version gets: each model's newest
-        self.failed: dict[str, str] = {}  # model -> why it could not be served
-        self.changing: dict[tuple[str, int], str] = {}  # (model, version) -> LOADING or UNLOADING, for the index
-        self._changes: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
-        self._in_flight: collections.Counter[tuple[str, int]] = collections.Counter()  # requests holding a version
-        self._drained: dict[tuple[str, int], asyncio.Event] = {}  # set when an unloading version's last one ends
-        self.loading = True
         self.batcher: Batcher[BatchKey] | None = None
-        # Model calls run in a child process (service/model_process.py), which holds the device; this process
-        # keeps a CPU copy of each model for what requests read of it (configs, base noise).
+        # Model calls run in a child process (service/model_process.py), which holds the device.
         self.runner: Runner = (
             InProcess(self.device, settings.threads) if settings.model_process else InThread(self.device)
         )
-        self._home = "cpu" if settings.model_process else self.device
+        self.registry = ModelRegistry(settings, self.device, self.runner, self.warm_up, self.forget)
         # Remembered per key: the batcher asks for a key's shape on every call it assembles, and most requests
         # repeat a few plans (planning was ~3 % of a one-sample request's CPU).
         self.work_shape = functools.lru_cache(maxsize=MEMOS)(self._work_shape)
         self.plan = functools.lru_cache(maxsize=MEMOS)(self._plan)
         self._sample_solvers: dict[str, SolverConfig] = {}  # sample_solver() of requests that choose none
 
-    @property
-    def ready(self) -> bool:
-        """Every checkpoint was tried and the default model is loaded and warmed up (others may have failed)."""
-        return not self.loading and self.settings.default_model in self.models
-
     async def load(self) -> None:
-        """Load and warm up the models to serve at start-up. A model that fails is reported (log, metric,
-        /readyz, /v1/models) and the others are served."""
+        """Start the batcher, then load the models to serve (the registry's start-up)."""
         s = self.settings
         self.batcher = Batcher(self.run_batch, self.device, self.capacity, s.max_wait_ms / 1000, s.max_queue)
-        try:
-            names = self.settings.models or self.repository.names()
-            if not names:
-                raise RuntimeError(
-                    f"no models to serve: {self.repository.root} has none and LATENT_CNF_MODELS is empty"
-                )
-            for name in names:
-                if not self.repository.versions(name):  # a folder outside the repository (or a shipped name)
-                    with contextlib.suppress(model_folder.ModelFolderError):  # else its load reports it
-                        folder = model_folder.resolve(name)
-                        name = model_folder.display_name(folder)
-                        self.folders[name] = folder
-                try:
-                    await self.load_model(name)
-                except Refusal as error:  # a bad model must not take the healthy ones down with it
-                    self.failed.setdefault(name, str(error))
-                    metrics.MODEL_LOAD_FAILED.labels(model=name).set(1)
-        finally:
-            self.loading = False
-            metrics.READY.set(int(self.ready))
-        if not self.ready:
-            log.error("the default model %r is not served; /readyz stays 503", self.settings.default_model)
-        else:
-            log.info("ready: serving %s (default %s)", ", ".join(self.models), self.settings.default_model)
+        await self.registry.load()
 
-    async def poll(self, every_s: float) -> None:
-        """Follow the repository's folder (the poll mode): a model whose versions on disk changed is loaded
-        again, one removed from disk is unloaded. Each change is tried once; a failing folder waits for the next."""
-        seen = {name: self.repository.versions(name) for name in self.repository.names()}
-        while True:
-            await asyncio.sleep(every_s)
-            now = {name: self.repository.versions(name) for name in self.repository.names()}
-            for name in sorted(set(now) | set(seen)):
-                if now.get(name) == seen.get(name):
-                    continue
-                with contextlib.suppress(Refusal):  # logged, and kept in failed for the index and /readyz
-                    if name in now:
-                        await self.load_model(name)
-                    elif name in self.versions:
-                        await self.unload_model(name)
-            seen = now
-
-    def _folders(self, name: str) -> dict[int, Path]:
-        """The versions of `name` to serve and their folders: the repository's, by the version policy."""
-        if name in self.folders:
-            return {1: self.folders[name]}
-        versions = self.repository.to_serve(name)
-        if not versions:
-            raise UnknownModel(f"no model {_shown(name)!r} in the repository {self.repository.root}")
-        return {version: self.repository.folder(name, version) for version in versions}
-
-    async def load_model(self, name: str) -> list[int]:
-        """Serve the versions of `name` the policy names, as the disk holds them now: each new one takes traffic
-        once it is loaded and warm; a version the policy no longer names is then unloaded (drained first)."""
-        async with self._changes.setdefault(name, asyncio.Lock()):
-            wanted = self._folders(name)
-            for version, folder in wanted.items():
-                if version not in self.versions.get(name, {}):
-                    await self._load_version(name, version, folder)
-            for version in sorted(set(self.versions.get(name, {})) - set(wanted)):
-                await self._unload_version(name, version)
-            return sorted(wanted)
-
-    async def unload_model(self, name: str) -> list[int]:
-        """Stop serving every version of `name`: new requests for it are refused at once (503 while it drains,
-        then 404), and the work already queued or started finishes before the weights are freed."""
-        async with self._changes.setdefault(name, asyncio.Lock()):
-            versions = sorted(self.versions.get(name, {}))
-            if not versions:
-                raise UnknownModel(f"model {_shown(name)!r} is not loaded")
-            for version in versions:
-                await self._unload_version(name, version)
-            return versions
-
-    async def _load_version(self, name: str, version: int, folder: Path) -> None:
-        started = time.perf_counter()
-        self.changing[(name, version)] = "LOADING"
-        try:
-            served = await asyncio.to_thread(self._read, name, version, folder)  # reading weights: off the loop
-            await self.runner.load(served.instance, str(folder), served.model)
-            if self.settings.warmup:
-                await self.warm_up(served)
-        except Exception as error:
-            self.failed[name] = f"version {version}: {error}"
-            metrics.MODEL_LOAD_FAILED.labels(model=name).set(1)
-            log.error("cannot serve %s version %s: %s", name, version, error)
-            raise LoadFailed(f"model {_shown(name)!r} version {version} failed to load: {error}") from None
-        finally:
-            del self.changing[(name, version)]
-        if self.failed.pop(name, None) is not None:
-            metrics.MODEL_LOAD_FAILED.remove(name)
-        self.versions.setdefault(name, {})[version] = served
-        self.models[name] = self.versions[name][max(self.versions[name])]
-        metrics.MODEL_INFO.labels(
-            model=name, version=str(version), device=self.device, checkpoint_sha256=served.sha256
-        ).set(1)
-        log.info("loaded %s version %d on %s in %.1f s", name, version, self.device, time.perf_counter() - started)
-
-    async def _unload_version(self, name: str, version: int) -> None:
-        served = self.versions[name].pop(version)
-        if self.versions[name]:
-            self.models[name] = self.versions[name][max(self.versions[name])]
-        else:
-            del self.versions[name], self.models[name]
-        self.changing[(name, version)] = "UNLOADING"
-        try:
-            if self._in_flight[(name, version)]:
-                drained = self._drained[(name, version)] = asyncio.Event()
-                await asyncio.wait_for(drained.wait(), self.settings.timeout_s)  # requests end by then anyway
-            await self.runner.unload(served.instance)
-        except asyncio.TimeoutError:
-            log.warning("unloading %s version %d with requests still running", name, version)
-        finally:
-            del self.changing[(name, version)]
-            self._drained.pop((name, version), None)
-        self.work_shape.cache_clear()  # a version loaded again under the same number may differ
+    def forget(self, served: ServedModel) -> None:
+        """Drop what is remembered of an unloaded version (a version loaded again under its number may differ)."""
+        self.work_shape.cache_clear()
         self.plan.cache_clear()
         self._sample_solvers.pop(served.instance, None)
-        metrics.forget_model_version(name, str(version), self.device, served.sha256)
-        log.info("unloaded %s version %d", name, version)
-
-    def _read(self, name: str, version: int, folder: Path) -> ServedModel:
-        """A model folder as this process holds it (see __init__), with its serving record."""
-        model = latent_cnf.load(folder, self._home)
-        serving = model_folder.read_serving(folder)
-        quantiles = serving.get("score_reference", {}).get("log_likelihood_quantiles")
-        outlier.shipped()  # loaded once, here rather than on the first /score; a missing file is logged
-        return ServedModel(
-            name=name,
-            version=version,
-            model=model,
-            training=model_folder.read_training(folder),
-            serving=serving,
-            sha256=model_folder.weights_sha256(folder),
-            device=self.device,
-            reference=np.asarray(quantiles) if quantiles else None,
-            latent_map=model_folder.read_latent_map(folder),
-        )
 
     async def warm_up(self, served: ServedModel) -> None:
         """One small call of each kind where calls run, with the solvers requests get by default."""
@@ -315,54 +120,6 @@ class ModelHub:
         await self.runner.run(generate, [SampleChunk(slice(0, 2), SampleJob(2, None, seed=0))])
         score = BatchKey(kind="score", **served.key_fields, solver=self.score_solver(served), importance_samples=2)
         await self.runner.run(score, [ScoreChunk(torch.zeros(1, 28, 28), torch.zeros(1, dtype=torch.long))])
-
-    def get(self, name: str | None, version: int | None = None) -> ServedModel:
-        """A loaded model (its newest loaded version unless one is named): served as soon as it is warm,
-        whatever the others are doing."""
-        name = name or self.settings.default_model
-        loaded = self.versions.get(name)
-        if loaded is not None:
-            if version is None:
-                return self.models[name]
-            if version in loaded:
-                return loaded[version]
-            raise UnknownModel(f"model {_shown(name)!r} has no version {version} loaded; loaded: {sorted(loaded)}")
-        if name in self.failed:
-            raise ModelUnavailable(f"model {_shown(name)!r} failed to load: {self.failed[name]}")
-        if self.loading:
-            raise NotReady("models are still loading")
-        if any(model == name for model, _ in self.changing):
-            raise ModelUnavailable(f"model {_shown(name)!r} is loading or unloading")
-        if self.repository.versions(name):
-            raise UnknownModel(
-                f"model {_shown(name)!r} is not loaded: POST /v2/repository/models/{_shown(name)}/load loads it"
-            )
-        raise UnknownModel(f"no model {_shown(name)!r}; served models: {sorted(self.models)}")
-
-    def index(self) -> list[dict[str, str]]:
-        """The repository's models and versions with their state (Triton's repository index): READY (served),
-        LOADING or UNLOADING, else UNAVAILABLE with the reason."""
-        names = set(self.repository.names()) | set(self.folders) | set(self.versions) | set(self.failed)
-        entries = []
-        for name in sorted(names):
-            on_disk = [1] if name in self.folders else self.repository.versions(name)
-            changing = {version for model, version in self.changing if model == name}
-            for version in sorted(set(on_disk) | set(self.versions.get(name, {})) | changing):
-                if version in self.versions.get(name, {}):
-                    state, reason = "READY", ""
-                elif (name, version) in self.changing:
-                    state, reason = self.changing[(name, version)], ""
-                else:
-                    state, reason = "UNAVAILABLE", self.failed.get(name, "not loaded")
-                entries.append({"name": name, "version": str(version), "state": state, "reason": reason})
-        return entries
-
-    def loaded(self, key: BatchKey) -> ServedModel:
-        """The version a request's call runs on, while it is loaded."""
-        served = self.versions.get(key.model, {}).get(key.version)
-        if served is None:
-            raise ModelUnavailable(f"model {key.model!r} version {key.version} was unloaded")
-        return served
 
     def sample_solver(self, served: ServedModel, request: dict[str, Any] | None = None) -> SolverConfig:
         """Where a served sampling solver is chosen, each layer over the one before: the model's own (the
@@ -400,7 +157,7 @@ class ModelHub:
 
     def _work_shape(self, key: BatchKey) -> WorkShape:
         """The cost of one sample (or one scored image) of requests with this key (self.work_shape, remembered)."""
-        served = self.loaded(key)
+        served = self.registry.loaded(key)
         hyper = sum(p.numel() for p in served.model.prior.parameters())  # the CNF's are its hypernetwork's
         row_units = row_evaluation_units(key.solver, hyper)
         classes = served.model.config.score_classes
@@ -421,7 +178,7 @@ class ModelHub:
     def most_units(self, key: BatchKey) -> int:
         """Memory cap of one call: samples, or the images whose latent rows (K x labels) fit max_score_rows."""
         if key.kind in ("score", "complete"):
-            classes = self.loaded(key).model.config.score_classes
+            classes = self.registry.loaded(key).model.config.score_classes
             return max(1, self.settings.max_score_rows // (key.importance_samples * classes))
         return self.settings.max_batch
 
@@ -539,17 +296,8 @@ class ModelHub:
         """Queue a job for the batcher's worker; a failed solve is refused as SolverFailed. While it waits,
         `disconnected` is polled: a job whose client has gone is withdrawn, or dropped before its next part.
         Each part comes back with the model call that ran it, traced here, in the request's context."""
-        self.loaded(key)  # not unloaded since the request looked it up; counted in flight from here, until it ends
-        held = (key.model, key.version)
-        self._in_flight[held] += 1
-        try:
+        async with self.registry.holding(key):  # an unload of its version waits for it
             return await self._queue(key, parts, heavy, disconnected)
-        finally:
-            self._in_flight[held] -= 1
-            if not self._in_flight[held]:
-                del self._in_flight[held]
-                if held in self._drained:
-                    self._drained[held].set()
 
     async def _queue(
         self, key: BatchKey, parts: list[Part], heavy: bool, disconnected: Disconnected | None

@@ -12,7 +12,7 @@ import torch
 from latent_cnf import ood, outlier
 from latent_cnf.model import Score
 
-from .inference import ServedModel
+from .registry import ServedModel
 
 
 @dataclass(frozen=True)

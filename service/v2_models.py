@@ -16,9 +16,10 @@ from pydantic import ValidationError
 from latent_cnf.images import binarize_at_threshold
 
 from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownModel
-from .inference import Disconnected, ModelHub, ServedModel, fresh_seed
+from .inference import Disconnected, ModelHub, fresh_seed
 from .model_calls import SampleJob
 from .open_inference import ModelMetadata, TensorMetadata
+from .registry import ServedModel
 from .schemas import (
     DEFAULT_COMPLETIONS,
     DEFAULT_IMPORTANCE_SAMPLES,
@@ -173,8 +174,8 @@ def lookup(hub: ModelHub, name: str, version: str | None = None) -> V2Model:
     base, operation = split_name(name)
     if version is not None and not (version.isdigit() and 0 < len(version) <= 9):
         raise UnknownModel(f"no version {version[:16]!r} of {name!r}: versions are positive integers")
-    served = hub.get(base, None if version is None else int(version))
-    return V2Model(name, served, operation, sorted(hub.versions.get(base, {served.version: served})))
+    served = hub.registry.get(base, None if version is None else int(version))
+    return V2Model(name, served, operation, sorted(hub.registry.versions.get(base, {served.version: served})))
 
 
 def _scalar(tensors: dict[str, np.ndarray], name: str) -> int | float | None:

@@ -163,7 +163,7 @@ def test_unloading_drains_the_requests_already_running(client: TestClient, repos
     slow = {"model": "tiny", "n": 256, "solver": {"method": "rk4", "steps": 64}}
     running = threading.Thread(target=lambda: answers.append(client.post("/generate", json=slow)))
     running.start()
-    while not hub._in_flight and running.is_alive():  # held: queued or running
+    while not hub.registry._in_flight and running.is_alive():  # held: queued or running
         threading.Event().wait(0.001)
     assert running.is_alive(), "the request ended before the unload could meet it"
     assert client.post("/v2/repository/models/tiny/unload").status_code == 200

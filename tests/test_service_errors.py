@@ -118,6 +118,7 @@ CORE = (
     "inference",
     "model_calls",
     "model_process",
+    "registry",
     "repository",
     "metrics",
     "open_inference",

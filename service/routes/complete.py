@@ -22,7 +22,7 @@ router = APIRouter(tags=["complete"])
 async def complete(body: CompleteRequest, request: Request, hub: Hub) -> CompleteResponse:
     """The k heaviest of K importance samples per label from p(z, label | observed pixels); see docs/api.md for
     the sampler and what its effective sample size means."""
-    served = hub.get(body.model, body.version)
+    served = hub.registry.get(body.model, body.version)
     image = binarize_at_threshold(torch.tensor(body.image, dtype=torch.float32))
     mask = named_mask(body.mask) if isinstance(body.mask, str) else torch.tensor(body.mask, dtype=torch.bool)
     seed = fresh_seed(body.seed)

@@ -53,7 +53,7 @@ async def answer(
     hub: ModelHub, body: GenerateRequest, as_png: bool, disconnected: Disconnected, tracer: Tracer
 ) -> Response:
     """The whole of a valid request's work, from this route or from service/fast_generate.py's shortcut to it."""
-    served = hub.get(body.model, body.version)
+    served = hub.registry.get(body.model, body.version)
     hub.check_label(served, body.label)
     solver = hub.sample_solver(served, body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)

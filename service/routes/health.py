@@ -19,16 +19,16 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", response_model=Health)
 async def healthz(hub: Hub) -> Health:
     """The process is alive: always 200, with the models loaded so far (more may still be loading)."""
-    return Health(status="ok", ready=hub.ready, models=sorted(hub.models), failed=hub.failed)
+    return Health(status="ok", ready=hub.registry.ready, models=sorted(hub.registry.models), failed=hub.registry.failed)
 
 
 @router.head("/readyz", response_model=Health, include_in_schema=False)
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(hub: Hub) -> Health | JSONResponse:
     """200 once every checkpoint was tried and the default model is served; `failed` names those that could not be."""
-    ready = hub.ready  # read once: the loading thread may flip it while this answers
-    status = "ready" if ready else "loading" if hub.loading else "failed"
-    health = Health(status=status, ready=ready, models=sorted(hub.models), failed=hub.failed)
+    ready = hub.registry.ready  # read once: the loading thread may flip it while this answers
+    status = "ready" if ready else "loading" if hub.registry.loading else "failed"
+    health = Health(status=status, ready=ready, models=sorted(hub.registry.models), failed=hub.registry.failed)
     return health if ready else not_ready(health)
 
 

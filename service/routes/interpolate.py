@@ -44,7 +44,7 @@ async def interpolate(
     version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP),
 ) -> InterpolateResponse:
     """Spherical interpolation of the two seeds' base noise, pushed through the flow and decoded."""
-    served = hub.get(model, version)
+    served = hub.registry.get(model, version)
     hub.check_label(served, label)
     if served.prior_uses_labels and label is None:
         raise LabelRequired(f"model {served.name!r} is label-conditioned: give 'label'")

@@ -9,7 +9,7 @@ from latent_cnf.latent_map import LatentMap
 
 from ..dependencies import Hub
 from ..failures import NoLatentMap
-from ..inference import ServedModel
+from ..registry import ServedModel
 from ..schemas import (
     ERROR_RESPONSES,
     MAX_MODEL_NAME,
@@ -34,7 +34,7 @@ async def latent_map(
 ) -> LatentMapResponse:
     """The projection (a latent z lies at ((z - mean) @ axes^T) / scale) and the test digits' points, by label.
     /score places a drawing on the same map, and /trajectory?format=json a sample's path."""
-    served = hub.get(model, version)
+    served = hub.registry.get(model, version)
     key = (served.name, served.sha256)
     if key not in _answers:
         _answers[key] = build(served)

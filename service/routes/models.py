@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from latent_cnf.data import CLASS_NAMES
 
 from ..dependencies import Hub
-from ..inference import ServedModel
+from ..registry import ServedModel
 from ..schemas import ERROR_RESPONSES, MAX_VERSION, VERSION_HELP, ModelInfo, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -38,10 +38,10 @@ def describe(served: ServedModel, versions: list[int]) -> ModelInfo:
 @router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(hub: Hub) -> ModelList:
     """Every model served, the default one, and the checkpoints that could not be served (and why)."""
-    served = list(hub.models.values())  # a copy: the loading thread may add models meanwhile
-    default = hub.settings.default_model if hub.settings.default_model in hub.models else None
-    models = [describe(m, sorted(hub.versions.get(m.name, {}))) for m in served]
-    return ModelList(default=default, models=models, failed=dict(hub.failed))
+    served = list(hub.registry.models.values())  # a copy: the loading thread may add models meanwhile
+    default = hub.settings.default_model if hub.settings.default_model in hub.registry.models else None
+    models = [describe(m, sorted(hub.registry.versions.get(m.name, {}))) for m in served]
+    return ModelList(default=default, models=models, failed=dict(hub.registry.failed))
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=ERROR_RESPONSES)
@@ -49,5 +49,5 @@ async def get_model(
     name: str, hub: Hub, version: int | None = Query(None, ge=1, le=MAX_VERSION, description=VERSION_HELP)
 ) -> ModelInfo:
     """One served model: its dataset, configuration, training record and calibrated serving data."""
-    served = hub.get(name, version)
-    return describe(served, sorted(hub.versions.get(served.name, {})))
+    served = hub.registry.get(name, version)
+    return describe(served, sorted(hub.registry.versions.get(served.name, {})))

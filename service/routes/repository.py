@@ -65,7 +65,7 @@ def model_name(name: str) -> str:
 async def repository_index(hub: Hub, body: Parameters) -> list[RepositoryEntry]:
     """Every version of every model in the repository, loaded or not: {name, version, state, reason}, state one
     of READY, LOADING, UNLOADING, UNAVAILABLE. `{"ready": true}` lists the READY ones only."""
-    entries = [RepositoryEntry(**entry) for entry in hub.index()]
+    entries = [RepositoryEntry(**entry) for entry in hub.registry.index()]
     return [entry for entry in entries if entry.state == "READY" or body.get("ready") is not True]
 
 
@@ -76,7 +76,7 @@ async def load_model(
     """Serve the versions of the model that the version policy names, as its folder holds them now: a new version
     takes traffic once loaded and warm, and a version the policy drops is unloaded after its requests finish."""
     check_token(settings, authorization)
-    versions = await hub.load_model(model_name(name))
+    versions = await hub.registry.load_model(model_name(name))
     return RepositoryChange(name=model_name(name), versions=[str(version) for version in versions])
 
 
@@ -87,5 +87,5 @@ async def unload_model(
     """Stop serving the model: new requests for it are refused at once (503 while it drains, then 404); those
     already queued or running finish first."""
     check_token(settings, authorization)
-    versions = await hub.unload_model(model_name(name))
+    versions = await hub.registry.unload_model(model_name(name))
     return RepositoryChange(name=model_name(name), versions=[str(version) for version in versions])

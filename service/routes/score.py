@@ -68,7 +68,7 @@ async def score(
     preprocess: Literal["mnist", "resize"] = Form("mnist"),
 ) -> ScoreResponse:
     """IWAE bound on log p(x) per image; higher is more digit-like. docs/model.md says what the number means."""
-    served = hub.get(model, version)
+    served = hub.registry.get(model, version)
     if len(file) > settings.max_files:
         raise TooManyFiles(f"at most {settings.max_files} images per request, got {len(file)}")
     names = [upload.filename or f"file{i}" for i, upload in enumerate(file)]

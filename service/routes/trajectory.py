@@ -52,7 +52,7 @@ async def trajectory(
     format: Literal["png", "json"] = Query("png"),
 ) -> Response | TrajectoryResponse:
     """PNG: n rows of `steps` images with each column's time written above it."""
-    served = hub.get(model, version)
+    served = hub.registry.get(model, version)
     hub.check_label(served, label)
     seed = fresh_seed(seed)
     solver = hub.sample_solver(served)

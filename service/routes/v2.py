@@ -72,7 +72,7 @@ async def server_live() -> Live:
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def server_ready(hub: Hub) -> Ready | JSONResponse:
     """200 when /readyz is; 503 otherwise, with the body saying so (clients read either)."""
-    return Ready(ready=True) if hub.ready else not_ready(Ready(ready=False))
+    return Ready(ready=True) if hub.registry.ready else not_ready(Ready(ready=False))
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
