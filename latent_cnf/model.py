@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -145,9 +146,8 @@ class LatentCNF(nn.Module):
         labels = torch.arange(k, device=z.device).repeat_interleave(len(z))
         result = self.prior.log_prob(z.repeat(k, 1), labels, solver, kinetic)
         assert result.log_prob is not None  # a prior's log_prob always sets it
-        result.log_prob = torch.logsumexp(result.log_prob.reshape(k, len(z)), 0) - math.log(k)
-        result.z = result.z.reshape(k, len(z), -1)
-        return result
+        marginal = torch.logsumexp(result.log_prob.reshape(k, len(z)), 0) - math.log(k)
+        return dataclasses.replace(result, z=result.z.reshape(k, len(z), -1), log_prob=marginal)
 
     def draw_base(
         self, n: int, label: LabelArg = None, seed: int | None = None, temperature: float = 1.0

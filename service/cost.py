@@ -25,7 +25,7 @@ EVALUATION_OVERHEAD_ROWS = 1024
 DECODER_EVALUATIONS = 64
 DOPRI5_DEFAULT_NFE = {"sampling": 64, "scoring": 256}  # when serving.json has no measured value
 # An adaptive solve steps every row on its own clock, so it runs the hypernetwork once per row and evaluation
-# (latent_cnf/cnf.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
+# (latent_cnf/dynamics.py row_parameters): such a row-evaluation costs 1 + hypernetwork parameters / this many
 # units. A compromise between measurements on the 2-core CPU that disagree with batch shape: mnist-large
 # (811k parameters) ~220 units a row-evaluation when sampling 256 at dopri5 1e-8 (charged 146); mnist-final-cond
 # (28k) ~30 when sampling 256 but ~3 when scoring at K = 64, 641 rows an image (charged 6). bench/cost_model.py

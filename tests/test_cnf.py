@@ -5,7 +5,8 @@ import torch
 from torchdiffeq import odeint
 
 from latent_cnf import ModelConfig, SolverConfig, SolverError, fixed_step
-from latent_cnf.cnf import HyperDynamics, LatentFlow
+from latent_cnf.cnf import LatentFlow
+from latent_cnf.dynamics import HyperDynamics
 
 TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
 
