@@ -261,6 +261,6 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Latent
         solvers = serving_solvers(read_serving(folder))
     except ModelFolderError as error:
         raise ModelFolderError(f"{folder / SERVING_FILE}: {error}") from error
-    for use, solver in solvers.items():
-        setattr(model, f"{use}_solver", solver)
+    model.sample_solver = solvers.get("sample", model.sample_solver)
+    model.score_solver = solvers.get("score", model.score_solver)
     return model.to(device).eval()
