@@ -13,7 +13,7 @@ import yaml
 
 from latent_cnf import PRESETS, LatentCNF, ModelFolderError, SolverConfig, data, judges, model_folder, outlier
 from latent_cnf.config import DEFAULT_SOLVER
-from latent_cnf.legacy_checkpoint import convert, main
+from train.legacy_checkpoint import convert, main
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "shipped_golden.json").read_text())
 FAST = SolverConfig(method="rk4", steps=4)

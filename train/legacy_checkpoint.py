@@ -1,4 +1,4 @@
-"""`python -m latent_cnf.legacy_checkpoint OLD NEW`: convert a checkpoint of the old format to a model folder.
+"""`python -m train.legacy_checkpoint OLD NEW`: convert a checkpoint of the old format to a model folder.
 
 The old format is the only place that needs `torch.load` (with `weights_only=True`): a model was a folder
 with weights.pt and card.json (config, provenance and serving data in one file), a judge a `<name>.pt`
@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from . import judges, model_folder, outlier
-from .config import ModelConfig
-from .model import LatentCNF
+from latent_cnf import judges, model_folder, outlier
+from latent_cnf.config import ModelConfig
+from latent_cnf.model import LatentCNF
 
 OLD_WEIGHTS, OLD_CARD = "weights.pt", "card.json"
 RENAMED_CONFIG_KEYS = {"encoder_conditional": "encoder_uses_labels", "cnf_conditional": "prior_uses_labels"}
@@ -114,7 +114,7 @@ def convert(old: Path, new: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m latent_cnf.legacy_checkpoint", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m train.legacy_checkpoint", description=__doc__)
     parser.add_argument("old", type=Path, help=f"old checkpoint folder ({OLD_WEIGHTS} + {OLD_CARD}) or judge .pt")
     parser.add_argument("new", type=Path, help="model folder to write")
     args = parser.parse_args(argv)
