@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from latent_cnf import PRESETS
 from train.loop import RunOptions, Trainer
+from train.presets import PRESETS
 
 VARIANTS = {
     "flow matching": {},

@@ -28,11 +28,12 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, TrainConfig, data, model_folder
+from latent_cnf import LatentCNF, SolverConfig, data, model_folder
 from latent_cnf.cnf import FlowResult, LatentFlow
 from latent_cnf.device import resolve_device
-from latent_cnf.networks import PatchDiscriminator
+from train.discriminator import PatchDiscriminator
 from train.objectives import OBJECTIVES, adversarial_losses, discriminator_loss
+from train.presets import PRESETS, TrainConfig
 
 
 class AutogradTraceODE(nn.Module):

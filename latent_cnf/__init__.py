@@ -1,12 +1,11 @@
 """latent-cnf: a VAE whose latent prior is a continuous normalizing flow with an exact log-density."""
 
 from .cnf import SolverError
-from .config import PRESETS, ModelConfig, SolverConfig, TrainConfig
+from .config import ModelConfig, SolverConfig
 from .model import LatentCNF, Samples, Score, Trajectory
 from .model_folder import ModelFolderError, available, load, save_pretrained
 
 __all__ = [
-    "PRESETS",
     "LatentCNF",
     "ModelConfig",
     "ModelFolderError",
@@ -14,7 +13,6 @@ __all__ = [
     "Score",
     "SolverConfig",
     "SolverError",
-    "TrainConfig",
     "Trajectory",
     "available",
     "load",

@@ -11,8 +11,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, available, save_pretrained
+from latent_cnf import LatentCNF, available, save_pretrained
 from service.settings import Settings
+from train.presets import PRESETS
 
 # The environment of a served model in the tests: one torch thread, the test process needs the other core.
 ONE_THREAD = {"LATENT_CNF_THREADS": "1"}

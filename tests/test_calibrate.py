@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder, save_pretrained
+from latent_cnf import LatentCNF, SolverConfig, model_folder, save_pretrained
 from train import calibrate
+from train.presets import PRESETS
 
 TINY = ["--samples", "40", "--reference-images", "64", "--score-images", "4", "--importance-samples", "2"]
 

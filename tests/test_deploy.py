@@ -162,8 +162,9 @@ def test_promtool_checks_the_prometheus_config(prometheus_bins: tuple[str, str],
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real app under uvicorn on a loopback port, serving one small untrained model."""
-    from latent_cnf import PRESETS, save_pretrained
+    from latent_cnf import save_pretrained
     from latent_cnf.model import LatentCNF
+    from train.presets import PRESETS
 
     tmp = tmp_path_factory.mktemp("service")
     checkpoint = save_pretrained(LatentCNF(PRESETS["final-cond"].model), tmp / "mnist-final-cond", {"dataset": "mnist"})
@@ -471,8 +472,8 @@ def test_train_job_runs_torchrun_across_its_pods() -> None:
     """One pod per node rank, pod 0 reachable by the name torchrun is given, the checkpoint on the claim."""
     from torch.distributed.run import get_args_parser
 
-    from latent_cnf import PRESETS
     from train.__main__ import build_parser
+    from train.presets import PRESETS
 
     docs = manifests(TRAIN_JOB)
     service, claim, job = docs["Service"], docs["PersistentVolumeClaim"], docs["Job"]

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, model_folder, save_pretrained
+from latent_cnf import LatentCNF, model_folder, save_pretrained
+from train.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import latent_cnf
-from latent_cnf import PRESETS, LatentCNF, data, model_folder, save_pretrained
+from latent_cnf import LatentCNF, data, model_folder, save_pretrained
 from latent_cnf.judges import load_classifier
 from train import evaluate
 from train import results as results_table
 from train.metrics.features import embed
+from train.presets import PRESETS
 
 from .conftest import run_offline
 

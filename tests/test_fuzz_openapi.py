@@ -23,9 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from latent_cnf import PRESETS, LatentCNF, save_pretrained
+from latent_cnf import LatentCNF, save_pretrained
 from service.app import create_app
 from service.settings import Settings
+from train.presets import PRESETS
 
 MAX_EXAMPLES = 15  # generated cases per operation; the coverage phase adds its boundary cases
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

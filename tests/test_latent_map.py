@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, available, data, model_folder
+from latent_cnf import LatentCNF, available, data, model_folder
 from latent_cnf.latent_map import LatentMap
 from train.latent_map import encode, first_per_label, main
+from train.presets import PRESETS
 
 SHIPPED = available()
 

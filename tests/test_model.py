@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, SolverConfig
+from latent_cnf import LatentCNF, SolverConfig
 from latent_cnf.model import base_draws
+from train.presets import PRESETS
 
 FAST = SolverConfig(method="rk4", steps=4)
 

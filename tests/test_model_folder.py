@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 
-from latent_cnf import PRESETS, LatentCNF, ModelFolderError, SolverConfig, data, judges, model_folder, outlier
+from latent_cnf import LatentCNF, ModelFolderError, SolverConfig, data, judges, model_folder, outlier
 from latent_cnf.config import DEFAULT_SOLVER
 from train.legacy_checkpoint import convert, main
+from train.presets import PRESETS
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "shipped_golden.json").read_text())
 FAST = SolverConfig(method="rk4", steps=4)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, data, model_folder, ood, outlier, save_pretrained
+from latent_cnf import LatentCNF, data, model_folder, ood, outlier, save_pretrained
 from train import ood_calibrate, ood_set
+from train.presets import PRESETS
 
 from .service_helpers import png
 

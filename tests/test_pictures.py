@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from latent_cnf import PRESETS, LatentCNF, save_pretrained
+from latent_cnf import LatentCNF, save_pretrained
 from train import pictures
+from train.presets import PRESETS
 
 
 def test_pictures_of_a_run_folder(tmp_path: Path, data_dir: Path) -> None:

@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 
-from latent_cnf import PRESETS, LatentCNF, SolverConfig, model_folder
+from latent_cnf import LatentCNF, SolverConfig, model_folder
 from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold
 from train.__main__ import main
 from train.loop import RunOptions, Trainer
 from train.objectives import OBJECTIVES
+from train.presets import PRESETS
 from train.resume_state import LEGACY_STATE_FILE, STATE_FILE
 
 from .conftest import run_offline

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from latent_cnf.config import PRESETS, ModelConfig, TrainConfig
+from latent_cnf.config import ModelConfig
 from latent_cnf.data import DataError
+from train.presets import PRESETS, TrainConfig
 
 from . import cli, distributed
 from .loop import RunOptions, Trainer

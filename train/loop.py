@@ -15,10 +15,11 @@ import torch
 from tqdm import tqdm
 
 from latent_cnf import data, model_folder
-from latent_cnf.config import DEFAULT_SOLVER, Preset, SolverConfig
+from latent_cnf.config import DEFAULT_SOLVER, SolverConfig
 from latent_cnf.images import BINARIZE_THRESHOLD, binarize_at_threshold, png_bytes, trajectory_strip
 from latent_cnf.model import LatentCNF
-from latent_cnf.networks import PatchDiscriminator
+from train.discriminator import PatchDiscriminator
+from train.presets import Preset
 
 from . import cli, distributed, reflow, resume_state
 from .objectives import OBJECTIVES, adversarial_losses, discriminator_loss

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from latent_cnf.config import SolverConfig, TrainConfig
+from latent_cnf.config import SolverConfig
 from latent_cnf.likelihood import bernoulli_log_likelihood, gaussian_entropy, kl_to_standard_normal
 from latent_cnf.model import LatentCNF
-from latent_cnf.networks import PatchDiscriminator
+from train.discriminator import PatchDiscriminator
+from train.presets import TrainConfig
 
 from .flow_matching import flow_matching_loss
 
