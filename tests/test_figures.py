@@ -73,7 +73,7 @@ def test_the_solver_figure_shows_error_and_fid_against_nfe_per_model_and_method(
     assert (x, y) == ([8, 16], [0.5, 0.1])  # sorted by NFE
     assert [c.lines[0].get_xdata().tolist() for c in right.containers] == [[8], [44]]
     assert curves_of(right)[next(iter(curves_of(right)))][2] == [2.0]
-    assert [t.get_text() for t in right.get_legend().get_texts()] == ["a", "b", "rk4", "dopri5"]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["a", "b", "rk4", "dopri5"]
     assert (left.get_xscale(), left.get_yscale()) == ("log", "log") and "nats" in left.get_ylabel()
     assert "NFE" in right.get_xlabel() and "FID" in right.get_ylabel()
 

@@ -27,6 +27,7 @@ from typing import TypeVar
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from latent_cnf import model_folder
 
@@ -192,6 +193,13 @@ def plot_curves(ax: Axes, curves: Curves[K], style: Callable[[K], dict]) -> None
         ax.errorbar([p.x for p in ordered], [y.mean for y in ys], yerr=error_bars(ys), capsize=3, **style(key))
 
 
+def doubling_axis(ax: Axes) -> None:
+    """A log-2 x axis labelled in plain numbers: concurrency and NFE come in doublings."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def colours_of(names: Sequence[str]) -> dict[str, str]:
     return {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
 
@@ -203,9 +211,8 @@ def draw_serving(throughput: Curves[str], p99: Curves[str], runs: int) -> Figure
     colour = colours_of(list(throughput))
     for ax, curves in ((left, throughput), (right, p99)):
         plot_curves(ax, curves, lambda server: {"label": server, "color": colour[server], "marker": "o"})
-        ax.set_xscale("log", base=2)
+        doubling_axis(ax)
         ax.set_xticks(sorted({p.x for points in curves.values() for p in points}))
-        ax.set_xticklabels([f"{t:g}" for t in ax.get_xticks()])
         ax.set_xlabel("concurrent connections")
     left.set(title="throughput", ylabel="requests / s (higher is better)")
     right.set(title="p99 latency", ylabel="p99 latency (ms, log; lower is better)", yscale="log")
@@ -218,7 +225,7 @@ def solver_legend(ax: Axes, models: Sequence[str], methods: Sequence[str], colou
     """One entry per model (its colour) and one per solver method (its marker)."""
     handles = [Line2D([], [], color=colour[m], label=m) for m in models]
     handles += [Line2D([], [], color="0.3", marker=MARKERS[m], linestyle="", label=m) for m in methods]
-    ax.legend(handles=handles, loc="upper right")
+    ax.legend(handles=handles, loc="lower left")
 
 
 @styled
@@ -232,14 +239,15 @@ def draw_solvers(score_errors: Curves[tuple[str, str]], fid: Curves[tuple[str, s
         model, method = key
         return {"color": colour[model], "marker": MARKERS[method], "markersize": 9 if method == "dopri5" else 6}
 
-    plot_curves(left, score_errors, style)
-    left.set(xscale="log", yscale="log", xlabel="function evaluations per score (NFE)")
-    left.set(ylabel="mean |score error| vs dopri5 1e-7 (nats)", title="scoring: error of the IWAE bound")
-    plot_curves(right, fid, style)
-    right.set(xscale="log", xlabel="function evaluations per sample (NFE)", ylabel="FID (lower is better)")
+    for ax, curves in ((left, score_errors), (right, fid)):
+        plot_curves(ax, curves, style)
+        doubling_axis(ax)
+    left.set(yscale="log", xlabel="function evaluations per score (NFE)", title="scoring: error of the IWAE bound")
+    left.set(ylabel="mean |score error| vs dopri5 1e-7 (nats)")
+    right.set(xlabel="function evaluations per sample (NFE)", ylabel="FID (lower is better)")
     right.set(title="sampling: FID, N = 10,000 (temperature 1)")
     methods = [m for m in MARKERS if any(method == m for _, method in [*score_errors, *fid])]
-    solver_legend(right, models, methods, colour)
+    solver_legend(left, models, methods, colour)
     return figure
 
 
