@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from train import figures
-from train.plotting import Interval, save
+from train.metrics.intervals import Interval
+from train.plotting import save
 
 from .conftest import REPO
 

@@ -31,7 +31,8 @@ from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from latent_cnf import model_folder
 
-from .plotting import COLOURS, Interval, error_bars, new_figure, save, styled
+from .metrics.intervals import Interval
+from .plotting import COLOURS, error_bars, new_figure, save, styled
 
 SERVING_RUNS = tuple(Path(f"docs/results/bench/service-2026-12-07-issue29-run{i}.json") for i in range(1, 9))
 SAMPLE_QUALITY = Path("docs/results/sample-quality-seeds.json")
@@ -108,12 +109,6 @@ class Quality:
     label_accuracy: Interval
 
 
-def interval_of(record: dict) -> Interval:
-    """An Interval from its JSON (Interval.record)."""
-    low, high = record["interval_95"]
-    return Interval(record["mean"], low, high, len(record["values"]))
-
-
 def read_sample_quality(path: Path) -> list[Quality]:
     """The rows of a `collect`ed JSON."""
     return [
@@ -122,8 +117,8 @@ def read_sample_quality(path: Path) -> list[Quality]:
             r["solver"],
             r["temperature"],
             r["nfe_mean"],
-            interval_of(r["fid"]),
-            interval_of(r["label_accuracy"]),
+            Interval.from_record(r["fid"]),
+            Interval.from_record(r["label_accuracy"]),
         )
         for r in json.loads(path.read_text())["rows"]
     ]

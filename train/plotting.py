@@ -1,5 +1,5 @@
 """What every figure of docs/ shares: a pyplot-free matplotlib Figure, the house style, PNGs that redraw to the
-same bytes, and the 95 % t-interval the error bars show.
+same bytes, error bars from intervals.
 
 Figures are built as `matplotlib.figure.Figure` objects, never through pyplot: no global state, no GUI backend
 (savefig renders with Agg), and tests can inspect what was drawn.
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+
+from .metrics.intervals import Interval
 
 DPI = 100  # docs/ shows the PNGs at their own size: 100 px per inch keeps them small and the text readable
 STYLE = {
@@ -53,31 +54,6 @@ def save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, metadata={"Software": None})
     return path
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A mean over runs (or seeds) and its 95 % Student-t interval; low == high == mean for a single run."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Interval:
-        from scipy import stats
-
-        sample = np.asarray(values, dtype=float)
-        mean = float(sample.mean())
-        if len(sample) < 2:
-            return cls(mean, mean, mean, len(sample))
-        half = float(stats.t.ppf(0.975, len(sample) - 1) * sample.std(ddof=1) / np.sqrt(len(sample)))
-        return cls(mean, mean - half, mean + half, len(sample))
-
-    def record(self, values: Sequence[float]) -> dict:
-        """The JSON of docs/results/*-seeds.json: the values, their mean and interval."""
-        return {"values": list(values), "mean": self.mean, "interval_95": [self.low, self.high]}
 
 
 def error_bars(intervals: Sequence[Interval]) -> np.ndarray:
