@@ -143,3 +143,14 @@ def test_the_command_draws_the_serving_figure_from_the_recorded_runs(tmp_path: P
     figures.main(["serving", "--out", str(tmp_path), "--runs", *[str(REPO / p) for p in figures.SERVING_RUNS]])
     with Image.open(tmp_path / "figure-serving.png") as png:
         assert png.size == (1100, 440)
+
+
+def test_an_interval_is_students_t_over_the_values_and_a_single_run_has_none() -> None:
+    from scipy import stats
+
+    values = [0.9638, 0.9661, 0.9643]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    interval = Interval.of(values)
+    assert (interval.low, interval.high, interval.n) == (pytest.approx(low), pytest.approx(high), 3)
+    assert Interval.from_record(interval.record(values)) == interval
+    assert Interval.of([5.0]) == Interval(5.0, 5.0, 5.0, 1)
