@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +18,20 @@ from .priors import build_prior
 
 LabelArg = int | torch.Tensor | None
 MAX_TEMPERATURE = 2.0
+
+
+def base_draws(n: int, dim: int, classes: int, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard normal noise (n, dim) and uniform labels (n,) from a seed (or fresh, from torch's global generator).
+
+    Each comes from its own NumPy stream of the seed, filled row by row, so any call's rows are the first rows of
+    a larger call's: a seed names samples, as in JAX or diffusers. (torch.randn fills in blocks of 16 and does not.)
+    """
+    if seed is None:
+        return torch.randn(n, dim), torch.randint(classes, (n,))
+    noise, labels = (np.random.default_rng(stream) for stream in np.random.SeedSequence(seed).spawn(2))
+    return torch.from_numpy(noise.standard_normal((n, dim), dtype=np.float32)), torch.from_numpy(
+        labels.integers(classes, size=n)
+    )
 
 
 @dataclass
@@ -90,16 +105,15 @@ class LatentCNF(nn.Module):
     def device(self) -> torch.device:
         return self.prior.base_std.device
 
-    def _labels(
-        self, label: LabelArg, n: int, needed: bool, generator: torch.Generator | None = None
-    ) -> torch.Tensor | None:
-        """Labels for `n` samples; a conditional prior asked for no label draws from the uniform class prior."""
+    def _labels(self, label: LabelArg, n: int, needed: bool, drawn: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Labels for `n` samples; a conditional prior asked for no label takes `drawn`, uniform class labels."""
         if not needed:
             if label is not None:
                 raise ValueError("this model is not label-conditioned: omit the label")
             return None
         if label is None:
-            labels = torch.randint(self.config.num_classes, (n,), generator=generator)
+            assert drawn is not None, "a conditional prior without a label samples drawn labels"
+            labels = drawn
         else:
             labels = torch.as_tensor(label).expand(n).clone()
         if labels.min() < 0 or labels.max() >= self.config.num_classes:
@@ -138,16 +152,17 @@ class LatentCNF(nn.Module):
     def draw_base(
         self, n: int, label: LabelArg = None, seed: int | None = None, temperature: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The random inputs of a sample: base noise and labels, from a per-call seed (drawn on the CPU).
+        """The random inputs of a sample: base noise and labels, drawn on the CPU so a seed means the same on
+        every device. With a seed, sample i depends on (seed, i, label, temperature) only, whatever `n` is.
 
         A temperature below 1 shrinks the base noise towards the mode (as in Glow): samples get more
         typical and more often the requested digit, at the price of variety.
         """
         if not 0 < temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE}]")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        labels = self._labels(label, n, self.prior.uses_labels, generator)
-        return self.prior.base_sample(n, generator) * temperature, labels
+        noise, drawn = base_draws(n, self.config.latent_dim, self.config.num_classes, seed)
+        labels = self._labels(label, n, self.prior.uses_labels, drawn)
+        return noise.to(self.device) * self.prior.base_std * temperature, labels
 
     @torch.inference_mode()
     def generate(

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from latent_cnf import PRESETS, LatentCNF, SolverConfig
+from latent_cnf.model import base_draws
 
 FAST = SolverConfig(method="rk4", steps=4)
 
@@ -63,6 +64,36 @@ def test_temperature_scales_the_base_noise():
     for bad in (0.0, -1.0, 2.5):
         with pytest.raises(ValueError, match="temperature"):
             m.draw_base(1, temperature=bad)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    ("preset", "label"),
+    [("final-cond", None), ("final-cond", 4), ("final-cond", torch.arange(16) % 10), ("vae-cnf-prior", None)],
+    ids=["drawn-labels", "one-label", "labels-per-row", "unconditional"],
+)
+def test_a_seed_names_samples_whatever_their_number(preset, label):
+    """Sample i of a seeded call depends on (seed, i, label, temperature) only: the first rows of a larger call
+    are a smaller call's, whatever n (torch.randn's blocks of 16 once made n = 1 and n = 16 differ)."""
+    m = model(preset)
+    row_labels = label[:1] if torch.is_tensor(label) else label
+    one, many = m.sample(1, row_labels, seed=3), m.sample(16, label, seed=3)
+    torch.testing.assert_close(one.images[0], many.images[0], atol=1e-5, rtol=0)  # the batch's own rounding only
+    for n in (1, 2, 3, 5, 15, 17):
+        z, labels = m.draw_base(n, None if torch.is_tensor(label) else label, seed=3, temperature=0.7)
+        z_big, labels_big = m.draw_base(40, None if torch.is_tensor(label) else label, seed=3, temperature=0.7)
+        assert torch.equal(z, z_big[:n])
+        assert labels is None or torch.equal(labels, labels_big[:n])
+    assert not torch.equal(m.draw_base(4, seed=3)[0], m.draw_base(4, seed=4)[0])
+
+
+def test_seeded_draws_are_numpy_streams_that_do_not_drift():
+    """The noise of seed 0 pinned: a change of stream (library or code) would silently change every seeded
+    answer the docs show."""
+    noise, labels = base_draws(2, 3, 10, seed=0)
+    expected = torch.tensor([[2.130971, 3.445638, -0.009256], [0.629228, 0.717282, -1.283216]])
+    torch.testing.assert_close(noise, expected, atol=1e-5, rtol=0)
+    assert labels.tolist() == [6, 6]
 
 
 def test_unconditional_model_refuses_labels():

@@ -126,6 +126,17 @@ def test_v2_samples_equal_native_samples_for_the_same_seed(client):
     assert out["SEED"].tolist() == [11] and out["NFE"].tolist() == [native["nfe"]]
 
 
+def test_v2_sample_i_does_not_depend_on_n(client):
+    first = outputs(
+        client.post(GENERATE, json={"inputs": [scalar("N", "INT32", 1), scalar("SEED", "INT64", 8)]}).json()
+    )
+    more = outputs(
+        client.post(GENERATE, json={"inputs": [scalar("N", "INT32", 16), scalar("SEED", "INT64", 8)]}).json()
+    )
+    np.testing.assert_allclose(more["LATENTS"][:1], first["LATENTS"], atol=1e-5)
+    assert more["LABELS"][0] == first["LABELS"][0]
+
+
 def test_binary_tensors_carry_the_same_values_as_json(client):
     inputs = [
         {"name": "N", "datatype": "INT32", "shape": [1], "parameters": {"binary_data_size": 4}},

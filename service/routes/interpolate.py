@@ -25,7 +25,7 @@ MAX_WEIGHTS = 64
 async def interpolate(
     request: Request,
     hub: Hub,
-    seed_a: int = Query(..., ge=0, le=MAX_SEED, description="the sample at t=0: /generate's n=1 sample of this seed"),
+    seed_a: int = Query(..., ge=0, le=MAX_SEED, description="the sample at t=0: /generate's first sample of this seed"),
     seed_b: int = Query(..., ge=0, le=MAX_SEED, description="the sample at t=1"),
     t: list[Annotated[float, Field(ge=0, le=1)]] = Query(
         [0.5], min_length=1, max_length=MAX_WEIGHTS, description="weights in [0, 1]; repeat for several images"
