@@ -1,4 +1,5 @@
-"""python -m train.pictures on an untrained 2-D model: the three files, their sizes, shared scatter axes."""
+"""python -m train.pictures on an untrained 2-D model: the three files, their sizes; the latent figure's axes,
+labels and legend; the shared projection."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from latent_cnf import LatentCNF, save_pretrained
+from latent_cnf.data import CLASS_NAMES
 from train import pictures
 from train.presets import PRESETS
 
@@ -22,7 +24,24 @@ def test_pictures_of_a_run_folder(tmp_path: Path, data_dir: Path) -> None:
     names = {p.name for p in out.iterdir()}
     assert names == {f"{kind}-mnist-vae-cnf-prior.png" for kind in ("samples", "trajectory", "latents")}
     assert Image.open(out / "samples-mnist-vae-cnf-prior.png").size == (604, 604)
-    assert Image.open(out / "latents-mnist-vae-cnf-prior.png").size == (720, 376)
+    latents = Image.open(out / "latents-mnist-vae-cnf-prior.png")
+    assert latents.format == "PNG" and latents.size == (1100, 460)
+
+
+def test_the_latent_figure_has_named_axes_a_legend_of_every_label_and_shared_frames() -> None:
+    encoded, labels = torch.randn(300, 2), torch.arange(300) % 10
+    sampled = torch.randn(50, 2) * 3  # wider than the encoder's cloud: some fall outside the frame
+    figure = pictures.latent_figure(encoded, labels, sampled, None, CLASS_NAMES["fashion-mnist"], ("z1", "z2"))
+    left, right = figure.axes
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == list(CLASS_NAMES["fashion-mnist"])
+    assert (left.get_xlabel(), left.get_ylabel(), right.get_xlabel()) == ("z1", "z2", "z1")
+    assert left.get_title() == "encoder latents of test images (n = 300)"
+    assert right.get_title() == "CNF samples, unconditional (n = 50)"
+    assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    drawn = left.collections[0]
+    torch.testing.assert_close(torch.tensor(drawn.get_offsets().data, dtype=torch.float32), encoded)
+    assert len({tuple(c) for c in drawn.get_facecolors()}) == 10  # one colour per label
+    assert len({tuple(c) for c in right.collections[0].get_facecolors()}) == 1  # unconditional: one colour
 
 
 def test_projection_keeps_2d_latents_and_shares_the_pca_axes() -> None:

@@ -6,10 +6,12 @@ python -m train.pictures --checkpoint mnist-final-cond --data-dir ../shared/data
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 import latent_cnf
 from latent_cnf import data
@@ -17,24 +19,40 @@ from latent_cnf.device import resolve_device
 from latent_cnf.images import grid, trajectory_strip
 from latent_cnf.latent_map import LatentMap
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+from .plotting import COLOURS, new_figure, save, styled
+
+PALETTE = (*COLOURS, "tab:olive", "tab:cyan")  # one colour per label, matplotlib's own ten
 
 
-def scatter(
-    points: torch.Tensor, labels: torch.Tensor, title: str, bounds: tuple[torch.Tensor, torch.Tensor], size: int = 360
-) -> Image.Image:
-    """A 2-D scatter coloured by label, drawn with Pillow (no plotting library needed).
-
-    `bounds` (low, high corners) are shared by the panels of one figure so that they can be compared."""
-    canvas = Image.new("RGB", (size, size + 16), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), title, fill="black")
-    low, high = bounds
-    scaled = ((points - low) / (high - low).clamp_min(1e-6)).clamp(0, 1) * (size - 8) + 4
-    for (x, y), label in zip(scaled.tolist(), labels.tolist(), strict=True):
-        draw.point((x, size - y + 16), fill=PALETTE[label % 10])
-    return canvas
+@styled
+def latent_figure(
+    encoded: torch.Tensor,
+    labels: torch.Tensor,
+    sampled: torch.Tensor,
+    sample_labels: torch.Tensor | None,
+    class_names: Sequence[str],
+    axis_names: tuple[str, str],
+) -> Figure:
+    """Encoder latents of test images beside CNF samples, on the same axes, coloured by label (one colour for
+    unconditional samples). Small translucent dots so that dense regions show as dense; the axes are framed by
+    the encoder's cloud (0.5 to 99.5 % quantiles), so a prior that misses it shows samples off the frame."""
+    figure, axes = new_figure(11, 4.6, columns=2)
+    low, high = encoded.quantile(0.005, 0).tolist(), encoded.quantile(0.995, 0).tolist()
+    sample_title = "CNF samples, by requested label" if sample_labels is not None else "CNF samples, unconditional"
+    panels = [
+        (axes[0], encoded, labels, "encoder latents of test images"),
+        (axes[1], sampled, sample_labels, sample_title),
+    ]
+    for ax, points, by, title in panels:
+        colours = [PALETTE[y % len(PALETTE)] for y in by.tolist()] if by is not None else "0.3"
+        ax.scatter(points[:, 0], points[:, 1], s=4, c=colours, alpha=0.35, linewidths=0)
+        ax.set(title=f"{title} (n = {len(points)})", xlabel=axis_names[0], ylabel=axis_names[1])
+        ax.set(xlim=(low[0], high[0]), ylim=(low[1], high[1]))
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=PALETTE[i], label=name) for i, name in enumerate(class_names)
+    ]
+    figure.legend(handles=handles, loc="outside right center", title="label")
+    return figure
 
 
 def project(reference: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -74,17 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     encoder_labels = labels if model.config.encoder_uses_labels else None
     encoded, _ = model.encode(data.to_float(test.images).to(device), encoder_labels)
     sampled = model.sample(args.points, seed=0)
-    sample_labels = sampled.labels if sampled.labels is not None else torch.zeros(args.points, dtype=torch.long)
     left, right = project(encoded.cpu(), sampled.latents.cpu())
-    how = "latents" if encoded.shape[1] == 2 else "PCA of latents"
-    bounds = (left.quantile(0.005, 0), left.quantile(0.995, 0))  # the encoder's cloud frames both panels
-    panels = [scatter(left, labels.cpu(), f"encoder {how}, test set, by digit", bounds)]
-    title = f"CNF samples ({'by label' if conditional else 'one colour'}), same axes"
-    panels.append(scatter(right, sample_labels.cpu(), title, bounds))
-    figure = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
-    for i, panel in enumerate(panels):
-        figure.paste(panel, (i * panel.width, 0))
-    figure.save(args.out / f"latents-{name}.png")
+    names = ("latent z1", "latent z2") if encoded.shape[1] == 2 else ("PCA axis 1 of the encoder latents", "PCA axis 2")
+    sample_labels = sampled.labels.cpu() if sampled.labels is not None else None
+    figure = latent_figure(left, labels.cpu(), right, sample_labels, data.CLASS_NAMES[dataset], names)
+    save(figure, args.out / f"latents-{name}.png")
     print(f"wrote samples-, trajectory- and latents-{name}.png to {args.out}")
 
 
