@@ -199,9 +199,13 @@ def confirmed(rows: list[dict], within: dict[str, float], heldout: Meter) -> tup
 
 def as_solver(choice: dict, heldout: dict) -> dict:
     """A serving.json entry: the solver's fields, what was measured for it on the choice draw, and under
-    "heldout" what was measured on the held-out draw."""
+    "heldout" the errors measured on the held-out draw (its NFE counts its larger batches' chunks)."""
     measured = {k: v for k, v in choice.items() if k not in ("solver", "spec")}
-    return {**choice["spec"], **measured, "heldout": {k: v for k, v in heldout.items() if k not in ("solver", "spec")}}
+    return {
+        **choice["spec"],
+        **measured,
+        "heldout": {k: v for k, v in heldout.items() if k not in ("solver", "spec", "nfe")},
+    }
 
 
 def table(title: str, rows: list[dict]) -> str:
@@ -267,8 +271,7 @@ def calibrate(options: CalibrateOptions, command: str) -> dict:
 
 def report(solvers: dict) -> None:
     for use, solver in model_folder.serving_solvers({"solvers": solvers}).items():
-        errors = {k: v for k, v in solvers[use]["heldout"].items() if k != "nfe"}
-        print(f"{use}: {solver} (held out: {errors})")
+        print(f"{use}: {solver} (held out: {solvers[use]['heldout']})")
 
 
 def main(argv: list[str] | None = None) -> None:
