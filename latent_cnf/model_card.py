@@ -145,8 +145,10 @@ def render(
     if serving:
         lines += ["", "## Serving", ""]
         for use, solver in sorted(solvers.items()):
-            nfe = serving["solvers"][use].get("nfe")
-            lines.append(f"- calibrated {use} solver: {solver}" + (f" ({nfe} NFE)" if nfe is not None else ""))
+            entry = serving["solvers"][use]
+            measured = [f"{entry['nfe']} NFE"] if entry.get("nfe") is not None else []
+            measured += [_heldout_errors(entry["heldout"])] if "heldout" in entry else []
+            lines.append(f"- calibrated {use} solver: {solver}" + (f" ({'; '.join(measured)})" if measured else ""))
         if reference := serving.get("score_reference"):
             split = reference.get("split", f"{dataset} test" if dataset else "the test set")
             lines.append(
@@ -160,3 +162,10 @@ def render(
     files += ["evaluation.json"] if evaluation else []
     lines += ["", f"Files: {', '.join(files)}."]
     return "\n".join(lines) + "\n"
+
+
+def _heldout_errors(heldout: dict[str, Any]) -> str:
+    """A calibrated solver's errors on train.calibrate's held-out draw: what its budget is known to hold on."""
+    if "max_pixel_error" in heldout:
+        return f"held out: worst pixel error {heldout['max_pixel_error']:.3f}, FID change {heldout['fid_change']:.3%}"
+    return f"held out: worst score error {heldout['max_error_nats']:.4f} nats"

@@ -75,3 +75,27 @@ def client(tmp_path_factory):
     with TestClient(app) as client:
         wait_ready(client)
         yield client
+
+
+# calibrated before the held-out draw (docs/results.md, "Calibrated solvers")
+NOT_RECALIBRATED_MODELS = ("mnist-large", "mnist-final", "mnist-fm-cond", "fashion-mnist-final-cond")
+NOT_RECALIBRATED = pytest.mark.xfail(
+    strict=True,
+    reason="calibrated before the held-out draw: its recalibration did not finish in the session on the 2-core CPU",
+)
+
+
+def shipped_models(slow: tuple[str, ...] = ()) -> list:
+    """Every shipped model as a case: NOT_RECALIBRATED_MODELS marked so, the names in `slow` slow."""
+    from latent_cnf.model_folder import available
+
+    return [
+        pytest.param(
+            name,
+            marks=[
+                *([NOT_RECALIBRATED] if name in NOT_RECALIBRATED_MODELS else []),
+                *([pytest.mark.slow] if name in slow else []),
+            ],
+        )
+        for name in available()
+    ]

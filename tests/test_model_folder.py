@@ -184,12 +184,14 @@ def test_shipped_models_hold_what_the_service_reads(name: str) -> None:
 @torch.no_grad()
 @pytest.mark.parametrize("name", sorted(GOLDEN["models"]))
 def test_shipped_models_reproduce_their_old_format_outputs(name: str, data_dir: Path) -> None:
-    """The values recorded from the old weights.pt checkpoints before conversion (tests/data)."""
+    """The values recorded from the old weights.pt checkpoints before conversion (tests/data), with the solvers
+    they were recorded with (the calibrated defaults then: a recalibration changes the defaults, not the weights)."""
     torch.set_num_threads(1)
     golden, model = GOLDEN["models"][name], model_folder.load(name)
-    path = model.generate(*old_format_draws(model, 4, seed=0))
+    sample_solver, score_solver = (SolverConfig(**golden["solvers"][use]) for use in ("sample", "score"))
+    path = model.generate(*old_format_draws(model, 4, seed=0), solver=sample_solver)
     test = data.load_split("mnist", "test", data_dir)
-    score = model.score((data.to_float(test.images[:2]) > 0.5).float(), k=4, seed=0)
+    score = model.score((data.to_float(test.images[:2]) > 0.5).float(), k=4, seed=0, solver=score_solver)
     sums = path.images[-1].flatten(1).sum(1)
     torch.testing.assert_close(sums, torch.tensor(golden["sample_image_sums"]), atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(path.latents[-1], torch.tensor(golden["sample_latents"]), atol=1e-4, rtol=1e-4)

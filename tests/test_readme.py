@@ -26,7 +26,7 @@ from PIL import Image
 import latent_cnf
 from latent_cnf import SolverConfig, model_folder
 
-from .conftest import REPO
+from .conftest import REPO, shipped_models
 
 README = (REPO / "README.md").read_text()
 MODEL_DOC = (REPO / "docs" / "model.md").read_text()  # the Python API and the calibrated solvers
@@ -249,6 +249,15 @@ def test_calibration_table_matches_the_cards(name):
     worst, mean = (float(v) for v in cells[4].split(" / "))
     assert_shown(worst, score["max_error_nats"], f"{name} worst score error")
     assert_shown(mean, score["mean_error_nats"], f"{name} mean score error")
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_calibration_table_shows_the_held_out_errors(name):
+    sample, score = (model_folder.read_serving(name)["solvers"][use]["heldout"] for use in ("sample", "score"))
+    pixel, fid_change, score_error = calibration_rows()[name][5].split(" / ")
+    assert_shown(float(pixel), sample["max_pixel_error"], f"{name} held-out pixel error")
+    assert_shown(float(fid_change.rstrip(" %")), 100 * sample["fid_change"], f"{name} held-out FID change")
+    assert_shown(float(score_error), score["max_error_nats"], f"{name} held-out worst score error")
 
 
 def test_the_settings_table_is_the_one_settings_generates():
