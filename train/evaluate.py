@@ -20,8 +20,8 @@ Protocol (all NLL-like numbers are positive nats per image, lower is better):
 - ood_auroc: AUROC of telling the first `--ood-images` binarized test images from as many outliers (the
   other dataset's test images, and uniform noise images, binarized the same way), with the IWAE
   log-likelihood as score and with the input-complexity corrected score of train/metrics/ood.py.
-Cost: scoring dominates, ~K x classes latent rows per image through an adaptive ODE solve, for the test
-images and each outlier set; K=1000 on the full sets is a GPU job (on one CPU core: ~16 s per image).
+Cost: scoring dominates, K latent rows per image through an adaptive ODE solve, for the test images and each
+outlier set; K=1000 on the full sets is a GPU job (on one CPU core: ~1 s per image of a label-gated model).
 Data-side randomness (binarization, noise images, reference subsets) is fixed by PROTOCOL_SEED; `--seeds` only
 drive the model's randomness. The sample metrics are measured once per seed and reported as the mean, its
 95 % t-interval over the seeds (`_interval`) and the values (`_per_seed`); the importance samples use the first
@@ -70,7 +70,7 @@ RESERVED_SEEDS = frozenset({PROTOCOL_SEED, CALIBRATION_SEED, TrainConfig.seed})
 BOOTSTRAP_RESAMPLES = 1000
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "device", "git_commit")
-SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
+SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of each seed
 # What a model folder's evaluation.json keeps of the results: the headline test metrics and K, M, N.
 HEADLINE_FIELDS = (
     "dataset",
@@ -236,6 +236,7 @@ def generate(
 
 def evaluate(options: EvaluateOptions) -> dict:
     start_time = time.perf_counter()
+    check_seeds(options.seeds)
     device = distributed.setup(options.device)
     model = model_folder.load(options.checkpoint, device)
     training = model_folder.read_training(options.checkpoint)
@@ -414,7 +415,6 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse(build_parser(), argv)
-    check_seeds(args.seeds)
     try:
         results = evaluate(cli.options_from(args, EvaluateOptions)) | {
             "command": cli.command_line("train.evaluate", argv)
