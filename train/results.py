@@ -14,9 +14,9 @@ from pathlib import Path
 from latent_cnf import model_folder
 
 COLUMNS = (
-    "checkpoint", "test NLL", "-ELBO", "-ELBO (true label)", "latent NLL", "judge-feature FID (floor)",
-    "precision / recall", "label acc.", "OOD AUROC (other; noise)", "sample NFE", "K / N / M", "seeds",
-    "training (epochs, time, device)",
+    "checkpoint", "test NLL", "-ELBO", "-ELBO (true label)", "latent NLL", "judge-feature FID",
+    "precision / recall", "label acc.", "OOD AUROC (other; noise), raw, complexity-corrected", "sample NFE",
+    "K / N / M", "seeds", "training (epochs, time, device)",
 )  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def row(result: dict) -> str:
     k, k_ood = result["importance_samples"], result["ood_importance_samples"]
     old = "seeds" not in result
     ood = "; ".join(
-        f"{cell(scores, 'likelihood', 3)} ({cell(scores, 'complexity_corrected', 3)} corr.)"
+        f"{cell(scores, 'likelihood', 3)}, corr. {cell(scores, 'complexity_corrected', 3)}"
         for scores in result["ood_auroc"].values()
     )
     proposals = f"{k}{'' if k == k_ood else f' (OOD {k_ood})'}{' per label' if old else ''}"
@@ -54,7 +54,7 @@ def row(result: dict) -> str:
         f"{_f(result['test_elbo_nats'])} (old def.)" if old else cell(result, "test_elbo_nats"),
         cell(result, "test_elbo_true_label_nats"),
         cell(result, "latent_nll_nats"),
-        f"{cell(result, 'fid', 1)} ({_f(result['fid_reference'], 1)})",
+        f"{cell(result, 'fid', 1)}, floor {_f(result['fid_reference'], 1)}",
         f"{cell(result, 'precision', 3)} / {cell(result, 'recall', 3)}",
         label_accuracy(result),
         ood,
