@@ -26,6 +26,7 @@ from latent_cnf import data
 from latent_cnf.completion import MASKS, complete, log_unobserved_per_pixel, named_mask
 from latent_cnf.images import binarize_at_threshold
 from latent_cnf.model import LatentCNF
+from train.metrics.intervals import t_interval
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,8 @@ class Measurement:
 
 def interval(values: list[float]) -> str:
     """The mean's 95 % t-interval over the digits."""
-    from scipy import stats
-
-    sample = torch.tensor(values, dtype=torch.float64)
-    half = stats.t.ppf(0.975, len(sample) - 1) * float(sample.std()) / len(sample) ** 0.5
-    return f"{float(sample.mean()) - half:.4g} .. {float(sample.mean()) + half:.4g}"
+    _, low, high = t_interval(values)
+    return f"{low:.4g} .. {high:.4g}"
 
 
 def measure(

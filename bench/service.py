@@ -74,6 +74,7 @@ from bench.harness import (
     wait_idle,
 )
 from train.cli import add_flags, flag, options_from
+from train.metrics.intervals import t_interval
 
 NAIVE_APP = "naive_server:app"
 PEER_SCRIPTS = {"peer": BENCH / "litserve_peer.py", "kserve": BENCH / "kserve_peer.py"}
@@ -437,8 +438,6 @@ def references(rows: list[dict]) -> dict:
 def combine(paths: Sequence[Path]) -> list[dict]:
     """The targets over several throughput runs (their --json files): each one's mean and 95 % t-interval, met
     only if the whole interval is on the right side of the goal."""
-    from scipy import stats
-
     runs = [json.loads(path.read_text())["result"]["references"]["targets"] for path in paths]
     ops = {name: op for name, _, op in target_goals()}
     out = []
@@ -447,10 +446,9 @@ def combine(paths: Sequence[Path]) -> list[dict]:
         first = checks[0]
         row = {"target": first["target"], "goal": first["goal"], "runs": len(values), "values": values.tolist()}
         if len(values) >= 2:
-            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-            low, high = values.mean() - half, values.mean() + half
+            mean, low, high = t_interval(values)
             met = low >= first["goal"] if ops[first["target"]] == "ge" else high <= first["goal"]
-            row |= {"mean": values.mean(), "low": low, "high": high, "met": bool(met)}
+            row |= {"mean": mean, "low": low, "high": high, "met": bool(met)}
         out.append(row)
     return out
 

@@ -37,3 +37,15 @@ def kl_to_standard_normal(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Te
 def iwae_bound(log_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """log (1/K sum_k w_k): a lower bound on log p(x) that tightens as K grows."""
     return torch.logsumexp(log_weights, dim=dim) - math.log(log_weights.shape[dim])
+
+
+def label_latent_elbo(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ELBO on log p(x) from the log weights log p(x, z | y) / q(z | x, y), shaped (..., C labels, k draws), of
+    a model with a uniform label prior, and the label posterior log r(y | x) that it uses.
+
+    With the label as a latent, sum_y r(y) [ELBO_y - log C - log r(y)] <= log p(x) for any r; r = softmax ELBO_y
+    is the tightest and gives log 1/C sum_y exp ELBO_y (ELBO_y: the mean log weight of label y). It equals
+    log p(x) when each q(z | x, y) is the exact posterior; C = 1 is the plain ELBO.
+    """
+    label_elbo = log_weights.mean(-1)
+    return iwae_bound(label_elbo, dim=-1), torch.log_softmax(label_elbo, -1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .cnf import FlowResult
 from .config import DEFAULT_SOLVER, ModelConfig, SolverConfig
-from .likelihood import bernoulli_log_likelihood, gaussian_log_density, iwae_bound
+from .likelihood import bernoulli_log_likelihood, gaussian_log_density, iwae_bound, label_latent_elbo
 from .networks import Decoder, Encoder
 from .priors import build_prior
 
@@ -57,14 +57,15 @@ class Score:
     """Per-image log-likelihood bound in nats, and its parts (shaped (n,) unless noted)."""
 
     log_likelihood: torch.Tensor  # IWAE bound on log p(x)
-    elbo: torch.Tensor
+    elbo: torch.Tensor  # ELBO on log p(x); the label is a latent for label-gated models (see LatentCNF.score)
     reconstruction: torch.Tensor  # E_q log p(x|z)
-    kl: torch.Tensor  # E_q [log q(z|x) - log p(z)]
+    kl: torch.Tensor  # E_q [log q(z, y|x) - log p(z, y)]: elbo = reconstruction - kl
     latent_log_density: torch.Tensor  # log p(encoder mean) under the prior
     decoded_mean: torch.Tensor  # (n, 1, H, W) pixel means decoded from that encoder mean: what the model kept
     encoder_mean: torch.Tensor  # (n, d) that encoder mean (for a label-gated encoder, the best label's)
     encoder_std: torch.Tensor  # (n, d) and the std of the same encoder posterior
     label_log_likelihood: torch.Tensor | None  # (n, classes): IWAE bound on log p(x | y), conditional priors
+    label_elbo: torch.Tensor  # (n, score classes): ELBO on log p(x | y) for each label (one column if none)
     predicted_label: torch.Tensor | None
     importance_samples: int
     nfe: int
@@ -211,10 +212,15 @@ class LatentCNF(nn.Module):
         seed: int | torch.Tensor = 0,
         max_rows: int = 65_536,
     ) -> Score:
-        """IWAE bound on log p(x) with K importance samples per image (per label for conditional models).
+        """IWAE bound on log p(x) with `k` importance samples per label (C k proposals per image in all for a
+        label-gated model, C = config.score_classes; k for others), and the matching ELBO.
 
-        Conditional models marginalise the label: proposals are stratified over the uniform class prior, so
-        the bound is on log p(x) = log 1/C sum_y p(x | y), and the per-label bounds give `predicted_label`.
+        Label-gated models marginalise the label: the proposals are stratified over the uniform label prior,
+        k from each q(z | x, y), so the bound is on log p(x) = log 1/C sum_y p(x | y), and the per-label bounds
+        give `predicted_label`. The ELBO treats the label as a latent too (likelihood.label_latent_elbo):
+        log 1/C sum_y exp ELBO_y, ELBO_y = E_q(z|x,y) log p(x, z | y) / q(z | x, y) estimated by the k draws of
+        label y. It never exceeds the IWAE bound of the same draws (ELBO_y <= label y's IWAE bound). Averaging
+        ELBO_y over all labels instead (a uniform label posterior) charges every image for its wrong labels.
         Image i draws its proposal noise from seed + i (or seed[i] for a tensor of seeds), so an image's
         score does not depend on what else is in the batch. `max_rows` caps how many latent rows go through
         the flow at once (memory, not maths).
@@ -242,6 +248,7 @@ class LatentCNF(nn.Module):
             encoder_mean=merged["encoder_mean"],
             encoder_std=merged["encoder_std"],
             label_log_likelihood=per_label,
+            label_elbo=merged["label_elbo"],
             predicted_label=per_label.argmax(1) if per_label is not None else None,
             importance_samples=k,
             nfe=sum(p["nfe"] for p in parts),
@@ -265,6 +272,10 @@ class LatentCNF(nn.Module):
         log_px = bernoulli_log_likelihood(torch.unflatten(self.decode(z), 0, (-1, k)), x_rows.unsqueeze(1)).flatten()
         log_w = (log_px + prior.log_prob - log_q).reshape(n, classes, k)
         per_label = iwae_bound(log_w, dim=2)
+        elbo, log_r = label_latent_elbo(log_w)  # log 1/C sum_y exp ELBO_y, with r(y|x) its label posterior
+        r = log_r.exp()
+        label_kl = (r * (log_r + math.log(classes))).sum(1)  # KL(r || uniform prior)
+        latent_kl = (log_q - prior.log_prob).reshape(n, classes, k).mean(2)
         best = per_label.argmax(1)
         mean_best = mean.reshape(n, classes, d)[torch.arange(n), best]
         std_best = torch.exp(log_std).reshape(n, classes, d)[torch.arange(n), best]
@@ -273,9 +284,10 @@ class LatentCNF(nn.Module):
         return {
             "iwae": iwae_bound(per_label, dim=1),
             "per_label": per_label,
-            "elbo": log_w.mean((1, 2)),
-            "reconstruction": log_px.reshape(n, -1).mean(1),
-            "kl": (log_q - prior.log_prob).reshape(n, -1).mean(1),
+            "label_elbo": log_w.mean(2),
+            "elbo": elbo,
+            "reconstruction": (r * log_px.reshape(n, classes, k).mean(2)).sum(1),
+            "kl": (r * latent_kl).sum(1) + label_kl,
             "latent": latent.log_prob,
             "decoded_mean": self.decode_images(mean_best),
             "encoder_mean": mean_best,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ from train.presets import PRESETS
 
 from .conftest import run_offline
 
-TINY = ["--importance-samples", "2", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
-TINY_OOD = ["--ood-images", "60", "--ood-importance-samples", "1"]
+TINY = ["--importance-samples", "20", "--num-samples", "50", "--test-images", "100", "--reference-images", "1000"]
+TINY_OOD = ["--ood-images", "60", "--ood-importance-samples", "10"]
 KEYS = {
     "test_nll_nats",
     "test_elbo_nats",
@@ -54,7 +55,7 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     model = untrained("final-cond", tmp_path / "ck", training)
     out = tmp_path / "eval.json"
     argv = ["--checkpoint", str(tmp_path / "ck"), "--data-dir", str(data_dir), "--json", str(out), "--device", "cpu"]
-    evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5", "--record-in-folder"])
+    evaluate.main([*argv, *TINY, *TINY_OOD, "--temperatures", "0.5", "--seeds", "4", "5", "--record-in-folder"])
     results = json.loads(out.read_text())
     assert KEYS <= results.keys()
     recorded = json.loads((tmp_path / "ck" / model_folder.EVALUATION_FILE).read_text())
@@ -64,11 +65,23 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert results["config_hash"] == model.config.hash()
     assert results["dataset"] == "mnist"
     sizes = ("importance_samples", "ood_importance_samples", "num_samples", "test_images", "ood_images")
-    assert tuple(results[key] for key in sizes) == (2, 1, 50, 100, 60)
+    assert tuple(results[key] for key in sizes) == (20, 10, 50, 100, 60)  # K in all: 2 and 1 per label
+    assert results["score_classes"] == 10 and results["seeds"] == [4, 5]
+    assert (
+        results["command"].startswith("python -m train.evaluate --checkpoint") and "--seeds 4 5" in results["command"]
+    )
     assert results["training"] == training | {"command": None, "git_commit": None}
     for key in ("test_nll_nats", "test_elbo_nats", "latent_nll_nats", "sample_nfe_mean", "seconds"):
         assert math.isfinite(results[key])
     assert 0 < results["test_nll_nats"] <= results["test_elbo_nats"]  # the IWAE bound is tighter than the ELBO
+    # log 1/C sum_y exp ELBO_y >= ELBO_true + log 1/C, image by image
+    assert results["test_elbo_nats"] <= results["test_elbo_true_label_nats"]
+    for key in ("test_nll_nats", "test_elbo_nats", "test_elbo_true_label_nats", "latent_nll_nats", "fid", "recall"):
+        low, high = results[f"{key}_interval"]
+        assert low <= results[key] <= high
+    for key in ("fid", "precision", "recall", "label_accuracy", "sample_nfe_mean"):  # sample metrics: per seed
+        assert len(results[f"{key}_per_seed"]) == 2
+        assert results[key] == pytest.approx(sum(results[f"{key}_per_seed"]) / 2)
     assert results["fid"] >= 0 and results["fid_reference"] >= 0
     assert results["fid_reference"] < results["fid"]  # real test images beat an untrained model's samples
     assert 0 <= results["reconstruction_accuracy"] <= 1
@@ -78,16 +91,25 @@ def test_evaluate_end_to_end(tmp_path: Path, data_dir: Path, capsys: pytest.Capt
     assert cold["fid"] != results["fid"]
     assert results["ood_auroc"].keys() == {"fashion-mnist", "noise"}
     for scores in results["ood_auroc"].values():
-        assert scores.keys() == {"likelihood", "complexity_corrected"}
-        assert all(0 <= v <= 1 for v in scores.values())
+        assert scores.keys() == {
+            "likelihood",
+            "complexity_corrected",
+            "likelihood_interval",
+            "complexity_corrected_interval",
+        }
+        for name in ("likelihood", "complexity_corrected"):
+            low, high = scores[f"{name}_interval"]
+            assert 0 <= low <= scores[name] <= high <= 1
     assert "ood_auroc.noise.complexity_corrected" in capsys.readouterr().out
     results_table.main([str(out)])
     header, rule, line = capsys.readouterr().out.splitlines()
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|")) == rule.count("---")
-    assert cells[0] == "ck" and cells[1] == f"{results['test_nll_nats']:.2f}"
-    assert cells[-2:] == ["2 (OOD 1) / 50 / 100", "2 ep., 2 min, cpu"]
-    assert cells[6] == f"{results['label_accuracy']:.3f} ({cold['label_accuracy']:.3f} at T=0.5)"
+    low, high = results["test_nll_nats_interval"]
+    assert cells[0] == "ck" and cells[1] == f"{results['test_nll_nats']:.2f} ({low:.2f} .. {high:.2f})"
+    assert cells[-3:] == ["20 (OOD 10) / 50 / 100", "4, 5", "2 ep., 2 min, cpu"]
+    low, high = cold["label_accuracy_interval"]
+    assert cells[7].endswith(f"; {cold['label_accuracy']:.3f} ({low:.3f} .. {high:.3f}) at T=0.5")
 
 
 def test_likelihood_scores_do_not_depend_on_the_batch_size() -> None:
@@ -168,3 +190,28 @@ def test_the_printed_table_keeps_small_numbers_and_only_a_solvers_own_fields():
     assert rows["sample_solver.rtol"] == "1e-05" and "sample_solver.steps" not in rows  # dopri5 takes no steps
     assert rows["nll"] == "94.2412" and rows["gap"] == "0.00042"
     assert solver_record(SolverConfig("rk4", steps=2)) == {"method": "rk4", "steps": 2}
+
+
+@pytest.mark.parametrize(
+    "chosen, problem",
+    [([], "one or more distinct"), ([1, 1], "one or more distinct"), ([0, 2], "[0]"), ([1234], "[1234]")],
+)
+def test_evaluation_seeds_are_new(chosen: list[int], problem: str) -> None:
+    """No seed of the protocol's data, calibration or training, and no seed twice (it would shrink the interval)."""
+    evaluate.check_seeds(evaluate.EVALUATION_SEEDS)
+    with pytest.raises(SystemExit, match=re.escape(problem)):
+        evaluate.check_seeds(chosen)
+
+
+def test_k_counts_every_proposal_of_an_image() -> None:
+    assert evaluate.per_label(160, 10) == 16 and evaluate.per_label(16, 1) == 16
+    with pytest.raises(SystemExit, match="multiple of the model's 10 labels"):
+        evaluate.per_label(16, 10)
+
+
+def test_means_over_seeds_keep_the_values_and_a_t_interval() -> None:
+    summary = evaluate.mean_over_seeds([{"fid": 1.0, "label_accuracy": None}, {"fid": 3.0, "label_accuracy": None}])
+    assert summary["fid"] == 2.0 and summary["fid_per_seed"] == [1.0, 3.0] and summary["label_accuracy"] is None
+    low, high = summary["fid_interval"]
+    assert (low, high) == pytest.approx((2 - 12.7062047362, 2 + 12.7062047362))  # standard error 1, t(0.975, 1 df)
+    assert evaluate.mean_and_interval("nll", [5.0]) == {"nll": 5.0}  # one value: no interval

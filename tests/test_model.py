@@ -122,6 +122,8 @@ def test_score_bounds(preset):
     assert score.log_likelihood.shape == (6,) and torch.isfinite(score.log_likelihood).all()
     assert (score.log_likelihood >= score.elbo - 1e-4).all()  # log-mean-exp >= mean-log, sample by sample
     torch.testing.assert_close(score.elbo, score.reconstruction - score.kl)
+    assert score.label_elbo.shape == (6, m.config.score_classes)
+    assert (score.elbo >= score.label_elbo.mean(1) - 1e-4).all()  # the best label posterior beats the uniform one
     single = m.score(x, k=1, solver=FAST)
     if not m.config.uses_labels:
         torch.testing.assert_close(single.log_likelihood, single.elbo)

@@ -35,3 +35,12 @@ def test_a_missing_file_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as stopped:
         results.main([str(tmp_path / "nope.json")])
     assert stopped.value.code == 2
+
+
+def test_a_result_from_before_seeds_and_intervals_says_so():
+    """Its -ELBO is the old column and its K was per label: the row must not pass for today's protocol."""
+    old = next(results.json.loads(p.read_text()) for p in JSONS if p.name == "mnist-vae-gauss.json")
+    assert "seeds" not in old  # measured before this protocol
+    cells = [cell.strip() for cell in results.row(old).strip("|").split("|")]
+    assert cells[2].endswith("(old def.)") and "per label" in cells[10] and cells[11] == "single seed (old)"
+    assert " .. " not in results.row(old)

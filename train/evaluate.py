@@ -3,9 +3,13 @@
 Protocol (all NLL-like numbers are positive nats per image, lower is better):
 - likelihood: the first `--test-images` test images, binarized once by Bernoulli sampling with the fixed
   PROTOCOL_SEED (dynamic binarization, frozen so every evaluation scores the same binary images);
-  test_nll_nats = -mean IWAE bound with K importance samples, test_elbo_nats = -mean ELBO,
-  latent_nll_nats = -mean prior log-density of the encoder means.
-- sample quality, in the feature space of the judge classifier (latent_cnf/judges.py): FID of
+  test_nll_nats = -mean IWAE bound with K proposals per image in all (a label-gated model: K / C from each
+  label's q(z | x, y), C = 10), test_elbo_nats = -mean ELBO of the same draws with the label as a latent
+  (log 1/C sum_y exp ELBO_y, LatentCNF.score), test_elbo_true_label_nats = -mean (ELBO_y + log 1/C) at the
+  test label y (a bound on -log p(x, y); label-gated models only), latent_nll_nats = -mean prior
+  log-density of the encoder means. Each with a 95 % t-interval over the test images (`_interval`).
+- sample quality, in the feature space of the judge classifier (latent_cnf/judges.py): judge-feature FID
+  (128-d features, not comparable with Inception FIDs) of
   `--num-samples` samples (Bernoulli means) against the grey training images; fid_reference is the FID of
   the grey test images against the same training images, the floor a perfect model would reach; improved
   precision/recall against an equally large random subset of the training images.
@@ -16,10 +20,14 @@ Protocol (all NLL-like numbers are positive nats per image, lower is better):
 - ood_auroc: AUROC of telling the first `--ood-images` binarized test images from as many outliers (the
   other dataset's test images, and uniform noise images, binarized the same way), with the IWAE
   log-likelihood as score and with the input-complexity corrected score of train/metrics/ood.py.
-Cost: scoring dominates, ~K x classes latent rows per image through an adaptive ODE solve, for the test
-images and each outlier set; K=1000 on the full sets is a GPU job (on one CPU core: ~16 s per image).
-Data-side randomness (binarization, noise images, reference subsets) is fixed by PROTOCOL_SEED; `--seed` only
-drives the model's randomness (sampling noise, importance samples).
+Cost: scoring dominates, K latent rows per image through an adaptive ODE solve, for the test images and each
+outlier set; K=1000 on the full sets is a GPU job (on one CPU core: ~1 s per image of a label-gated model).
+Data-side randomness (binarization, noise images, reference subsets) is fixed by PROTOCOL_SEED; `--seeds` only
+drive the model's randomness. The sample metrics are measured once per seed and reported as the mean, its
+95 % t-interval over the seeds (`_interval`) and the values (`_per_seed`); the importance samples use the first
+seed (an image's score varies far less from seed to seed than from image to image); the OOD AUROCs get a
+seeded bootstrap interval over the images. Evaluation seeds are disjoint from RESERVED_SEEDS, the seeds of
+training and calibration.
 Under `torchrun --nproc_per_node=N -m train.evaluate ...` the expensive parts, the IWAE scores and the sample
 generation, are shared out by chunks of --batch-size (each chunk with its own seeds, as in one process) and
 gathered; the rest runs on every rank and rank 0 writes the JSON, which is that of one process.
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,13 +58,20 @@ from latent_cnf.model import LatentCNF
 from . import cli, distributed
 from .metrics.features import embed
 from .metrics.fid import fid
+from .metrics.intervals import bootstrap_interval, t_interval
 from .metrics.ood import auroc, complexity_bits, complexity_corrected
 from .metrics.precision_recall import precision_recall
+from .presets import TrainConfig
 
 PROTOCOL_SEED = 0
+CALIBRATION_SEEDS = (1000, 1001, 1002)  # train.calibrate's choice and held-out draws, and its tests' fresh one
+EVALUATION_SEEDS = (1, 2, 3)
+# Seeds that already drove a shipped number: the protocol's data, calibration, training (TrainConfig.seed)
+RESERVED_SEEDS = frozenset({PROTOCOL_SEED, *CALIBRATION_SEEDS, TrainConfig.seed})
+BOOTSTRAP_RESAMPLES = 1000
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 TRAINING_FIELDS = ("preset", "dataset", "command", "epochs", "wall_time_s", "device", "git_commit")
-SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of --seed
+SAMPLE_STREAM, TEST_STREAM, FIRST_OUTLIER_STREAM = 0, 1, 2  # independent random streams of each seed
 # What a model folder's evaluation.json keeps of the results: the headline test metrics and K, M, N.
 HEADLINE_FIELDS = (
     "dataset",
@@ -90,9 +106,12 @@ class EvaluateOptions:
     checkpoint: str = cli.flag(help=cli.CHECKPOINT_HELP)
     data_dir: Path | None = cli.flag(None, help=cli.DATA_DIR_HELP)
     device: str = cli.flag("auto", help=cli.DEVICE_HELP)
-    seed: int = cli.flag(0, help="seed of the sampling noise and importance samples")
+    seeds: Sequence[int] = cli.flag(
+        EVALUATION_SEEDS,
+        help="evaluation seeds: the sample metrics once per seed; the first seeds the importance samples",
+    )
     dataset: str | None = cli.flag(None, help="default: the model's own dataset", choices=sorted(data.DATASETS))
-    importance_samples: int = cli.flag(1000, help="K of the IWAE bound")
+    importance_samples: int = cli.flag(1000, help="K of the IWAE bound: proposals per image in all (over all labels)")
     ood_importance_samples: int | None = cli.flag(None, help="K for the outlier AUROCs (default: --importance-samples)")
     num_samples: int = cli.flag(10_000, help="generated images for FID, P/R, labels")
     test_images: int = cli.flag(10_000, help="first M test images (and M per outlier set)")
@@ -153,8 +172,8 @@ def random_subset(n: int, size: int | None) -> torch.Tensor:
 def score(
     model: LatentCNF, images: torch.Tensor, k: int, batch_size: int, image_seeds: torch.Tensor, desc: str
 ) -> dict:
-    """IWAE bound, ELBO and latent log-density (nats, on the CPU) of many images, chunk by chunk, each rank
-    scoring its block of the chunks.
+    """IWAE bound, ELBO, per-label ELBOs and latent log-density (nats, on the CPU) of many images with `k`
+    proposals per label, chunk by chunk, each rank scoring its block of the chunks.
 
     Each image has its own proposal seed, so the numbers do not depend on the batch size.
     """
@@ -165,10 +184,12 @@ def score(
     ):
         end = start + batch_size
         s = model.score(images[start:end], k=k, seed=image_seeds[start:end], solver=DEFAULT_SOLVER)
-        parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.latent_log_density.cpu()))
-    mine = [torch.cat(p) for p in zip(*parts, strict=True)] if parts else [torch.empty(0)] * 3
-    log_likelihood, elbo, latent = (distributed.gather_rows(t) for t in mine)
-    return {"log_likelihood": log_likelihood, "elbo": elbo, "latent": latent}
+        parts.append((s.log_likelihood.cpu(), s.elbo.cpu(), s.label_elbo.cpu(), s.latent_log_density.cpu()))
+    classes = model.config.score_classes
+    empty = [torch.empty(0), torch.empty(0), torch.empty(0, classes), torch.empty(0)]
+    mine = [torch.cat(p) for p in zip(*parts, strict=True)] if parts else empty
+    log_likelihood, elbo, label_elbo, latent = (distributed.gather_rows(t) for t in mine)
+    return {"log_likelihood": log_likelihood, "elbo": elbo, "label_elbo": label_elbo, "latent": latent}
 
 
 @torch.no_grad()
@@ -216,6 +237,7 @@ def generate(
 
 def evaluate(options: EvaluateOptions) -> dict:
     start_time = time.perf_counter()
+    check_seeds(options.seeds)
     device = distributed.setup(options.device)
     model = model_folder.load(options.checkpoint, device)
     training = model_folder.read_training(options.checkpoint)
@@ -239,9 +261,9 @@ def evaluate(options: EvaluateOptions) -> dict:
 
     real_subset = reference_features[random_subset(len(reference_features), options.num_samples)]
 
-    def sample_quality(temperature: float) -> dict:
+    def sample_quality(temperature: float, seed: int) -> dict:
         samples, labels, nfe = generate(
-            model, options.num_samples, options.batch_size, options.seed, temperature, options.sample_solver
+            model, options.num_samples, options.batch_size, seed, temperature, options.sample_solver
         )
         features, predicted = embed(judge, samples, fbs, desc=bar(f"judge: samples at temperature {temperature:g}"))
         precision, recall = precision_recall(real_subset, features, options.neighbours, fbs)
@@ -253,15 +275,21 @@ def evaluate(options: EvaluateOptions) -> dict:
             "sample_nfe_mean": nfe,
         }
 
-    quality = sample_quality(1.0)
+    def over_seeds(temperature: float) -> dict:
+        return mean_over_seeds([sample_quality(temperature, seed) for seed in options.seeds])
+
+    quality = over_seeds(1.0)
     test_labels = test.labels[: options.test_images]
     recon = reconstructions(model, test_images, test_labels, options.batch_size)
     _, recon_predicted = embed(judge, recon, fbs, desc=bar("judge: reconstructions"))
     recon_accuracy = (recon_predicted == test_labels).double().mean().item()
 
-    k, bs = options.importance_samples, options.batch_size
+    k, bs, seed = options.importance_samples, options.batch_size, options.seeds[0]
+    classes = model.config.score_classes
     x_test = binarized(test.images)[: options.test_images]
-    inliers = score(model, x_test, k, bs, seeds(options.seed, TEST_STREAM, len(x_test)), "scoring test images")
+    inliers = score(
+        model, x_test, per_label(k, classes), bs, seeds(seed, TEST_STREAM, len(x_test)), "scoring test images"
+    )
     n_ood = min(options.ood_images or len(x_test), len(x_test))
     outlier_sets = {
         OTHER_DATASET[dataset]: binarized(other_test.images)[:n_ood],
@@ -270,44 +298,93 @@ def evaluate(options: EvaluateOptions) -> dict:
     k_ood = options.ood_importance_samples or k
     in_ll = inliers["log_likelihood"][:n_ood]
     if k_ood != k:
-        in_seeds = seeds(options.seed, TEST_STREAM, n_ood)
-        in_ll = score(model, x_test[:n_ood], k_ood, bs, in_seeds, "scoring test images (OOD K)")["log_likelihood"]
+        in_seeds = seeds(seed, TEST_STREAM, n_ood)
+        in_ll = score(model, x_test[:n_ood], per_label(k_ood, classes), bs, in_seeds, "scoring test images (OOD K)")[
+            "log_likelihood"
+        ]
     in_corrected = complexity_corrected(in_ll, complexity_bits(x_test[:n_ood]))
     ood = {}
     for stream, (name, x_out) in enumerate(outlier_sets.items(), start=FIRST_OUTLIER_STREAM):
-        out_ll = score(model, x_out, k_ood, bs, seeds(options.seed, stream, len(x_out)), f"scoring {name}")[
-            "log_likelihood"
-        ]
-        ood[name] = {
-            "likelihood": auroc(in_ll, out_ll),
-            "complexity_corrected": auroc(in_corrected, complexity_corrected(out_ll, complexity_bits(x_out))),
-        }
+        out_seeds = seeds(seed, stream, len(x_out))
+        out_ll = score(model, x_out, per_label(k_ood, classes), bs, out_seeds, f"scoring {name}")["log_likelihood"]
+        out_corrected = complexity_corrected(out_ll, complexity_bits(x_out))
+        ood[name] = auroc_with_interval("likelihood", in_ll, out_ll) | auroc_with_interval(
+            "complexity_corrected", in_corrected, out_corrected
+        )
 
     return {
         "checkpoint": str(options.checkpoint),
         "config_hash": model.config.hash(),
         "dataset": dataset,
-        "test_nll_nats": -inliers["log_likelihood"].mean().item(),
-        "test_elbo_nats": -inliers["elbo"].mean().item(),
-        "latent_nll_nats": -inliers["latent"].mean().item(),
+        **mean_and_interval("test_nll_nats", -inliers["log_likelihood"]),
+        **mean_and_interval("test_elbo_nats", -inliers["elbo"]),
+        **(true_label_elbo(inliers["label_elbo"], test_labels) if classes > 1 else {}),
+        **mean_and_interval("latent_nll_nats", -inliers["latent"]),
         **quality,
         "reconstruction_accuracy": recon_accuracy,
         "fid_reference": fid(test_features, reference_features),
-        "by_temperature": {f"{t:g}": sample_quality(t) for t in options.temperatures},
+        "by_temperature": {f"{t:g}": over_seeds(t) for t in options.temperatures},
         "ood_auroc": ood,
         "importance_samples": k,
         "ood_importance_samples": k_ood,
+        "score_classes": classes,
         "num_samples": options.num_samples,
         "sample_solver": solver_record(options.sample_solver),
         "test_images": len(x_test),
         "ood_images": n_ood,
         "reference_images": len(reference),
         "neighbours": options.neighbours,
-        "seed": options.seed,
+        "seeds": list(options.seeds),
         "protocol_seed": PROTOCOL_SEED,
         "seconds": round(time.perf_counter() - start_time, 1),
         "training": {key: training.get(key) for key in TRAINING_FIELDS},
     }
+
+
+def check_seeds(chosen: Sequence[int]) -> None:
+    """Evaluation seeds must be new: distinct, and none that drove training, calibration or the protocol's data."""
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise SystemExit("--seeds: give one or more distinct seeds")
+    if reused := sorted(RESERVED_SEEDS.intersection(chosen)):
+        raise SystemExit(f"--seeds: {reused} also seed training, calibration or the protocol's data")
+
+
+def per_label(total: int, classes: int) -> int:
+    """model.score's k (proposals per label) for `total` proposals per image over `classes` labels."""
+    if total < classes or total % classes:
+        raise SystemExit(f"K = {total} proposals per image must be a multiple of the model's {classes} labels")
+    return total // classes
+
+
+def mean_and_interval(name: str, values: torch.Tensor | Sequence[float]) -> dict:
+    """{name: the mean, name_interval: its 95 % t-interval} (no interval from a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) < 2:
+        return {name: float(array.mean())}
+    mean, low, high = t_interval(array)
+    return {name: mean, f"{name}_interval": [low, high]}
+
+
+def mean_over_seeds(per_seed: list[dict]) -> dict:
+    """Each number of the seeds' sample metrics as its mean, 95 % t-interval and per-seed values."""
+    out: dict = {}
+    for key in per_seed[0]:
+        values = [metrics[key] for metrics in per_seed]
+        out |= {key: None} if values[0] is None else mean_and_interval(key, values) | {f"{key}_per_seed": values}
+    return out
+
+
+def true_label_elbo(label_elbo: torch.Tensor, labels: torch.Tensor) -> dict:
+    """-(ELBO_y + log 1/C) at each image's test label y: a bound on -log p(x, y), with its interval."""
+    at_label = label_elbo[torch.arange(len(labels)), labels] - math.log(label_elbo.shape[1])
+    return mean_and_interval("test_elbo_true_label_nats", -at_label)
+
+
+def auroc_with_interval(name: str, in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict:
+    """{name: the AUROC, name_interval: its bootstrap 95 % interval over the inliers and the outliers}."""
+    samples = (in_scores.double().numpy(), out_scores.double().numpy())
+    low, high = bootstrap_interval(auroc, samples, BOOTSTRAP_RESAMPLES, PROTOCOL_SEED)
+    return {name: auroc(*samples), f"{name}_interval": [low, high]}
 
 
 def solver_record(solver: SolverConfig) -> dict:
@@ -340,7 +417,9 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse(build_parser(), argv)
     try:
-        results = evaluate(cli.options_from(args, EvaluateOptions))
+        results = evaluate(cli.options_from(args, EvaluateOptions)) | {
+            "command": cli.command_line("train.evaluate", argv)
+        }
         reporter = distributed.is_main()  # asked before the process group is gone
     except (data.DataError, model_folder.ModelFolderError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; a traceback would bury it
@@ -354,8 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
     if args.record_in_folder:
-        command = cli.command_line("train.evaluate", argv)
-        folder = model_folder.record_evaluation(args.checkpoint, headline(results, command))
+        folder = model_folder.record_evaluation(args.checkpoint, headline(results, results["command"]))
         print(f"wrote {folder / model_folder.EVALUATION_FILE}")
 
 

@@ -1,4 +1,8 @@
-"""python -m train.results FILE.json ...: the evaluation JSONs as the Markdown table of docs/results.md."""
+"""python -m train.results FILE.json ...: the evaluation JSONs as the Markdown table of docs/results.md.
+
+A number measured with an interval prints as `value (low .. high)`, its 95 % interval (train/evaluate.py says
+over what). Results written before evaluate had seeds and intervals say `single seed (old)`: their -ELBO is the
+old column (for label-gated models the average over all ten labels' proposals) and their K was per label."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 from latent_cnf import model_folder
 
 COLUMNS = (
-    "checkpoint", "test NLL", "-ELBO", "latent NLL", "FID (floor)", "precision / recall", "label acc.",
-    "OOD AUROC (other; noise)", "sample NFE", "K / N / M", "training (epochs, time, device)",
+    "checkpoint", "test NLL", "-ELBO", "-ELBO (true label)", "latent NLL", "judge-feature FID",
+    "precision / recall", "label acc.", "OOD AUROC (other; noise), raw, complexity-corrected", "sample NFE",
+    "K / N / M", "seeds", "training (epochs, time, device)",
 )  # fmt: skip
 
 
@@ -19,33 +24,43 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def cell(result: dict, key: str, digits: int = 2) -> str:
+    """`value`, or `value (low .. high)` where the result has the value's 95 % interval."""
+    interval = result.get(f"{key}_interval")
+    value = _f(result.get(key), digits)
+    return value if interval is None else f"{value} ({_f(interval[0], digits)} .. {_f(interval[1], digits)})"
+
+
 def label_accuracy(result: dict) -> str:
-    """At temperature 1, then at each lower temperature measured: 0.712 (0.879 at T=0.6)."""
-    colder = [f"{_f(q['label_accuracy'], 3)} at T={t}" for t, q in result.get("by_temperature", {}).items()]
-    cell = _f(result["label_accuracy"], 3)
-    return f"{cell} ({', '.join(colder)})" if colder and result["label_accuracy"] is not None else cell
+    """At temperature 1, then at each lower temperature measured: 0.712; 0.879 at T=0.6."""
+    colder = [f"{cell(q, 'label_accuracy', 3)} at T={t}" for t, q in result.get("by_temperature", {}).items()]
+    first = cell(result, "label_accuracy", 3)
+    return "; ".join([first, *colder]) if colder and result["label_accuracy"] is not None else first
 
 
 def row(result: dict) -> str:
     name = model_folder.display_name(result["checkpoint"])
     training = result["training"]
     k, k_ood = result["importance_samples"], result["ood_importance_samples"]
-    other, noise = (result["ood_auroc"][key] for key in result["ood_auroc"])
-    ood = (
-        f"{_f(other['likelihood'], 3)} ({_f(other['complexity_corrected'], 3)} corr.); "
-        f"{_f(noise['likelihood'], 3)} ({_f(noise['complexity_corrected'], 3)} corr.)"
+    old = "seeds" not in result
+    ood = "; ".join(
+        f"{cell(scores, 'likelihood', 3)}, corr. {cell(scores, 'complexity_corrected', 3)}"
+        for scores in result["ood_auroc"].values()
     )
+    proposals = f"{k}{'' if k == k_ood else f' (OOD {k_ood})'}{' per label' if old else ''}"
     cells = (
         name,
-        _f(result["test_nll_nats"]),
-        _f(result["test_elbo_nats"]),
-        _f(result["latent_nll_nats"]),
-        f"{_f(result['fid'], 1)} ({_f(result['fid_reference'], 1)})",
-        f"{_f(result['precision'], 3)} / {_f(result['recall'], 3)}",
+        cell(result, "test_nll_nats"),
+        f"{_f(result['test_elbo_nats'])} (old def.)" if old else cell(result, "test_elbo_nats"),
+        cell(result, "test_elbo_true_label_nats"),
+        cell(result, "latent_nll_nats"),
+        f"{cell(result, 'fid', 1)}, floor {_f(result['fid_reference'], 1)}",
+        f"{cell(result, 'precision', 3)} / {cell(result, 'recall', 3)}",
         label_accuracy(result),
         ood,
         _f(result["sample_nfe_mean"], 0),
-        f"{k}{'' if k == k_ood else f' (OOD {k_ood})'} / {result['num_samples']} / {result['test_images']}",
+        f"{proposals} / {result['num_samples']} / {result['test_images']}",
+        "single seed (old)" if old else ", ".join(map(str, result["seeds"])),
         f"{training['epochs']:g} ep., {training['wall_time_s'] / 60:.0f} min, {training['device']}",
     )
     return "| " + " | ".join(cells) + " |"
