@@ -33,8 +33,8 @@ TRAIN = [
     "--val-images", "8", "--reference-images", "8", "--device", "cpu", "--threads", "1",
 ]  # fmt: skip
 EVALUATE = [
-    "--importance-samples", "2", "--num-samples", "40", "--test-images", "40", "--batch-size", "10",
-    "--ood-images", "20", "--ood-importance-samples", "1", "--reference-images", "500", "--device", "cpu",
+    "--importance-samples", "20", "--num-samples", "40", "--test-images", "40", "--batch-size", "10",
+    "--ood-images", "20", "--ood-importance-samples", "10", "--reference-images", "500", "--device", "cpu",
     "--threads", "1",
 ]  # fmt: skip
 # Sums over 11 + 10 rows in two processes against 21 in one differ by float32 rounding: measured here, losses
@@ -134,6 +134,7 @@ def test_sharded_evaluation_gives_the_one_process_numbers(tmp_path: Path, data_d
     launch("train.evaluate", [*args, "--json", str(tmp_path / "two.json")], 2, data_dir)
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
     del one["seconds"], two["seconds"]
+    assert two.pop("command") == one.pop("command").replace("one.json", "two.json")  # the same run, another file
     # 4 chunks of scores and of samples, 2 per rank, each chunk computed as in one process.
     assert math.isfinite(one["test_nll_nats"]) and one["fid"] > 0
     assert flatten(two).keys() == flatten(one).keys()
