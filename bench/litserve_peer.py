@@ -53,7 +53,7 @@ class GenerateAPI(ls.LitAPI):
         z0 = torch.cat([z for z, _ in drawn])
         labels = torch.cat([lab for _, lab in drawn]) if drawn[0][1] is not None else None
         with torch.inference_mode():
-            path = self.model.generate(z0, labels)
+            path = self.model.sample_from(z0, labels)
         latents, images = path.latents[-1], path.images[-1]
         out, start = [], 0
         for request in requests:

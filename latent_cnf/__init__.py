@@ -1,4 +1,6 @@
-"""latent-cnf: a VAE whose latent prior is a continuous normalizing flow with an exact log-density."""
+"""latent-cnf: a VAE whose latent prior is a continuous normalizing flow with an exact log-density.
+
+`LatentCNF.from_pretrained(name)` (or its short form `load(name)`) gives a shipped model or a model folder."""
 
 from .cnf import SolverError
 from .config import ModelConfig, SolverConfig

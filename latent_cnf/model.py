@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,9 +89,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class LatentCNF(nn.Module):
     """A VAE (or autoencoder) whose latent prior is a continuous normalizing flow.
 
-    `generate`, `sample`, `trajectory` and `score` are inference: they run under `torch.inference_mode()` and
-    return plain tensors (no autograd history, `.numpy()` works). `encode`, `decode` and `log_prob` stay
-    differentiable for training.
+    Two operations, named as everywhere in the project: `sample` (with `trajectory`, a sample's path through
+    the flow, and `sample_from`, the same from given base draws) and `score`. They run under
+    `torch.inference_mode()` and return plain tensors (no autograd history, `.numpy()` works). `encode`,
+    `decode` and `log_prob` stay differentiable for training. `from_pretrained` / `save_pretrained` read and
+    write a model folder (latent_cnf/model_folder.py), as diffusers' models do.
     """
 
     def __init__(self, config: ModelConfig):
@@ -102,6 +105,22 @@ class LatentCNF(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.prior = build_prior(config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> LatentCNF:
+        """A shipped model by name, or a model folder, ready in eval mode on `device`, with its calibrated
+        solvers (serving.json) as the defaults; nothing in the folder is executed (safetensors and JSON)."""
+        from .model_folder import load  # the folder format builds on this class
+
+        return load(name_or_path, device)
+
+    def save_pretrained(
+        self, folder: str | Path, training: dict[str, Any] | None = None, serving: dict[str, Any] | None = None
+    ) -> Path:
+        """Write this model's folder: weights, config, `training` (its provenance) and `serving` data, a card."""
+        from .model_folder import save_pretrained
+
+        return save_pretrained(self, folder, training, serving)
 
     @property
     def device(self) -> torch.device:
@@ -166,10 +185,11 @@ class LatentCNF(nn.Module):
         return noise.to(self.device) * self.prior.base_std * temperature, labels
 
     @torch.inference_mode()
-    def generate(
+    def sample_from(
         self, z0: torch.Tensor, labels: torch.Tensor | None, solver: SolverConfig | None = None, steps: int = 2
     ) -> Trajectory:
-        """Run base noise through the flow and decode it at `steps` evenly spaced times."""
+        """Samples from given base draws (`draw_base`'s, or others such as an interpolation's): the noise through
+        the flow, decoded at `steps` evenly spaced times (the last is the sample)."""
         solver = solver or self.sample_solver
         result = self.prior.transform(z0, labels, solver, steps)
         latents = result.z
@@ -186,7 +206,7 @@ class LatentCNF(nn.Module):
         solver: SolverConfig | None = None,
         temperature: float = 1.0,
     ) -> Samples:
-        path = self.generate(*self.draw_base(n, label, seed, temperature), solver=solver)
+        path = self.sample_from(*self.draw_base(n, label, seed, temperature), solver=solver)
         return Samples(path.latents[-1], path.images[-1], path.labels, path.nfe)
 
     @torch.inference_mode()
@@ -201,7 +221,7 @@ class LatentCNF(nn.Module):
     ) -> Trajectory:
         if steps < 2:
             raise ValueError("a trajectory needs at least 2 steps")
-        return self.generate(*self.draw_base(n, label, seed, temperature), solver=solver, steps=steps)
+        return self.sample_from(*self.draw_base(n, label, seed, temperature), solver=solver, steps=steps)
 
     @torch.inference_mode()
     def score(

@@ -229,7 +229,7 @@ class ModelHub:
         chunks = [Part(p.cost, SampleChunk(p.payload, job)) for p in parts]
         return await self._submit(key, chunks, heavy, disconnected)
 
-    async def flow(
+    async def sample_from(
         self,
         kind: Literal["generate", "trajectory"],
         served: ServedModel,
@@ -239,8 +239,8 @@ class ModelHub:
         frames: int,
         disconnected: Disconnected | None = None,
     ) -> Trajectory:
-        """Explicit base noise (and labels) through the flow, batched like `sample`: for noise no single seed
-        draws, such as an interpolation between two seeds' noise."""
+        """Samples from given base noise (and labels), as `LatentCNF.sample_from`, batched like `sample`: for
+        noise no single seed draws, such as an interpolation between two seeds' noise."""
         key = BatchKey(kind=kind, **served.key_fields, solver=solver, frames=frames)
         parts, heavy = self.plan(key, len(z0))
         chunks = [

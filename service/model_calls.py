@@ -151,7 +151,7 @@ def forward(model: LatentCNF, key: BatchKey, chunks: Sequence[Chunk]) -> tuple[l
     labels = (
         torch.cat([labels for _, labels in bases if labels is not None]).to(device) if model.prior.uses_labels else None
     )
-    path = model.generate(z0, labels, key.solver, key.frames)
+    path = model.sample_from(z0, labels, key.solver, key.frames)
     sizes = [chunk.size for chunk in sampled]
     pieces = split_trajectory(path, sizes)
     if not key.pngs:

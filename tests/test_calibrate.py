@@ -160,7 +160,7 @@ def test_the_calibrated_solvers_stay_within_budget_on_a_fresh_draw(name, data_di
     budgets, heldout = solvers["calibration"]["budgets"], solvers["calibration"]["heldout"]
     z0, labels = model.draw_base(64, seed=FRESH_SEED)
     calibrated, reference = (
-        model.generate(z0, labels, s).images[-1] for s in (model.sample_solver, calibrate.REFERENCE)
+        model.sample_from(z0, labels, s).images[-1] for s in (model.sample_solver, calibrate.REFERENCE)
     )
     assert float((calibrated - reference).abs().max()) <= budgets["max_pixel_error"]
     first = heldout["test_images"][1]

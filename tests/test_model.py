@@ -61,7 +61,7 @@ def test_temperature_scales_the_base_noise():
     torch.testing.assert_close(z_half, 0.5 * z1)
     assert torch.equal(labels1, labels_half)
     cold = m.sample(6, label=2, seed=5, temperature=0.5)
-    torch.testing.assert_close(cold.latents, m.generate(0.5 * z1, labels1).latents[-1])
+    torch.testing.assert_close(cold.latents, m.sample_from(0.5 * z1, labels1).latents[-1])
     for bad in (0.0, -1.0, 2.5):
         with pytest.raises(ValueError, match="temperature"):
             m.draw_base(1, temperature=bad)

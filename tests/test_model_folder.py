@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import latent_cnf
 from latent_cnf import LatentCNF, ModelFolderError, SolverConfig, data, judges, model_folder, outlier
 from latent_cnf.config import DEFAULT_SOLVER
 from train.legacy_checkpoint import convert, main
@@ -67,6 +68,20 @@ def test_round_trip(tmp_path: Path) -> None:
     assert model_folder.read_training(folder) == {"dataset": "mnist"}
     torch.testing.assert_close(loaded.sample(4, seed=3, solver=FAST).images, m.sample(4, seed=3).images)
     assert front_matter(folder)["license"] == "mit"
+
+
+@torch.no_grad()
+def test_the_class_reads_and_writes_its_folder(tmp_path: Path) -> None:
+    """LatentCNF.save_pretrained / from_pretrained are the folder's writer and reader, as in diffusers."""
+    m = tiny()
+    folder = m.save_pretrained(tmp_path / "ck", {"dataset": "mnist"})
+    assert folder == tmp_path / "ck" and model_folder.read_training(folder) == {"dataset": "mnist"}
+    loaded = LatentCNF.from_pretrained(folder)
+    assert isinstance(loaded, LatentCNF) and loaded.config == m.config and not loaded.training
+    for name, tensor in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    shipped = LatentCNF.from_pretrained("mnist-final-cond")
+    assert shipped.sample_solver == latent_cnf.load("mnist-final-cond").sample_solver != DEFAULT_SOLVER
 
 
 def test_solvers_are_serving_data_not_config(tmp_path: Path) -> None:
@@ -189,7 +204,7 @@ def test_shipped_models_reproduce_their_old_format_outputs(name: str, data_dir: 
     torch.set_num_threads(1)
     golden, model = GOLDEN["models"][name], model_folder.load(name)
     sample_solver, score_solver = (SolverConfig(**golden["solvers"][use]) for use in ("sample", "score"))
-    path = model.generate(*old_format_draws(model, 4, seed=0), solver=sample_solver)
+    path = model.sample_from(*old_format_draws(model, 4, seed=0), solver=sample_solver)
     test = data.load_split("mnist", "test", data_dir)
     score = model.score((data.to_float(test.images[:2]) > 0.5).float(), k=4, seed=0, solver=score_solver)
     sums = path.images[-1].flatten(1).sum(1)

@@ -38,7 +38,7 @@ def test_interpolation_runs_the_slerped_noise_through_the_flow(client):
     z_a, labels = model.draw_base(1, 3, 5)
     z_b, _ = model.draw_base(1, 3, 9)
     z0 = slerp(z_a, z_b, torch.tensor([[0.3]]))
-    expected = model.generate(z0, labels, model.sample_solver).latents[-1]
+    expected = model.sample_from(z0, labels, model.sample_solver).latents[-1]
     np.testing.assert_allclose(body["latents"], expected.numpy(), atol=1e-5)
     assert body["t"] == [0.3]
     midway = pixels(body["images"][0]).astype(int)

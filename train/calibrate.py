@@ -127,7 +127,7 @@ def sampling_meter(
     z0, labels = model.draw_base(draw.samples, seed=draw.seed)
 
     def images(solver: SolverConfig) -> tuple[torch.Tensor, int]:
-        path = model.generate(z0, labels, solver)
+        path = model.sample_from(z0, labels, solver)
         return path.images[-1].reshape(draw.samples, -1).cpu(), path.nfe
 
     def fid_of(pictures: torch.Tensor) -> float:

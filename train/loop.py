@@ -314,7 +314,7 @@ class Trainer:
         z0, labels = self.model.draw_base(4, seed=0)
         if label is not None:
             labels = label.to(self.model.device)
-        path = self.model.generate(z0, labels, self.options.eval_solver, steps=11)
+        path = self.model.sample_from(z0, labels, self.options.eval_solver, steps=11)
         return png_bytes(trajectory_strip(path.times, path.images))
 
     def state(self) -> dict:

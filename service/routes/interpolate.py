@@ -52,7 +52,7 @@ async def interpolate(
     z_b, _ = served.model.draw_base(1, label, seed_b, temperature)
     z0 = slerp(z_a, z_b, torch.tensor(t, dtype=z_a.dtype).unsqueeze(1))
     labels = labels.expand(len(t)) if labels is not None else None
-    path = await hub.flow("generate", served, z0, labels, hub.sample_solver(served), 2, request.is_disconnected)
+    path = await hub.sample_from("generate", served, z0, labels, hub.sample_solver(served), 2, request.is_disconnected)
     return await offload.encode(len(t), respond, served.name, seed_a, seed_b, t, label, temperature, path)
 
 
