@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import outlier
+
+if TYPE_CHECKING:
+    from .model import Score
 
 NO_INK = "no_ink"
 SIGNALS = ("complexity_corrected_nats", "reconstruction_nats", "latent_log_density", "ink_pixels", "digit_logit")
@@ -134,3 +138,32 @@ def serving_outlier_judge(serving: dict[str, Any]) -> outlier.OutlierJudge | Non
     loaded = outlier.shipped()
     calibrated = serving.get("ood_reference", {}).get("outlier_judge") or {}
     return loaded.judge if loaded is not None and calibrated.get("sha256") == loaded.sha256 else None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One scored image's verdict (None: no calibrated bounds), why it is out, and the signals it was judged on."""
+
+    in_distribution: bool | None
+    reason: str | None
+    signals: dict[str, float]
+
+
+def assess(serving: dict[str, Any], images: torch.Tensor, score: Score) -> list[Assessment]:
+    """The verdict on each of the binary images (n, 28, 28) that `score` scored, under the bounds and outlier
+    judge of a model's serving data: the one call a scorer makes (slow enough, PNG code lengths and a CNN, to
+    be run off an event loop)."""
+    judge = serving_outlier_judge(serving)
+    values = signals(
+        images,
+        score.log_likelihood,
+        score.reconstruction,
+        score.latent_log_density,
+        outlier.digit_logit(judge, images) if judge is not None else None,
+    )
+    limits = serving_bounds(serving)
+    out = []
+    for i in range(len(images)):
+        own = {name: float(value[i]) for name, value in values.items()}
+        out.append(Assessment(*verdict(own, limits), own))
+    return out

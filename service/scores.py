@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from latent_cnf import ood, outlier
+from latent_cnf import ood
 from latent_cnf.model import Score
 
 from .registry import ServedModel
@@ -44,19 +44,15 @@ def percentiles(reference: np.ndarray | None, log_likelihood: torch.Tensor) -> l
 
 def score_rows(served: ServedModel, images: torch.Tensor, score: Score, verdict: bool = True) -> list[ScoreRow]:
     """The rows of binary images (m, 28, 28) that `score` (on the CPU) scored. The verdict (left out, as null,
-    for callers that do not return it) tests the bounds calibrated in serving.json (null without them; an image
-    without ink is never in distribution); the outlier judge's digit logit is tested only when its shipped
-    weights are those the bounds were calibrated with (latent_cnf/ood.py). With the verdict, slow enough (PNG
-    code lengths, a CNN) to be run off the event loop."""
-    signals = _signals(served, images, score) if verdict else None
-    limits = ood.serving_bounds(served.serving)
+    for callers that do not return it) is latent_cnf/ood.py's, under the model's serving.json (null without
+    calibrated bounds; an image without ink is never in distribution); with it, run this off the event loop."""
+    assessments = ood.assess(served.serving, images, score) if verdict else None
     # With the uniform class prior, p(y | x) = p(x | y) / sum_y' p(x | y'): a softmax of the per-label bounds,
     # exact up to the bounds' gaps (equal gaps cancel).
     posterior = score.label_log_likelihood.softmax(1) if score.label_log_likelihood is not None else None
     rows = []
     for i, percentile in enumerate(percentiles(served.reference, score.log_likelihood)):
-        own = {name: float(value[i]) for name, value in signals.items()} if signals is not None else None
-        in_distribution, reason = ood.verdict(own, limits) if own is not None else (None, None)
+        assessment = assessments[i] if assessments is not None else None
         log_likelihood = float(score.log_likelihood[i])
         rows.append(
             ScoreRow(
@@ -67,22 +63,11 @@ def score_rows(served: ServedModel, images: torch.Tensor, score: Score, verdict:
                 kl_nats=float(score.kl[i]),
                 reconstruction_nats=float(score.reconstruction[i]),
                 percentile=percentile,
-                complexity_corrected_nats=own["complexity_corrected_nats"] if own is not None else None,
-                in_distribution=in_distribution,
-                ood_reason=reason,
+                complexity_corrected_nats=assessment.signals["complexity_corrected_nats"] if assessment else None,
+                in_distribution=assessment.in_distribution if assessment else None,
+                ood_reason=assessment.reason if assessment else None,
                 predicted_label=int(score.predicted_label[i]) if score.predicted_label is not None else None,
                 label_probabilities=posterior[i].tolist() if posterior is not None else None,
             )
         )
     return rows
-
-
-def _signals(served: ServedModel, images: torch.Tensor, score: Score) -> dict[str, torch.Tensor]:
-    judge = ood.serving_outlier_judge(served.serving)
-    return ood.signals(
-        images,
-        score.log_likelihood,
-        score.reconstruction,
-        score.latent_log_density,
-        outlier.digit_logit(judge, images) if judge is not None else None,
-    )

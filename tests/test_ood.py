@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import latent_cnf
 from latent_cnf import LatentCNF, data, model_folder, ood, outlier, save_pretrained
 from train import ood_calibrate, ood_set
 from train.presets import PRESETS
@@ -98,6 +99,28 @@ def test_the_judge_is_used_only_with_the_weights_the_bounds_were_calibrated_with
     assert ood.serving_outlier_judge(model_folder.read_serving("fashion-mnist-final-cond")) is None
     monkeypatch.setattr(outlier, "shipped", lambda: None)  # the weights file missing
     assert ood.serving_outlier_judge(serving) is None
+
+
+def test_assess_judges_scored_images_by_the_serving_bounds_and_judge(data_dir):
+    """One call from a score to the verdicts: a digit in, a blank out (no ink) and a circle out (a bound), with
+    the signals each was judged on; without calibrated bounds, only the blank gets a verdict."""
+    model = latent_cnf.load("mnist-final-cond")
+    digit = ood_calibrate.served_image(
+        ood_calibrate.digit_pngs(data.load_split("mnist", "test", data_dir).images[:1])[0]
+    )
+    x = torch.stack([digit, torch.zeros(28, 28), served_circle()])
+    scored = model.score(x, k=4)
+    serving = model_folder.read_serving("mnist-final-cond")
+    verdicts = ood.assess(serving, x, scored)
+    assert [(a.in_distribution, a.reason == ood.NO_INK) for a in verdicts] == [
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
+    assert verdicts[2].reason.split()[0] in ood.SIGNALS and set(verdicts[0].signals) == set(ood.SIGNALS)
+    assert verdicts[1].signals["ink_pixels"] == 0 and verdicts[0].signals["ink_pixels"] == float(digit.sum())
+    unbounded = ood.assess({}, x, scored)
+    assert [a.in_distribution for a in unbounded] == [None, False, None] and "digit_logit" not in unbounded[0].signals
 
 
 @pytest.fixture
