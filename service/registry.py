@@ -10,22 +10,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 import latent_cnf
 from latent_cnf import model_folder, outlier
-from latent_cnf.latent_map import LatentMap
-from latent_cnf.model import LatentCNF
 
 from . import metrics
 from .failures import LoadFailed, ModelUnavailable, NotReady, Refusal, UnknownModel
-from .model_calls import BatchKey, instance
+from .model_calls import BatchKey
 from .model_process import Runner
 from .repository import ModelRepository
+from .served import ServedModel
 from .settings import Settings
 
 log = logging.getLogger("latent_cnf.service")
@@ -34,36 +31,6 @@ log = logging.getLogger("latent_cnf.service")
 def _shown(name: str) -> str:
     """A model name as error messages quote it: a client's long name cut short."""
     return name if len(name) <= 64 else f"{name[:64]}..."
-
-
-@dataclass
-class ServedModel:
-    name: str
-    version: int  # of the model repository (service/repository.py)
-    model: LatentCNF
-    training: dict[str, Any]  # training.json: how the weights were made
-    serving: dict[str, Any]  # serving.json: score reference, OOD bounds, calibrated solvers
-    sha256: str
-    device: str
-    reference: np.ndarray | None  # the score reference's log-likelihood quantiles 0..100
-    latent_map: LatentMap | None = None  # latent_map.json: the fixed 2-D view of the latent
-
-    @property
-    def prior_uses_labels(self) -> bool:
-        return self.model.prior.uses_labels
-
-    @property
-    def instance(self) -> str:
-        return instance(self.name, self.version)
-
-    @property
-    def key_fields(self) -> dict[str, Any]:
-        """What a BatchKey takes from the model: its name and version."""
-        return {"model": self.name, "version": self.version}
-
-    @property
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
 
 class ModelRegistry:
@@ -75,10 +42,9 @@ class ModelRegistry:
         device: str,
         runner: Runner,
         warm_up: Callable[[ServedModel], Awaitable[None]],
-        forget: Callable[[ServedModel], None],
     ):
         self.settings, self.device, self.runner = settings, device, runner
-        self._warm_up, self._forget = warm_up, forget  # the hub's: a first call of each kind; its memos of one
+        self._warm_up = warm_up  # the hub's: a first call of each kind
         # With calls in a child process (which holds the device) this process keeps a CPU copy of each model,
         # for what requests read of it (configs, base noise).
         self._home = "cpu" if settings.model_process else device
@@ -91,6 +57,7 @@ class ModelRegistry:
         self._changes: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._in_flight: collections.Counter[tuple[str, int]] = collections.Counter()  # requests holding a version
         self._drained: dict[tuple[str, int], asyncio.Event] = {}  # set when an unloading version's last one ends
+        self._unloading: dict[tuple[str, int], ServedModel] = {}  # unpublished, its requests still draining
         self.loading = True
 
     @property
@@ -206,6 +173,7 @@ class ModelRegistry:
         else:
             del self.versions[name], self.models[name]
         self.changing[(name, version)] = "UNLOADING"
+        self._unloading[(name, version)] = served
         try:
             if self._in_flight[(name, version)]:
                 drained = self._drained[(name, version)] = asyncio.Event()
@@ -215,9 +183,8 @@ class ModelRegistry:
                     log.warning("unloading %s version %d with requests still running", name, version)
             await self.runner.unload(served.instance)
         finally:
-            del self.changing[(name, version)]
+            del self.changing[(name, version)], self._unloading[(name, version)]
             self._drained.pop((name, version), None)
-        self._forget(served)  # what the hub remembers of it
         metrics.forget_model_version(name, str(version), self.device, served.sha256)
         log.info("unloaded %s version %d", name, version)
 
@@ -236,6 +203,7 @@ class ModelRegistry:
             sha256=model_folder.weights_sha256(folder),
             device=self.device,
             reference=np.asarray(quantiles) if quantiles else None,
+            settings=self.settings,
             latent_map=model_folder.read_latent_map(folder),
         )
 
@@ -283,6 +251,13 @@ class ModelRegistry:
     def loaded(self, key: BatchKey) -> ServedModel:
         """The version a request's call runs on, while it is loaded."""
         served = self.versions.get(key.model, {}).get(key.version)
+        if served is None:
+            raise ModelUnavailable(f"model {key.model!r} version {key.version} was unloaded")
+        return served
+
+    def running(self, key: BatchKey) -> ServedModel:
+        """The version a queued call runs on: loaded, or unloading while the requests it holds drain."""
+        served = self.versions.get(key.model, {}).get(key.version) or self._unloading.get((key.model, key.version))
         if served is None:
             raise ModelUnavailable(f"model {key.model!r} version {key.version} was unloaded")
         return served

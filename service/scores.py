@@ -12,7 +12,7 @@ import torch
 from latent_cnf import ood
 from latent_cnf.model import Score
 
-from .registry import ServedModel
+from .served import ServedModel
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from .failures import InvalidRequest, MalformedRequest, TooManyFiles, UnknownMod
 from .inference import Disconnected, ModelHub, fresh_seed
 from .model_calls import SampleJob
 from .open_inference import ModelMetadata, TensorMetadata
-from .registry import ServedModel
 from .schemas import (
     DEFAULT_COMPLETIONS,
     DEFAULT_IMPORTANCE_SAMPLES,
@@ -31,6 +30,7 @@ from .schemas import (
     GenerateRequest,
 )
 from .scores import score_rows
+from .served import ServedModel
 from .settings import Settings
 
 Operation = Literal["generate", "score", "complete"]
@@ -230,10 +230,10 @@ async def _generate(
         message = "; ".join(f"input {names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in error.errors())
         raise InvalidRequest(message) from None
     served = model.served
-    hub.check_label(served, body.label)
+    served.check_label(body.label)
     seed = fresh_seed(body.seed)
     job = SampleJob(body.n, body.label, seed, body.temperature)
-    path = await hub.sample("generate", served, job, hub.sample_solver(served), 2, disconnected)
+    path = await hub.sample("generate", served, job, served.sample_solver(), 2, disconnected)
     outputs = {
         "IMAGES": ("FP32", path.images[-1].cpu().numpy()),
         "LATENTS": ("FP32", path.latents[-1].cpu().numpy()),

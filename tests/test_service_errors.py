@@ -124,6 +124,7 @@ CORE = (
     "open_inference",
     "schemas",
     "scores",
+    "served",
     "settings",
     "uploads",
     "v2_models",

@@ -54,8 +54,8 @@ async def answer(
 ) -> Response:
     """The whole of a valid request's work, from this route or from service/fast_generate.py's shortcut to it."""
     served = hub.registry.get(body.model, body.version)
-    hub.check_label(served, body.label)
-    solver = hub.sample_solver(served, body.solver.model_dump() if body.solver else None)
+    served.check_label(body.label)
+    solver = served.sample_solver(body.solver.model_dump() if body.solver else None)
     seed = fresh_seed(body.seed)
     job = SampleJob(body.n, body.label, seed, body.temperature)
     if as_png:

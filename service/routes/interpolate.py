@@ -45,14 +45,14 @@ async def interpolate(
 ) -> InterpolateResponse:
     """Spherical interpolation of the two seeds' base noise, pushed through the flow and decoded."""
     served = hub.registry.get(model, version)
-    hub.check_label(served, label)
+    served.check_label(label)
     if served.prior_uses_labels and label is None:
         raise LabelRequired(f"model {served.name!r} is label-conditioned: give 'label'")
     z_a, labels = served.model.draw_base(1, label, seed_a, temperature)
     z_b, _ = served.model.draw_base(1, label, seed_b, temperature)
     z0 = slerp(z_a, z_b, torch.tensor(t, dtype=z_a.dtype).unsqueeze(1))
     labels = labels.expand(len(t)) if labels is not None else None
-    path = await hub.sample_from("generate", served, z0, labels, hub.sample_solver(served), 2, request.is_disconnected)
+    path = await hub.sample_from("generate", served, z0, labels, served.sample_solver(), 2, request.is_disconnected)
     return await offload.encode(len(t), respond, served.name, seed_a, seed_b, t, label, temperature, path)
 
 

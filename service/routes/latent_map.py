@@ -9,7 +9,6 @@ from latent_cnf.latent_map import LatentMap
 
 from ..dependencies import Hub
 from ..failures import NoLatentMap
-from ..registry import ServedModel
 from ..schemas import (
     ERROR_RESPONSES,
     MAX_MODEL_NAME,
@@ -19,6 +18,7 @@ from ..schemas import (
     MapPoint,
     MapPosition,
 )
+from ..served import ServedModel
 
 router = APIRouter(tags=["latent map"])
 CACHE_CONTROL = "public, max-age=3600"  # a map changes only with new weights, which restart the service

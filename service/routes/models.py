@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query
 from latent_cnf.data import CLASS_NAMES
 
 from ..dependencies import Hub
-from ..registry import ServedModel
 from ..schemas import ERROR_RESPONSES, MAX_VERSION, VERSION_HELP, ModelInfo, ModelList
+from ..served import ServedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

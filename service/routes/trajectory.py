@@ -53,9 +53,9 @@ async def trajectory(
 ) -> Response | TrajectoryResponse:
     """PNG: n rows of `steps` images with each column's time written above it."""
     served = hub.registry.get(model, version)
-    hub.check_label(served, label)
+    served.check_label(label)
     seed = fresh_seed(seed)
-    solver = hub.sample_solver(served)
+    solver = served.sample_solver()
     job = SampleJob(n, label, seed, temperature)
     path = await hub.sample("trajectory", served, job, solver, steps, request.is_disconnected)
     with request.app.state.tracer.start_as_current_span("encode"):
