@@ -14,41 +14,45 @@ from uvicorn.config import LOG_LEVELS
 
 from .connections import LINGER_BYTES, ConnectionLimits, GuardedH11Protocol
 from .request_id import configure_logging
-from .settings import Settings, get_settings
+from .settings import GROUPS, Settings, get_settings
 
 # File handles kept free of connections: a quarter of the limit, at most this many. accept() can take half of
 # them (the listen backlog) in one go before the cap is applied; the rest are the process's own files.
 FD_RESERVE_MAX = 4096
 
 
-def setting_rows() -> list[tuple[str, str, str]]:
-    """Each setting's variable, shown default and description, from the Settings model: what --help and the
-    docs/settings.md's table say cannot go stale."""
+def setting_rows() -> dict[str, list[tuple[str, str, str]]]:
+    """Each setting's variable, shown default and description by group (settings.GROUPS), from the Settings
+    model: what --help and the docs/settings.md's table say cannot go stale."""
     prefix = Settings.model_config["env_prefix"]
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, bool):
-            default = str(default).lower()
-        shown = ",".join(default) if isinstance(default, list) else "" if default is None else str(default)
-        rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+    rows: dict[str, list[tuple[str, str, str]]] = {}
+    for group, names in GROUPS.items():
+        for name in names:
+            field = Settings.model_fields[name]
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, bool):
+                default = str(default).lower()
+            shown = ",".join(default) if isinstance(default, list) else "" if default is None else str(default)
+            rows.setdefault(group, []).append((f"{prefix}{name.upper()}", shown, field.description or ""))
     return rows
 
 
 def settings_help() -> str:
     prefix = Settings.model_config["env_prefix"]
     lines = [f"Everything else is set by {prefix}* environment variables:"]
-    for variable, default, description in setting_rows():
-        lines += [f"  {variable}" + (f" (default: {default})" if default else ""), f"      {description}"]
+    for group, rows in setting_rows().items():
+        lines.append(f" {group}:")
+        for variable, default, description in rows:
+            lines += [f"  {variable}" + (f" (default: {default})" if default else ""), f"      {description}"]
     return "\n".join(lines)
 
 
 def settings_table() -> str:
     """docs/settings.md's table of settings (`python -m service --settings-table` prints it)."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    lines += [
-        f"| `{variable}` | {default or '-'} | {description} |" for variable, default, description in setting_rows()
-    ]
+    for group, rows in setting_rows().items():
+        lines.append(f"| **{group}** | | |")
+        lines += [f"| `{variable}` | {default or '-'} | {description} |" for variable, default, description in rows]
     return "\n".join(lines)
 
 

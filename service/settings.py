@@ -143,6 +143,34 @@ class Settings(BaseSettings):
         return value
 
 
+# The settings by what they govern: the order of docs/settings.md's table and of `python -m service --help`.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "Models": (
+        "device",
+        "models",
+        "model_repository",
+        "version_policy",
+        "repository_poll_s",
+        "control_token",
+        "default_model",
+    ),
+    "Solvers": ("solver_method", "solver_steps", "solver_rtol", "solver_atol", "exact_scores", "max_nfe"),
+    "Model calls: size, merging, queue": (
+        "max_batch",
+        "max_score_rows",
+        "max_call_cost",
+        "max_request_cost",
+        "max_wait_ms",
+        "max_queue",
+        "timeout_s",
+    ),
+    "Uploads": ("max_upload_bytes", "max_files", "max_image_pixels", "max_request_pixels", "max_concurrent_decodes"),
+    "Process": ("threads", "model_process", "warmup"),
+    "Connections": ("max_connections", "header_timeout_s", "body_timeout_s", "send_timeout_s", "keep_alive_s"),
+    "Logs and traces": ("log_format", "access_log", "otlp_endpoint"),
+}
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

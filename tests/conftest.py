@@ -81,7 +81,7 @@ def client(tmp_path_factory):
 NOT_RECALIBRATED_MODELS = ("mnist-large",)
 NOT_RECALIBRATED = pytest.mark.xfail(
     strict=True,
-    reason="calibrated before the held-out draw: its stiff reference solves have not yet fitted a session on the 2-core CPU",
+    reason="calibrated before the held-out draw: its stiff reference solves have not yet fitted a session on 2 cores",
 )
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from service.settings import Settings
+from service.settings import GROUPS, Settings
 
 from .conftest import REPO
 
@@ -24,6 +24,15 @@ def test_help_describes_the_options_and_every_setting() -> None:
     for name, field in Settings.model_fields.items():
         assert f"LATENT_CNF_{name.upper()}" in help_text and field.description in help_text, name
     assert f"LATENT_CNF_MAX_BATCH (default: {Settings.model_fields['max_batch'].default})" in help_text
+
+
+def test_every_setting_is_in_exactly_one_group_and_help_shows_the_groups() -> None:
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(Settings.model_fields), "service/settings.py GROUPS must list each setting once"
+    from service.__main__ import settings_help, settings_table
+
+    for group in GROUPS:
+        assert f" {group}:" in settings_help() and f"| **{group}** | | |" in settings_table()
 
 
 def test_a_port_in_use_is_reported_at_once_before_any_model_loads() -> None:
