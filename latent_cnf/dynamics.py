@@ -118,7 +118,10 @@ class HyperDynamics(nn.Module):
     def forward(
         self, t: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None, with_trace: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """f(z, t[, labels]) and its trace, rows in the caller's order (one hypernetwork call)."""
+        """f(z, t[, labels]) and its trace, rows in the caller's order (one hypernetwork call): the dynamics in
+        the form torchdiffeq's odeint calls, the definition the solvers' batched forms (`velocity` over a
+        precomputed table, `row_velocity`) are tested against, and what bench/train_step.py's re-creation of
+        the original integrates with torchdiffeq."""
         groups = LabelGroups.of(labels, len(z), self.label_embedding is not None)
         dz, trace = self.velocity(self.parameters_at(t)[0], groups.sort(z), groups, with_trace)
         return groups.unsort(dz), groups.unsort(trace) if trace is not None else None
