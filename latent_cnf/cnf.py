@@ -73,7 +73,8 @@ class Solution(NamedTuple):
 class FlowResult:
     """What the flow gives a caller; each field means one thing, whichever way the flow ran."""
 
-    z: torch.Tensor  # log_prob: the base point z(t0) of each latent; transform: (steps, n, d), z at each time
+    path: torch.Tensor  # (times, n, d): the latents at each time of the solve, in the order solved (log_prob:
+    # z(t1), the latents asked about, then their base points z(t0); transform: z(t0) ... z(t1), evenly spaced)
     log_prob: torch.Tensor | None  # log_prob: log p(z) of the latents asked about (n,); transform: None
     kinetic: torch.Tensor | None  # integral of ||f||^2 dt from t0 to t1 per sample, when requested
     nfe: int
@@ -188,7 +189,7 @@ class LatentFlow(nn.Module):
         z0, change = solved.path[-1], solved.log_density_change
         assert change is not None  # tracked: density=True
         energy = -solved.kinetic if solved.kinetic is not None else None  # integrated from t1 down to t0
-        return FlowResult(z=z0, log_prob=self.base_log_prob(z0) - change, kinetic=energy, nfe=solved.nfe)
+        return FlowResult(path=solved.path, log_prob=self.base_log_prob(z0) - change, kinetic=energy, nfe=solved.nfe)
 
     def transform(
         self,
@@ -197,8 +198,8 @@ class LatentFlow(nn.Module):
         solver: SolverConfig | None = None,
         steps: int = 2,
     ) -> FlowResult:
-        """Push base samples forward to t1; `z` holds the latents at `steps` evenly spaced times."""
+        """Push base samples forward to t1; `path` holds the latents at `steps` evenly spaced times."""
         solver = solver or DEFAULT_SOLVER
         times = torch.linspace(self.t0, self.t1, steps, dtype=torch.float64)  # cast to the latents' dtype
         solved = self._solve(z0, times, labels, solver, density=False, kinetic=False)
-        return FlowResult(z=solved.path, log_prob=None, kinetic=None, nfe=solved.nfe)
+        return FlowResult(path=solved.path, log_prob=None, kinetic=None, nfe=solved.nfe)

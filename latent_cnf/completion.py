@@ -141,7 +141,7 @@ def complete(
 
     from_encoder = mean.unsqueeze(1) + torch.exp(log_std).unsqueeze(1) * noise
     pushed = model.prior.transform(base, repeat(prior_labels, from_prior_count), solver) if from_prior_count else None
-    from_prior = pushed.z[-1] if pushed is not None else base
+    from_prior = pushed.path[-1] if pushed is not None else base
     z = torch.cat([from_encoder, from_prior.reshape(n * classes, from_prior_count, d)], 1).reshape(-1, d)
     density = model.prior.log_prob(z, repeat(prior_labels, importance_samples), solver)
     assert density.log_prob is not None  # a prior's log_prob always sets it

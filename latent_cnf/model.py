@@ -167,7 +167,7 @@ class LatentCNF(nn.Module):
         result = self.prior.log_prob(z.repeat(k, 1), labels, solver, kinetic)
         assert result.log_prob is not None  # a prior's log_prob always sets it
         marginal = torch.logsumexp(result.log_prob.reshape(k, len(z)), 0) - math.log(k)
-        return dataclasses.replace(result, z=result.z.reshape(k, len(z), -1), log_prob=marginal)
+        return dataclasses.replace(result, path=result.path.reshape(len(result.path), k, len(z), -1), log_prob=marginal)
 
     def draw_base(
         self, n: int, label: LabelArg = None, seed: int | None = None, temperature: float = 1.0
@@ -192,7 +192,7 @@ class LatentCNF(nn.Module):
         the flow, decoded at `steps` evenly spaced times (the last is the sample)."""
         solver = solver or self.sample_solver
         result = self.prior.transform(z0, labels, solver, steps)
-        latents = result.z
+        latents = result.path
         images = self.decode_images(latents.reshape(-1, latents.shape[-1]))
         times = torch.linspace(self.config.t0, self.config.t1, steps)
         return Trajectory(times, latents, images.reshape(steps, len(z0), *images.shape[1:]), labels, result.nfe)

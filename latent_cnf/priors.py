@@ -30,7 +30,8 @@ class GaussianPrior(nn.Module):
         kinetic: bool = False,
     ) -> FlowResult:
         log_p = -0.5 * (z * z + math.log(2 * math.pi)).sum(-1)
-        return FlowResult(z=z, log_prob=log_p, kinetic=z.new_zeros(len(z)) if kinetic else None, nfe=0)
+        path = z.unsqueeze(0).expand(2, *z.shape)  # the identity map: each latent is its own base point
+        return FlowResult(path=path, log_prob=log_p, kinetic=z.new_zeros(len(z)) if kinetic else None, nfe=0)
 
     def base_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator).to(self.base_std.device)
@@ -38,7 +39,7 @@ class GaussianPrior(nn.Module):
     def transform(
         self, z0: torch.Tensor, labels: torch.Tensor | None = None, solver: SolverConfig | None = None, steps: int = 2
     ) -> FlowResult:
-        return FlowResult(z=z0.unsqueeze(0).expand(steps, *z0.shape), log_prob=None, kinetic=None, nfe=0)
+        return FlowResult(path=z0.unsqueeze(0).expand(steps, *z0.shape), log_prob=None, kinetic=None, nfe=0)
 
 
 def build_prior(config: ModelConfig) -> LatentFlow | GaussianPrior:

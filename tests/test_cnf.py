@@ -56,13 +56,15 @@ def test_log_density_matches_change_of_variables():
     """log p(z1) from the CNF equals log p0(z0) - log|det dz1/dz0| with the Jacobian by autograd."""
     flow = flow_2d()
     z0 = torch.randn(3, 2, dtype=torch.float64) * flow.base_std
-    z1 = flow.transform(z0, solver=TIGHT).z[-1]
+    z1 = flow.transform(z0, solver=TIGHT).path[-1]
     for i in range(3):
-        jacobian = torch.autograd.functional.jacobian(lambda p: flow.transform(p[None], solver=TIGHT).z[-1, 0], z0[i])
+        jacobian = torch.autograd.functional.jacobian(
+            lambda p: flow.transform(p[None], solver=TIGHT).path[-1, 0], z0[i]
+        )
         expected = flow.base_log_prob(z0[i : i + 1]) - torch.linalg.slogdet(jacobian).logabsdet
         result = flow.log_prob(z1[i : i + 1], solver=TIGHT)
         torch.testing.assert_close(result.log_prob, expected, atol=1e-6, rtol=0)
-        torch.testing.assert_close(result.z, z0[i : i + 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(result.path[-1], z0[i : i + 1], atol=1e-6, rtol=0)
 
 
 def test_density_integrates_to_one():
@@ -97,7 +99,7 @@ def test_fixed_step_solve_matches_a_hypernetwork_call_per_evaluation(method, cal
         options=grid,
     )
     assert result.nfe == 7 * calls_per_step
-    torch.testing.assert_close(result.z, z0[-1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(result.path[-1], z0[-1], atol=1e-12, rtol=0)
     torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-12, rtol=0)
 
 
@@ -118,7 +120,7 @@ def test_fixed_step_loop_equals_torchdiffeq_without_density_and_at_every_frame(m
 
     grid = {"grid_constructor": lambda func, y0, t: fixed_step.fixed_grid(t, 7)}
     expected = odeint(per_call, z0, times, method=method, options=grid)
-    torch.testing.assert_close(flow.transform(z0, labels, solver, steps=4).z, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(flow.transform(z0, labels, solver, steps=4).path, expected, atol=1e-12, rtol=0)
     energy = flow.log_prob(z0, labels, solver, kinetic=True).kinetic
 
     def with_energy(t, state):
@@ -149,11 +151,11 @@ def test_a_sample_gets_the_same_result_alone_and_in_any_batch(solver, conditiona
     for rows in (slice(0, 1), slice(3, 10), slice(49, 50), slice(20, 50)):
         part = flow.log_prob(z[rows], labels[rows] if conditional else None, solver=solver)
         torch.testing.assert_close(part.log_prob, full.log_prob[rows], atol=1e-5, rtol=1e-6)
-        torch.testing.assert_close(part.z, full.z[rows], atol=1e-6, rtol=1e-6)
-    path = flow.transform(z[:5], labels[:5] if conditional else None, solver=solver, steps=4).z
+        torch.testing.assert_close(part.path, full.path[:, rows], atol=1e-6, rtol=1e-6)
+    path = flow.transform(z[:5], labels[:5] if conditional else None, solver=solver, steps=4).path
     alone = torch.cat(
         [
-            flow.transform(z[i : i + 1], labels[i : i + 1] if conditional else None, solver=solver, steps=4).z
+            flow.transform(z[i : i + 1], labels[i : i + 1] if conditional else None, solver=solver, steps=4).path
             for i in range(5)
         ],
         1,
@@ -204,7 +206,7 @@ def test_adaptive_solve_agrees_with_a_tight_torchdiffeq_solve():
     z0, change = odeint(per_call, (z, z.new_zeros(6)), times, rtol=1e-11, atol=1e-11)
     result = flow.log_prob(z, labels, SolverConfig(method="dopri5", rtol=1e-8, atol=1e-8))
     torch.testing.assert_close(result.log_prob, flow.base_log_prob(z0[-1]) - change[-1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(result.z, z0[-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.path[-1], z0[-1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method, per_step", [("rk4", 4), ("midpoint", 2), ("euler", 1)])
@@ -252,8 +254,8 @@ def test_the_compiled_fixed_step_loop_agrees_with_the_eager_one(conditional, mon
     z0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * flow.base_std
     labels = torch.arange(6) % 3 if conditional else None
     solver = SolverConfig(method="rk4", steps=4)
-    eager = flow.transform(z0, labels, solver, steps=3).z, flow.log_prob(z0, labels, solver).log_prob
+    eager = flow.transform(z0, labels, solver, steps=3).path, flow.log_prob(z0, labels, solver).log_prob
     monkeypatch.setattr(fixed_step, "integrate", torch.compile(fixed_step.integrate, dynamic=True))
-    compiled = flow.transform(z0, labels, solver, steps=3).z, flow.log_prob(z0, labels, solver).log_prob
+    compiled = flow.transform(z0, labels, solver, steps=3).path, flow.log_prob(z0, labels, solver).log_prob
     for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

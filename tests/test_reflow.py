@@ -43,8 +43,8 @@ def one_step_error(flow: LatentFlow) -> float:
     generator = torch.Generator().manual_seed(7)
     labels = torch.randint(2, (2000,), generator=generator)
     z0 = flow.base_sample(len(labels), generator)
-    exact = flow.transform(z0, labels, ACCURATE).z[-1]
-    coarse = flow.transform(z0, labels, SolverConfig("euler", steps=1)).z[-1]
+    exact = flow.transform(z0, labels, ACCURATE).path[-1]
+    coarse = flow.transform(z0, labels, SolverConfig("euler", steps=1)).path[-1]
     return (coarse - exact).norm(dim=1).mean().item()
 
 
@@ -63,7 +63,7 @@ def test_fm_cond_reflow_starts_from_the_shipped_prior_and_trains_on_its_pairs(ti
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
     z0, z1 = trainer.train_x.chunk(2, dim=1)
     with torch.no_grad():
-        expected = teacher.prior.transform(z0, trainer.train_y, SolverConfig("rk4", steps=8)).z[-1]
+        expected = teacher.prior.transform(z0, trainer.train_y, SolverConfig("rk4", steps=8)).path[-1]
     torch.testing.assert_close(z1, expected)
     trainer.run()
     training = model_folder.read_training(tmp_path / "checkpoint")

@@ -20,5 +20,5 @@ def coupled_pairs(
 ) -> torch.Tensor:
     """n base draws and where `flow` takes them (with row i's label when it has labels), as rows [z0, z1]."""
     z0 = flow.base_sample(n, generator)
-    z1 = flow.transform(z0, labels, solver).z[-1]
+    z1 = flow.transform(z0, labels, solver).path[-1]
     return torch.cat([z0, z1], dim=1)
