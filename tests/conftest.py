@@ -77,25 +77,8 @@ def client(tmp_path_factory):
         yield client
 
 
-# calibrated before the held-out draw (docs/results.md, "Calibrated solvers")
-NOT_RECALIBRATED_MODELS = ("mnist-large",)
-NOT_RECALIBRATED = pytest.mark.xfail(
-    strict=True,
-    reason="calibrated before the held-out draw: its stiff reference solves have not yet fitted a session on 2 cores",
-)
-
-
 def shipped_models(slow: tuple[str, ...] = ()) -> list:
-    """Every shipped model as a case: NOT_RECALIBRATED_MODELS marked so, the names in `slow` slow."""
+    """Every shipped model as a case, the names in `slow` marked slow."""
     from latent_cnf.model_folder import available
 
-    return [
-        pytest.param(
-            name,
-            marks=[
-                *([NOT_RECALIBRATED] if name in NOT_RECALIBRATED_MODELS else []),
-                *([pytest.mark.slow] if name in slow else []),
-            ],
-        )
-        for name in available()
-    ]
+    return [pytest.param(name, marks=[pytest.mark.slow] if name in slow else []) for name in available()]

@@ -48,7 +48,7 @@ RUNS = {
     "prior_step": ("--steps 1 --threads 1", ["ml_over_fm"]),
     "slow_clients": ("--connections 6 --processes 1 --hold 1 --probe-every 0.5", ["/healthz every 0.5 s"]),
     "train_step": ("--checkpoint mnist-final-cond --batch-size 4 --steps 1", ["without discriminator"]),
-    "perf_analyzer": ("--concurrency 1", ["infer/s"]),
+    "perf_analyzer": ("--concurrency 1 --stability-percentage 10000", ["infer/s"]),
     "service": (
         "--scenarios healthz,generate-1,naive-generate-1,peer-generate-1,kserve-generate-1,baseline-generate-1 "
         "--concurrency 1 --duration 0.5 --warmup 0.1 --timeout 20 --baseline .",  # this checkout as its own baseline

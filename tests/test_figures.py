@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from latent_cnf import model_folder
 from train import figures
 from train.metrics.intervals import Interval
 from train.plotting import save
@@ -82,7 +83,9 @@ def test_the_solver_figure_shows_error_and_fid_against_nfe_per_model_and_method(
 def test_score_errors_are_the_shipped_calibrations() -> None:
     curves = figures.read_score_errors(["mnist-fm-cond"])
     rk4 = {p.x: p.y.mean for p in curves[("mnist-fm-cond", "rk4")]}
-    assert rk4[32] == pytest.approx(0.0017076301155611873)  # its calibrated scorer, rk4 x 4 (serving.json)
+    scorer = model_folder.read_serving("mnist-fm-cond")["solvers"]["score"]
+    assert (scorer["method"], scorer["steps"], scorer["nfe"]) == ("rk4", 4, 32)  # its calibrated scorer
+    assert rk4[32] == pytest.approx(scorer["mean_error_nats"])
     assert {method for _, method in curves} == {"euler", "midpoint", "rk4", "dopri5"}
 
 
