@@ -257,10 +257,8 @@ class ModelRegistry:
 
     def running(self, key: BatchKey) -> ServedModel:
         """The version a queued call runs on: loaded, or unloading while the requests it holds drain."""
-        served = self.versions.get(key.model, {}).get(key.version) or self._unloading.get((key.model, key.version))
-        if served is None:
-            raise ModelUnavailable(f"model {key.model!r} version {key.version} was unloaded")
-        return served
+        draining = self._unloading.get((key.model, key.version))
+        return draining if draining is not None else self.loaded(key)
 
     @contextlib.asynccontextmanager
     async def holding(self, key: BatchKey) -> AsyncIterator[None]:
